@@ -1,0 +1,49 @@
+"""fastgw's exception tree.
+
+Every error that can end a request carries the HTTP ``status`` it maps to (h11's
+``error_status_hint`` idea); ``proxy.py`` is the one place that turns them into
+responses. ``ConfigError`` carries every problem found in a config file at once.
+
+May import: the standard library only.
+"""
+
+from __future__ import annotations
+
+
+class FastGWError(Exception):
+    """Base of every fastgw error. ``status`` is the HTTP answer it maps to."""
+
+    status = 500
+
+
+class ConfigError(FastGWError):
+    """A config file that cannot be used. ``errors`` lists every problem, each a full
+    line that names its place (``fastgw.toml: routes[2] "orders": ...``)."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
+
+
+class BadRequest(FastGWError):
+    """Malformed request or framing: 400 and the connection is closed."""
+
+    status = 400
+
+
+class UpstreamError(FastGWError):
+    """The upstream refused, reset or answered garbage."""
+
+    status = 502
+
+
+class UpstreamTimeout(FastGWError):
+    """The upstream did not answer within its timeout (or the route deadline passed)."""
+
+    status = 504
+
+
+class NoTarget(FastGWError):
+    """No target can take the request (none healthy, or all circuits open)."""
+
+    status = 503
