@@ -31,6 +31,18 @@ class BadRequest(FastGWError):
     status = 400
 
 
+class RequestTimeout(FastGWError):
+    """The request head or body did not arrive in time."""
+
+    status = 408
+
+
+class PayloadTooLarge(FastGWError):
+    """The request body is over ``max_body_bytes``."""
+
+    status = 413
+
+
 class UpstreamError(FastGWError):
     """The upstream refused, reset or answered garbage."""
 

@@ -1,0 +1,153 @@
+"""``fastgw demo``: the gateway on an embedded config (``demo.toml``) in front of demo
+backends it starts itself on free loopback ports, so a newcomer sees routing, params,
+rewrites, weighted balancing and the error answers with no file of their own.
+
+The backends are deliberately plain (the standard library's threading HTTP server in a
+child process): they are there to be proxied, not to be fast.
+
+May import: the standard library, fastgw.server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+
+USERS = {"1": {"id": 1, "name": "Ada Lovelace"}, "2": {"id": 2, "name": "Alan Turing"},
+         "3": {"id": 3, "name": "Grace Hopper"}}
+
+
+def _free_socket() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def _handler(service: str) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:  # quiet: fastgw logs
+            pass
+
+        def _reply(self, status: int, payload: object) -> None:
+            body = json.dumps(payload, indent=2).encode() + b"\n"
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _body(self) -> bytes:
+            if self.headers.get("transfer-encoding", "").lower() == "chunked":
+                data = b""
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0], 16)
+                    if size == 0:
+                        self.rfile.readline()
+                        return data
+                    data += self.rfile.read(size)
+                    self.rfile.readline()
+            return self.rfile.read(int(self.headers.get("content-length") or 0))
+
+        def handle_any(self) -> None:
+            body = self._body()
+            path, _, query = self.path.partition("?")
+            if service == "echo":
+                if path == "/slow":
+                    time.sleep(3)
+                self._reply(200, {"service": "echo", "method": self.command, "path": path,
+                                  "query": query, "headers": dict(self.headers.items()),
+                                  "body_bytes": len(body)})
+                return
+            parts = path.strip("/").split("/")
+            if parts == ["users"] and self.command == "GET":
+                self._reply(200, {"served_by": service, "users": list(USERS.values())})
+            elif parts == ["users"] and self.command == "POST":
+                self._reply(201, {"served_by": service, "created": json.loads(body or b"{}")})
+            elif len(parts) == 2 and parts[0] == "users" and parts[1] in USERS:
+                self._reply(200, {"served_by": service, **USERS[parts[1]]})
+            else:
+                self._reply(404, {"served_by": service, "error": "no such user"})
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = handle_any
+
+    return Handler
+
+
+def _serve_backends(sockets: dict[str, socket.socket]) -> None:
+    """In the backend child process: serve every demo service until killed."""
+    servers = []
+    for service, sock in sockets.items():
+        server = ThreadingHTTPServer(sock.getsockname(), _handler(service), bind_and_activate=False)
+        server.socket.close()
+        server.socket = sock
+        server.daemon_threads = True
+        sock.listen(128)
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+
+
+def demo_config(port: int, ports: dict[str, int]) -> str:
+    text = resources.files("fastgw").joinpath("demo.toml").read_text()
+    for name, value in {"port": port, **ports}.items():
+        text = text.replace("{" + name + "}", str(value))
+    return text
+
+
+def tour(port: int) -> str:
+    base = f"http://127.0.0.1:{port}"
+    return f"""
+fastgw demo: the gateway listens on {base}, in front of demo backends on loopback.
+Try, in another terminal (each response carries an X-Request-Id; the access log is below):
+
+  curl -i {base}/users                 # routed; two backends 1:3, see "served_by"
+  curl -i {base}/users/2               # a {{param}} segment
+  curl -i {base}/profile/3             # rewritten upstream to /users/3
+  curl -i {base}/api/orders?x=1        # prefix route, /api stripped: echo shows what arrived
+  curl -i {base}/api/../users/1        # paths are normalised before routing
+  curl -i -H 'Host: admin.localhost' {base}/anything   # a host-only route
+  curl -i -X DELETE {base}/users/1     # 405 with Allow
+  curl -i {base}/nowhere               # 404, JSON error
+  curl -i {base}/broken                # 502: nothing listens behind this route
+  curl -i {base}/slow                  # 504: the route's timeout is 1s, the backend takes 3s
+
+The config it runs: `python -c "import fastgw.demo as d; print(d.demo_config(8080, {{}}))"`.
+Stop with Ctrl-C.
+"""
+
+
+def run_demo(port: int = 8080) -> int:
+    from fastgw.server import run
+
+    sockets = {name: _free_socket() for name in ("users_a", "users_b", "echo")}
+    dead = _free_socket()  # reserved then released: nothing will listen there
+    ports = {name: sock.getsockname()[1] for name, sock in sockets.items()}
+    ports["dead"] = dead.getsockname()[1]
+    dead.close()
+    backend = os.fork()
+    if backend == 0:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        _serve_backends({"users-a" if k == "users_a" else "users-b" if k == "users_b" else k: s
+                         for k, s in sockets.items()})
+        os._exit(0)
+    for sock in sockets.values():
+        sock.close()
+    with tempfile.TemporaryDirectory(prefix="fastgw-demo-") as folder:
+        path = os.path.join(folder, "demo.toml")
+        with open(path, "w") as f:
+            f.write(demo_config(port, ports))
+        try:
+            return run(path, on_ready=lambda: print(tour(port), file=sys.stderr, flush=True))
+        finally:
+            os.kill(backend, signal.SIGTERM)
+            os.waitpid(backend, 0)

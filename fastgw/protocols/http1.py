@@ -1,0 +1,496 @@
+"""The HTTP/1.1 front end: an ``asyncio.Protocol`` on ``httptools.HttpRequestParser``.
+
+Theory of operation. Bytes go into llhttp; its callbacks build one ``Exchange`` per
+request head. The first exchange runs at once (``Proxy.handle`` as a task); pipelined
+ones wait in ``queue`` and start, in order, when the one before has sent its whole
+response, so responses leave in request order. Request body chunks go into the exchange
+whose body is being read (``reading``); the exchange streams them upstream or holds a
+bounded amount.
+
+What llhttp refuses by itself (HARDENING.md §3.1) becomes 400 and a close. What it leaves
+to us is checked here: HTTP/1.0 with Transfer-Encoding, missing or repeated Host, HTTP/0.9
+and HTTP/2.0 request lines, fragments and non-origin-form targets, path normalisation,
+header and URL size (431/414, never dropping headers silently), body size (413, at once for
+a Content-Length, mid-stream for chunks), Upgrade and CONNECT. No leniency flag of llhttp
+is ever set.
+
+Errors we answer ourselves close the connection lingering: we stop reading requests, send
+the answer, half-close, and discard what the client still sends for a moment, so that it
+reads the answer instead of a reset (nginx's lingering close).
+
+Timeouts are deadlines checked by the worker's sweeper (``check(now)``): the request head
+within ``header_timeout`` of its first byte (408 when part of it came, else a silent
+close), ``idle_timeout`` between keep-alive requests and between body reads.
+
+May import: the standard library, httptools, fastgw.proxy, fastgw.exchange, fastgw.errors,
+fastgw._core (path normalisation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+import httptools
+
+from fastgw._core.router import normalize_path
+from fastgw.errors import PayloadTooLarge, RequestTimeout
+from fastgw.exchange import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Exchange
+from fastgw.proxy import error_body, status_line
+
+if TYPE_CHECKING:
+    from fastgw.server import Worker
+
+STATUS_LINES = {status: status_line(status) for status in range(100, 600)}
+NO_BODY_STATUS = frozenset((204, 304))
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+LINGER_SECONDS = 2.0
+LINGER_MAX_BYTES = 1024 * 1024
+MAX_PIPELINE = 16
+WRITE_HIGH_WATER = 64 * 1024
+
+
+class _Refuse(Exception):
+    """Raised from a parser callback to stop parsing and answer ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+
+
+class HTTP1Connection(asyncio.Protocol):
+    """One client connection speaking HTTP/1.x."""
+
+    __slots__ = (
+        # global state
+        "worker", "proxy", "limits", "loop",
+        # per-connection state
+        "transport", "parser", "peer_ip", "queue", "current", "reading", "paused",
+        "write_paused", "closing", "lingering", "linger_bytes", "deadline", "in_head",
+        "head_bytes", "raw_head_bytes", "url", "headers", "chunked_out", "close_after",
+        "refusal",
+    )
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.proxy = worker.proxy
+        self.limits = worker.limits
+        self.loop = worker.loop
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer_ip = ""
+        self.queue: deque[Exchange] = deque()
+        self.current: Exchange | None = None
+        self.reading: Exchange | None = None
+        self.paused = False
+        self.write_paused = False
+        self.closing = False
+        self.lingering = False
+        self.linger_bytes = 0
+        self.deadline = 0.0
+        self.in_head = False
+        self.head_bytes = 0
+        self.raw_head_bytes = 0
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.chunked_out = False
+        self.close_after = False
+        self.refusal: tuple[int, str] | None = None
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        connections = self.worker.connections
+        if len(connections) >= self.limits.max_connections:
+            # Over the limit: closed at once, no answer, no parsing (SPEC max_connections).
+            self.closing = True
+            transport.close()
+            return
+        connections.add(self)
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0] if peer else ""
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        # The first request's head is due within header_timeout of the connection.
+        self.deadline = self.loop.time() + self.limits.header_timeout
+        self.in_head = True
+
+    def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            self.linger_bytes += len(data)
+            if self.linger_bytes > LINGER_MAX_BYTES:
+                self.transport.abort()
+            return
+        if self.closing:
+            return
+        if self.in_head:
+            if self.raw_head_bytes == 0:
+                # First byte of a head: from now on it must complete within header_timeout.
+                self.deadline = self.loop.time() + self.limits.header_timeout
+            self.raw_head_bytes += len(data)
+        elif self.reading is not None:
+            self.deadline = self.loop.time() + self.limits.idle_timeout
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._upgrade_requested()
+        except httptools.HttpParserCallbackError as exc:
+            refusal = exc.__context__
+            if isinstance(refusal, _Refuse):
+                self.refuse(refusal.status, refusal.message)
+            else:
+                raise
+        except httptools.HttpParserError as exc:
+            self.refuse(400, f"malformed request: {_parser_reason(exc)}")
+        else:
+            if self.in_head and self.raw_head_bytes > self.limits.max_header_bytes:
+                # Everything since the head began is head: over the limit, whatever llhttp
+                # is still buffering of a line.
+                if self.headers:
+                    self.refuse(431, "request head too large")
+                else:
+                    self.refuse(414, "request target too long")
+
+    def eof_received(self) -> bool | None:
+        if self.lingering:
+            self.transport.close()
+        # Otherwise keep the half-open connection: a client may shut its side and still
+        # read the response to the request it sent.
+        return True if (self.current is not None or self.queue) else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.worker.connections.discard(self)
+        for ex in (self.current, *self.queue):
+            if ex is not None and ex.on_writable is not None:
+                ex.on_writable(True)
+        if self.reading is not None:
+            self.reading.detach_body()
+        self.queue.clear()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        ex = self.current
+        if ex is not None and ex.on_writable is not None:
+            ex.on_writable(False)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        ex = self.current
+        if ex is not None and ex.on_writable is not None:
+            ex.on_writable(True)
+
+    # -- flow control asked by the exchange or the upstream --------------------------------
+
+    def pause_reading(self) -> None:
+        if not self.paused and not self.closing:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.paused and not self.closing and len(self.queue) < MAX_PIPELINE:
+            self.paused = False
+            self.transport.resume_reading()
+
+    # -- parser callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.in_head = True
+        self.url = b""
+        self.headers = []
+        self.head_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > self.limits.max_header_bytes:
+            raise _Refuse(414, "request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_bytes += len(name) + len(value) + 4
+        if self.head_bytes + len(self.url) > self.limits.max_header_bytes:
+            raise _Refuse(431, "request head too large")
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        self.raw_head_bytes = 0
+        parser = self.parser
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            if version.startswith("2"):
+                raise _Refuse(505, f"HTTP/{version} is not spoken on this port as HTTP/1")
+            raise _Refuse(400, f"HTTP/{version} is not supported")
+        host = None
+        hosts = 0
+        length = 0
+        body_kind = BODY_NONE
+        expect_continue = False
+        for name, value in self.headers:
+            lname = name.lower()
+            if lname == b"host":
+                hosts += 1
+                host = value
+            elif lname == b"content-length":
+                length = int(value)  # llhttp already refused anything but one decimal number
+                if length:
+                    body_kind = BODY_LENGTH
+            elif lname == b"transfer-encoding":
+                if version == "1.0":
+                    raise _Refuse(400, "Transfer-Encoding in an HTTP/1.0 request")
+                body_kind = BODY_CHUNKED  # llhttp refused any coding list not ending in chunked
+            elif lname == b"expect":
+                if value.lower() != b"100-continue":
+                    raise _Refuse(417, "unsupported Expect")
+                expect_continue = True
+        if hosts > 1:
+            raise _Refuse(400, "more than one Host header")
+        if hosts == 0 and version == "1.1":
+            raise _Refuse(400, "missing Host header")
+        url = self.url
+        if url[:1] != b"/":
+            url, host = self._absolute_form(url, host)
+        path, _, query = url.partition(b"?")
+        npath = normalize_path(path.decode("latin-1"))
+        if npath is None:
+            raise _Refuse(400, "invalid request path")
+        hostname = _hostname(host)
+        if hostname is None:
+            raise _Refuse(400, "invalid Host header")
+        limits = self.limits
+        if body_kind == BODY_LENGTH and length > limits.max_body_bytes:
+            raise _Refuse(413, "request body too large")
+        ex = Exchange(self, parser.get_method().decode(), npath, query, hostname, self.headers,
+                      version, parser.should_keep_alive(), self.peer_ip, body_kind, length,
+                      self.loop.time())
+        self.proxy.prepare(ex)
+        if body_kind != BODY_NONE:
+            self.reading = ex
+            self.deadline = ex.started + limits.idle_timeout
+            if expect_continue:
+                self.transport.write(CONTINUE)
+        if self.current is None:
+            self._start(ex)
+        else:
+            self.queue.append(ex)
+            if len(self.queue) >= MAX_PIPELINE:
+                self.pause_reading()
+
+    @staticmethod
+    def _absolute_form(url: bytes, host: bytes | None) -> tuple[bytes, bytes | None]:
+        """``http://authority/path``: the authority replaces Host (RFC 9112 §3.2.2).
+        Authority-form, asterisk-form and other schemes are refused."""
+        scheme, sep, rest = url.partition(b"://")
+        if not sep or scheme.lower() not in (b"http", b"https"):
+            raise _Refuse(400, "request target must be a path or an http URL")
+        authority, slash, path = rest.partition(b"/")
+        if not authority or b"@" in authority:
+            raise _Refuse(400, "invalid authority in request target")
+        return slash + path if slash else b"/", authority
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.reading
+        if ex is None:
+            return
+        if ex.bytes_in + len(body) > self.limits.max_body_bytes:
+            self.reading = None
+            ex.detach_body()
+            self._too_large(ex)
+            return
+        ex.feed_body(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.reading
+        if ex is not None:
+            self.reading = None
+            ex.end_body()
+        self.in_head = True
+        self.deadline = self.loop.time() + self.limits.idle_timeout
+
+    # -- Downstream: what the proxy and the upstream call -----------------------------------
+
+    def send_head(self, ex: Exchange, status: int, headers: list[tuple[bytes, bytes]], length: int) -> None:
+        ex.response_started = True
+        ex.status = status
+        parts = [STATUS_LINES[status]]
+        for name, value in headers:
+            parts += (name, b": ", value, b"\r\n")
+        self.chunked_out = False
+        if status in NO_BODY_STATUS or status < 200:
+            pass
+        elif length >= 0:
+            parts.append(b"content-length: %d\r\n" % length)
+        elif ex.method != "HEAD":
+            if ex.version == "1.1":
+                parts.append(b"transfer-encoding: chunked\r\n")
+                self.chunked_out = True
+            else:
+                ex.keep_alive = False  # HTTP/1.0: the close marks the end of the body
+        # Close after this response when the client asked, when draining, or when the
+        # request body was not read to its end (we cannot find the next request).
+        close = (not ex.keep_alive or self.proxy.draining or ex is self.reading
+                 or self.refusal is not None)
+        self.close_after = close
+        if close:
+            parts.append(b"connection: close\r\n\r\n")
+        elif ex.version == "1.0":
+            parts.append(b"connection: keep-alive\r\n\r\n")
+        else:
+            parts.append(b"\r\n")
+        self.transport.write(b"".join(parts))
+
+    def send_body(self, ex: Exchange, data: bytes) -> None:
+        if ex.method == "HEAD" or not data:
+            return
+        ex.bytes_out += len(data)
+        if self.chunked_out:
+            self.transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            self.transport.write(data)
+
+    def send_end(self, ex: Exchange) -> None:
+        if self.chunked_out:
+            self.transport.write(b"0\r\n\r\n")
+            self.chunked_out = False
+        self._finished(ex)
+
+    def abort(self, ex: Exchange) -> None:
+        self.current = None
+        self.closing = True
+        self.transport.close()
+
+    # -- request sequencing -------------------------------------------------------------------
+
+    def _start(self, ex: Exchange) -> None:
+        self.current = ex
+        self.loop.create_task(self.proxy.handle(ex))
+
+    def _finished(self, ex: Exchange) -> None:
+        if self.current is not ex:
+            return
+        self.current = None
+        if self.closing:
+            return
+        if self.close_after:
+            self._close_lingering()
+            return
+        if self.refusal is not None and not self.queue:
+            self._write_refusal()
+            return
+        if self.queue:
+            self._start(self.queue.popleft())
+            self.resume_reading()
+        elif self.reading is None:
+            self.deadline = self.loop.time() + self.limits.idle_timeout
+
+    # -- our own answers -------------------------------------------------------------------------
+
+    def refuse(self, status: int, message: str) -> None:
+        """Answer ``status`` and close lingering, after the responses already owed."""
+        if self.refusal is not None or self.closing:
+            return
+        self.refusal = (status, message)
+        self.in_head = False
+        self.pause_reading()
+        if self.reading is not None:
+            self.reading.detach_body()
+        if self.current is None:
+            self._write_refusal()
+
+    def _write_refusal(self) -> None:
+        status, message = self.refusal  # type: ignore[misc]
+        rid = self.proxy.ids.next()
+        body = error_body(status, message, rid)
+        self.transport.write(b"".join((
+            STATUS_LINES[status],
+            b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body),
+            b"x-request-id: ", rid.encode(), b"\r\nconnection: close\r\n\r\n", body)))
+        self.proxy.access_log.write_refusal(self.peer_ip, rid, status, self.url)
+        self._close_lingering()
+
+    def _too_large(self, ex: Exchange) -> None:
+        """A chunked body passed max_body_bytes mid-stream."""
+        if self.current is ex and not ex.response_started:
+            # The upstream may have part of it: abandon that request, answer 413 ourselves.
+            ex.keep_alive = False
+            self.refusal = (413, "request body too large")
+            ex.fail(PayloadTooLarge("request body too large"))
+        else:
+            self.refuse(413, "request body too large")
+
+    def _close_lingering(self) -> None:
+        self.lingering = True
+        self.in_head = False
+        if self.paused:
+            self.paused = False
+            self.transport.resume_reading()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+    def _upgrade_requested(self) -> None:
+        # llhttp stops after a request carrying Upgrade (or CONNECT). WebSocket and h2c come
+        # with their own work; until then the request is served as plain HTTP (Upgrade is
+        # hop-by-hop and not forwarded) and the connection closes after it, since llhttp
+        # will not parse what follows.
+        if self.parser.get_method() == b"CONNECT":
+            self.refuse(405, "CONNECT is not supported")
+            return
+        ex = self.current if not self.queue else self.queue[-1]
+        if ex is not None:
+            ex.keep_alive = False
+        self.in_head = False
+        self.pause_reading()
+
+    def check(self, now: float) -> None:
+        """Called by the sweeper: enforce header, body and idle deadlines."""
+        if now < self.deadline or self.closing or self.lingering:
+            return
+        if self.in_head and self.current is None and not self.queue:
+            if self.raw_head_bytes:
+                self.refuse(408, "request head not received in time")
+            else:
+                self.closing = True
+                self.transport.close()  # idle keep-alive connection: a silent close
+        elif self.reading is not None:
+            ex = self.reading
+            if self.current is ex and not ex.response_started:
+                ex.keep_alive = False
+                self.refusal = (408, "request body not received in time")
+                ex.fail(RequestTimeout("request body not received in time"))
+            elif self.current is ex:
+                self.abort(ex)
+            else:
+                self.refuse(408, "request body not received in time")
+
+    def close_if_idle(self) -> None:
+        """Draining: close now when no request is in flight or arriving."""
+        if self.current is None and not self.queue and self.reading is None and not self.raw_head_bytes:
+            self.closing = True
+            self.transport.close()
+
+
+def _parser_reason(exc: Exception) -> str:
+    text = str(exc) or exc.__class__.__name__
+    return text.split(":", 1)[-1].strip() if "HPE_" in text else text
+
+
+def _hostname(host: bytes | None) -> str | None:
+    """The Host header's name part, lower-cased, without port; "" when absent."""
+    if host is None:
+        return ""
+    text = host.decode("latin-1").strip().lower()
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            return None
+        rest = text[end + 1:]
+        if rest and not (rest[0] == ":" and rest[1:].isdigit()):
+            return None
+        return text[:end + 1]
+    name, sep, port = text.partition(":")
+    if sep and not port.isdigit():
+        return None
+    if not name or any(c in name for c in " /\\@?#"):
+        return None
+    return name

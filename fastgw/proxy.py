@@ -1,0 +1,243 @@
+"""The life of a request, whatever protocol brought it: route it, forward it upstream,
+relay the answer, log it. This is the one place that turns errors into status codes.
+
+``Proxy.handle(ex)`` reads the current ``Snapshot`` once, so a reload (one assignment to
+``Proxy.snapshot``) never changes the world under a request in flight.
+
+What it writes upstream (SPEC "HTTP behaviour"): the normalised, possibly rewritten path
+and the raw query; the client's headers minus hop-by-hop ones and minus the framing,
+which we write ourselves; ``X-Forwarded-For/-Proto/-Host`` (the client's own only when the
+peer is a trusted proxy, else replaced), ``X-Request-Id`` (kept when sane, else made) and
+``traceparent`` (passed on when valid, else started).
+
+May import: the standard library, orjson, fastgw.errors, fastgw.exchange, fastgw.upstream
+(the handler drives it), fastgw.accesslog; snapshot only for types.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import TYPE_CHECKING
+
+import orjson
+
+from fastgw.errors import FastGWError, UpstreamError
+from fastgw.exchange import BODY_CHUNKED, BODY_LENGTH, Exchange
+
+if TYPE_CHECKING:
+    from fastgw.accesslog import AccessLog
+    from fastgw.snapshot import Route, Snapshot
+
+log = logging.getLogger("fastgw")
+
+REASONS = {
+    200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 206: "Partial Content",
+    301: "Moved Permanently", 302: "Found", 303: "See Other", 304: "Not Modified",
+    307: "Temporary Redirect", 308: "Permanent Redirect",
+    400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 410: "Gone",
+    413: "Content Too Large", 414: "URI Too Long", 415: "Unsupported Media Type",
+    417: "Expectation Failed",
+    422: "Unprocessable Content", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
+    503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported",
+}
+
+# Request headers never forwarded as the client sent them: hop-by-hop (RFC 9110 §7.6.1),
+# the framing we write ourselves, Expect (we answer 100-continue), and what we set.
+REQUEST_DROP = frozenset((
+    b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+    b"proxy-connection", b"proxy-authorization", b"proxy-authenticate", b"content-length",
+    b"expect", b"x-request-id", b"traceparent",
+    b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-real-ip",
+))
+# Of those, the ones believed (passed on) when the peer is a trusted proxy.
+TRUSTED_FORWARDING = frozenset((b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-real-ip"))
+
+_SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:@+=/-]{1,200}\Z")
+_TRACEPARENT = re.compile(rb"[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}\Z")
+
+
+class RequestIds:
+    """Request ids unique per process run: a random prefix and a counter (cheaper than
+    a UUID per request, and sortable within one worker)."""
+
+    __slots__ = ("prefix", "counter")
+
+    def __init__(self) -> None:
+        self.prefix = os.urandom(6).hex()
+        self.counter = 0
+
+    def next(self) -> str:
+        self.counter += 1
+        return f"{self.prefix}-{self.counter:x}"
+
+
+def error_body(status: int, message: str, request_id: str) -> bytes:
+    return orjson.dumps({"error": message, "status": status, "request_id": request_id})
+
+
+class Proxy:
+    """Holds the current snapshot and serves exchanges against it."""
+
+    __slots__ = ("snapshot", "access_log", "ids", "draining")
+
+    def __init__(self, snapshot: Snapshot, access_log: AccessLog) -> None:
+        self.snapshot = snapshot
+        self.access_log = access_log
+        self.ids = RequestIds()
+        self.draining = False
+
+    async def handle(self, ex: Exchange) -> None:
+        snap = self.snapshot
+        try:
+            await self._route_and_forward(ex, snap)
+        except FastGWError as exc:
+            if ex.failure is not None:
+                exc = ex.failure  # the protocol's reason wins over the upstream's
+            self.fail(ex, exc.status, str(exc))
+        except Exception:  # a bug of ours: answer 500 and keep serving
+            log.exception("request %s failed", ex.request_id)
+            self.fail(ex, 500, "internal error")
+        self.access_log.write(ex)
+
+    def fail(self, ex: Exchange, status: int, message: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        """Answer ``status`` with the JSON error body, or cut the connection when a
+        response is already under way (a half-sent body must never look complete)."""
+        if ex.response_started:
+            ex.downstream.abort(ex)
+            return
+        body = error_body(status, message, ex.request_id)
+        headers = [(b"content-type", b"application/json"),
+                   (b"x-request-id", ex.request_id.encode())]
+        if extra:
+            headers.extend(extra)
+        ex.downstream.send_head(ex, status, headers, len(body))
+        ex.downstream.send_body(ex, body)
+        ex.downstream.send_end(ex)
+
+    def prepare(self, ex: Exchange, snap: Snapshot | None = None) -> None:
+        """Give the exchange its request id and client ip. Called by the protocol when
+        the head is complete (so even its own 4xx answers carry an id)."""
+        rid = None
+        for name, value in ex.headers:
+            if len(name) == 12 and name.lower() == b"x-request-id":
+                rid = value
+                break
+        if rid is not None and _SANE_REQUEST_ID.match(rid):
+            ex.request_id = rid.decode()
+        else:
+            ex.request_id = self.ids.next()
+        snap = snap or self.snapshot
+        if snap.trusted_proxies and snap.is_trusted(ex.peer_ip):
+            ex.client_ip = snap.client_ip_from(ex)
+
+    async def _route_and_forward(self, ex: Exchange, snap: Snapshot) -> None:
+        router = snap.router
+        headers = None
+        if router.header_names:
+            headers = {}
+            wanted = router.header_names
+            for name, value in ex.headers:
+                lname = name.decode("latin-1").lower()
+                if lname in wanted:
+                    headers.setdefault(lname, value.decode("latin-1"))
+        match = router.match(ex.method, ex.host, ex.path, headers)
+        if match is None:
+            self.fail(ex, 404, "no route")
+            return
+        route = match.target
+        if route is None:
+            allow = ", ".join(match.allowed).encode()
+            self.fail(ex, 405, "method not allowed", [(b"allow", allow)])
+            return
+        ex.route_name = route.name
+        if route.timeout:
+            ex.deadline = ex.started + route.timeout
+        await self.forward(ex, route, route.upstream_path(ex.path, match.params))
+
+    async def forward(self, ex: Exchange, route: Route, path: str) -> None:
+        head = self.upstream_head(ex, path)
+        pool = route.upstream.pick(ex)
+        conn = pool.take_idle()
+        if conn is None:
+            conn = await pool.connect()
+        if ex.failure is not None:  # the client gave up (or broke a limit) while we connected
+            pool.release(conn)
+            raise ex.failure
+        try:
+            await conn.start(ex, head)
+        except UpstreamError:
+            # A pooled connection the upstream closed while idle fails before any byte
+            # comes back. That request never reached the application: send it again on a
+            # new connection, once, when nothing of a body went out (nginx does the same).
+            if not (conn.reused and not conn.got_response_bytes and ex.body_kind == 0
+                    and not ex.response_started):
+                raise
+            conn = await pool.connect()
+            await conn.start(ex, head)
+
+    def upstream_head(self, ex: Exchange, path: str) -> bytes:
+        """The request head for the upstream, built in one pass over the client's headers."""
+        snap = self.snapshot
+        trusted = snap.trusted_proxies and snap.is_trusted(ex.peer_ip)
+        target = path.encode("latin-1")
+        if ex.query:
+            target += b"?" + ex.query
+        parts = [ex.method.encode(), b" ", target, b" HTTP/1.1\r\n"]
+        xff = None
+        traceparent = None
+        connection_listed = None
+        for name, value in ex.headers:
+            lname = name.lower()
+            if lname in REQUEST_DROP:
+                if lname == b"x-forwarded-for":
+                    if trusted:
+                        xff = value if xff is None else xff + b", " + value
+                elif lname == b"traceparent":
+                    traceparent = value
+                elif lname == b"connection":
+                    connection_listed = [t.strip().lower() for t in value.split(b",")]
+                elif trusted and lname in TRUSTED_FORWARDING:
+                    parts += (name, b": ", value, b"\r\n")
+                continue
+            parts += (name, b": ", value, b"\r\n")
+        if connection_listed:
+            # Headers named by Connection are hop-by-hop too; it may come after them.
+            parts = _drop_listed(parts, connection_listed)
+        peer = ex.peer_ip.encode()
+        parts += (b"x-forwarded-for: ", peer if xff is None else xff + b", " + peer, b"\r\n")
+        if not trusted or ex.header(b"x-forwarded-proto") is None:
+            parts.append(b"x-forwarded-proto: http\r\n")
+        if not trusted or ex.header(b"x-forwarded-host") is None:
+            host = ex.header(b"host")
+            if host is not None:
+                parts += (b"x-forwarded-host: ", host, b"\r\n")
+        parts += (b"x-request-id: ", ex.request_id.encode(), b"\r\n")
+        if traceparent is None or not _TRACEPARENT.match(traceparent):
+            traceparent = b"00-%s-%s-01" % (os.urandom(16).hex().encode(), os.urandom(8).hex().encode())
+        parts += (b"traceparent: ", traceparent, b"\r\n")
+        if ex.body_kind == BODY_CHUNKED:
+            parts.append(b"transfer-encoding: chunked\r\n\r\n")
+        elif ex.body_kind == BODY_LENGTH:
+            parts.append(b"content-length: %d\r\n\r\n" % ex.body_length)
+        else:
+            parts.append(b"\r\n")
+        return b"".join(parts)
+
+
+def _drop_listed(parts: list[bytes], listed: list[bytes]) -> list[bytes]:
+    """Remove the header lines (4 parts each, after the 4-part request line) whose name
+    the client's Connection header listed."""
+    kept = parts[:4]
+    for i in range(4, len(parts), 4):
+        if parts[i].lower() not in listed:
+            kept += parts[i:i + 4]
+    return kept
+
+
+def status_line(status: int) -> bytes:
+    return b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, "Unknown").encode())
+

@@ -1,0 +1,181 @@
+"""Config → one immutable ``Snapshot``: the router, the compiled routes, the upstreams.
+
+Everything a request needs is decided here, once per (re)load: route patterns are
+checked and built into the Cython trie, rewrite templates are split into parts, upstream
+groups get their pools. ``compile_snapshot(config, previous)`` keeps an ``Upstream`` (and
+its warm keep-alive pools) whose settings did not change, so a reload does not cold-start
+upstream connections; the ones that left the config are retired by the caller once the
+new snapshot is in place.
+
+May import: the standard library, fastgw.config, fastgw.errors, fastgw.upstream, fastgw._core.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING
+
+from fastgw._core.errors import RouteError
+from fastgw._core.router import Router, Rule
+from fastgw.errors import ConfigError
+from fastgw.upstream import Pool, Upstream
+
+if TYPE_CHECKING:
+    from fastgw.config import Config, RouteConfig, UpstreamConfig
+    from fastgw.exchange import Exchange
+
+
+class Route:
+    """A route as a request sees it: where it goes and how its path is rewritten."""
+
+    __slots__ = ("name", "index", "upstream", "strip_prefix", "rewrite", "timeout", "config")
+
+    def __init__(self, config: RouteConfig, upstream: Upstream) -> None:
+        self.name = config.name
+        self.index = config.index
+        self.upstream = upstream
+        self.strip_prefix = config.strip_prefix
+        self.rewrite = _split_template(config.rewrite) if config.rewrite else None
+        self.timeout = config.timeout or 0.0
+        self.config = config
+
+    def upstream_path(self, path: str, params: dict[str, str]) -> str:
+        """The path sent upstream: the normalised request path, with ``strip_prefix`` or
+        ``rewrite`` applied."""
+        if self.rewrite is not None:
+            return "".join([params.get(part[1:], "") if part[:1] == "\0" else part for part in self.rewrite])
+        prefix = self.strip_prefix
+        if prefix is not None and path.startswith(prefix):
+            rest = path[len(prefix):]
+            if not rest:
+                return "/"
+            if rest[0] == "/":
+                return rest
+        return path
+
+    def __repr__(self) -> str:
+        return f"Route({self.name!r})"
+
+
+def _split_template(template: str) -> list[str]:
+    """"/v2/users/{id}" → ["/v2/users/", "\\0id"]: literals, and param names marked by NUL."""
+    parts: list[str] = []
+    rest = template
+    while rest:
+        start = rest.find("{")
+        end = rest.find("}", start)
+        if start < 0 or end < 0:
+            parts.append(rest)
+            break
+        if start:
+            parts.append(rest[:start])
+        parts.append("\0" + rest[start + 1:end])
+        rest = rest[end + 1:]
+    return parts
+
+
+class Snapshot:
+    """What one config compiles to. Never mutated after ``compile_snapshot`` returns."""
+
+    __slots__ = ("config", "router", "routes", "upstreams", "trusted_proxies", "_trust_cache")
+
+    def __init__(self, config: Config, router: Router, routes: tuple[Route, ...],
+                 upstreams: dict[str, Upstream]) -> None:
+        self.config = config
+        self.router = router
+        self.routes = routes
+        self.upstreams = upstreams
+        self.trusted_proxies = config.server.trusted_proxies
+        self._trust_cache: dict[str, bool] = {}
+
+    def is_trusted(self, ip: str) -> bool:
+        """Whether ``ip`` is in ``trusted_proxies`` (memoised: peers repeat)."""
+        trusted = self._trust_cache.get(ip)
+        if trusted is None:
+            try:
+                addr = ipaddress.ip_address(ip)
+            except ValueError:
+                trusted = False
+            else:
+                trusted = any(addr in net for net in self.trusted_proxies)
+            if len(self._trust_cache) < 4096:
+                self._trust_cache[ip] = trusted
+        return trusted
+
+    def client_ip_from(self, ex: Exchange) -> str:
+        """The client address behind trusted proxies: the right-most X-Forwarded-For entry
+        that is not itself a trusted proxy (entries left of it could be forged)."""
+        hops: list[str] = []
+        for name, value in ex.headers:
+            if name.lower() == b"x-forwarded-for":
+                hops.extend(h.strip() for h in value.decode("latin-1").split(","))
+        for hop in reversed(hops):
+            if not hop:
+                continue
+            try:
+                ipaddress.ip_address(hop)
+            except ValueError:
+                return ex.peer_ip  # garbage in the chain: believe nothing of it
+            if not self.is_trusted(hop):
+                return hop
+        return hops[0] if hops and hops[0] else ex.peer_ip
+
+
+def _upstream_signature(up: UpstreamConfig) -> tuple:
+    return (tuple((t.host, t.port, t.weight) for t in up.targets), up.balance, up.keepalive,
+            up.connect_timeout, up.read_timeout)
+
+
+def build_upstream(up: UpstreamConfig, previous: Snapshot | None = None) -> Upstream:
+    signature = _upstream_signature(up)
+    if previous is not None:
+        old = previous.upstreams.get(up.name)
+        if old is not None and old.signature == signature:
+            return old
+    pools = [Pool(t.host, t.port, t.weight, up.keepalive, up.connect_timeout, up.read_timeout)
+             for t in up.targets]
+    return Upstream(up.name, pools, signature)
+
+
+def compile_snapshot(config: Config, previous: Snapshot | None = None) -> Snapshot:
+    """Build the snapshot, or raise ``ConfigError`` listing every route pattern the router
+    refuses (config.py has already checked everything else)."""
+    upstreams = {up.name: build_upstream(up, previous) for up in config.upstreams}
+    routes = tuple(Route(rc, upstreams[rc.upstream]) for rc in config.routes)
+    rules = [
+        Rule(route, rc.paths, rc.methods, rc.hosts, rc.headers, rc.priority)
+        for route, rc in zip(routes, config.routes)
+    ]
+    try:
+        router = Router(rules)
+    except RouteError:
+        raise ConfigError(_route_errors(config)) from None
+    return Snapshot(config, router, routes, upstreams)
+
+
+def _route_errors(config: Config) -> list[str]:
+    """Every pattern the router refuses, each with its place (the router stops at the
+    first; the rare failing config is rebuilt rule by rule to name them all)."""
+    errors = []
+    source = config.source or "fastgw.toml"
+    for rc in config.routes:
+        where = f'{source}: routes[{rc.index}] "{rc.name}"'
+        for i, path in enumerate(rc.paths):
+            try:
+                Router([Rule(None, (path,))])
+            except RouteError as exc:
+                errors.append(f"{where}.paths[{i}]: {exc}")
+        for i, host in enumerate(rc.hosts):
+            try:
+                Router([Rule(None, ("/",), hosts=(host,))])
+            except RouteError as exc:
+                errors.append(f"{where}.hosts[{i}]: {exc}")
+    return errors or [f"{source}: the routes cannot be compiled"]
+
+
+def retire_replaced(old: Snapshot, new: Snapshot) -> None:
+    """Close the idle pools of upstreams the new snapshot no longer uses."""
+    kept = {id(up) for up in new.upstreams.values()}
+    for up in old.upstreams.values():
+        if id(up) not in kept:
+            up.retire()

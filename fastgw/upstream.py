@@ -1,0 +1,362 @@
+"""The upstream side: an HTTP/1.1 client protocol, a keep-alive pool per target, and an
+``Upstream`` (a named group of targets) that picks one per request.
+
+``UpstreamConnection`` is an ``asyncio.Protocol`` driving ``httptools.HttpResponseParser``:
+it writes the request head the proxy built, streams the request body out of the
+``Exchange``, and relays the response straight to the exchange's ``Downstream`` as it
+arrives (status and headers once, then each body chunk), with backpressure both ways.
+It never holds a whole body. Its future resolves when the response is complete, or fails
+with an ``UpstreamError`` / ``UpstreamTimeout`` that the proxy maps to a status.
+
+Timeouts are not timers per request: each busy connection carries a ``deadline`` and
+the worker's sweeper calls ``check_deadlines`` a few times a second (as nginx keeps an
+ordered set of timers rather than one per read).
+
+The pick step is ``Upstream.pick(ex)``: smooth weighted round robin (nginx's algorithm)
+for now; the load-balancing work replaces it with the ``_core.balancer`` picks, health and
+circuit state without touching the proxy.
+
+May import: the standard library, httptools, fastgw.errors, fastgw.exchange.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import httptools
+
+from fastgw.errors import FastGWError, UpstreamError, UpstreamTimeout
+from fastgw.exchange import BODY_CHUNKED, BODY_NONE, Exchange
+
+# Response headers never relayed to the client: hop-by-hop ones (RFC 9110 §7.6.1), the
+# framing the downstream protocol writes itself, and the request id we set ourselves.
+RESPONSE_DROP = frozenset((
+    b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+    b"proxy-connection", b"proxy-authenticate", b"proxy-authorization", b"content-length",
+    b"x-request-id",
+))
+
+#: every upstream connection with a request in flight, for the deadline sweeper
+active_connections: set[UpstreamConnection] = set()
+
+
+def check_deadlines(now: float) -> None:
+    """Fail every in-flight upstream request whose read deadline or route deadline passed."""
+    expired = [conn for conn in active_connections if conn.deadline < now]
+    for conn in expired:
+        conn.fail(UpstreamTimeout("upstream did not answer in time"))
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One pooled HTTP/1.1 connection to a target; one request at a time."""
+
+    __slots__ = (
+        "pool", "transport", "parser", "ex", "done", "headers", "length", "deadline",
+        "reused", "got_response_bytes", "head_received", "drop_names", "closed", "loop",
+        "body_chunked",
+    )
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.ex: Exchange | None = None
+        self.done: asyncio.Future | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.length = -1
+        self.deadline = 0.0
+        self.reused = False
+        self.got_response_bytes = False
+        self.head_received = False
+        self.drop_names: list[bytes] | None = None
+        self.closed = False
+        self.body_chunked = False
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # pragma: no cover - not TCP
+                pass
+
+    def data_received(self, data: bytes) -> None:
+        ex = self.ex
+        if ex is None:
+            # An idle pooled connection must not speak: whatever it says, it is not ours.
+            self.close()
+            return
+        self.got_response_bytes = True
+        self._extend_deadline(ex)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.fail(UpstreamError(f"upstream answered garbage ({exc.__class__.__name__})"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        if self.ex is None:
+            return
+        if self.head_received and self.length < 0 and not self.body_chunked:
+            # A response without Content-Length or chunking ends when the upstream closes.
+            self.on_message_complete()
+        elif self.head_received:
+            self.fail(UpstreamError("upstream closed the connection mid-response"))
+        else:
+            self.fail(UpstreamError("upstream closed the connection before answering"))
+
+    def pause_writing(self) -> None:
+        ex = self.ex
+        if ex is not None:
+            ex.downstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        ex = self.ex
+        if ex is not None:
+            ex.downstream.resume_reading()
+
+    # -- the request ------------------------------------------------------------------------
+
+    def start(self, ex: Exchange, head: bytes) -> asyncio.Future:
+        """Send the request head, stream the body, and return a future that resolves when
+        the whole response went to the client."""
+        self.ex = ex
+        self.done = self.loop.create_future()
+        self.headers = []
+        self.length = -1
+        self.head_received = False
+        self.got_response_bytes = False
+        self.body_chunked = False
+        self.drop_names = None
+        self._extend_deadline(ex)
+        active_connections.add(self)
+        ex.upstream_addr = self.pool.address
+        ex.on_writable = self._client_writable
+        ex.on_cancel = self.fail
+        self.transport.write(head)  # type: ignore[union-attr]
+        if ex.body_kind != BODY_NONE:
+            if ex.body_kind == BODY_CHUNKED:
+                ex.attach_body(self._write_chunk, self._write_last_chunk)
+            else:
+                ex.attach_body(self.transport.write, _nothing)  # type: ignore[union-attr]
+        return self.done
+
+    def _write_chunk(self, data: bytes) -> None:
+        if data:
+            self.transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))  # type: ignore[union-attr]
+
+    def _write_last_chunk(self) -> None:
+        self.transport.write(b"0\r\n\r\n")  # type: ignore[union-attr]
+
+    def _client_writable(self, writable: bool) -> None:
+        if self.transport is not None and not self.closed:
+            if writable:
+                self.transport.resume_reading()
+            else:
+                self.transport.pause_reading()
+
+    def _extend_deadline(self, ex: Exchange) -> None:
+        deadline = self.loop.time() + self.pool.read_timeout
+        if ex.deadline and ex.deadline < deadline:
+            deadline = ex.deadline
+        self.deadline = deadline
+
+    def fail(self, error: FastGWError) -> None:
+        """End the request in flight with ``error`` and close the connection."""
+        ex = self.ex
+        done = self.done
+        self._finish()
+        self.close()
+        if ex is not None and done is not None and not done.done():
+            done.set_exception(error)
+
+    def _finish(self) -> None:
+        ex = self.ex
+        if ex is not None:
+            ex.detach_body()
+            ex.on_writable = None
+            ex.on_cancel = None
+        self.ex = None
+        active_connections.discard(self)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.pool.forget(self)
+            if self.transport is not None:
+                self.transport.close()
+
+    # -- httptools callbacks -----------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lname = name.lower()
+        if lname in RESPONSE_DROP:
+            if lname == b"content-length":
+                self.length = int(value)
+            elif lname == b"transfer-encoding":
+                self.body_chunked = True
+            elif lname == b"connection":
+                self.drop_names = [t.strip().lower() for t in value.split(b",")]
+            return
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        ex = self.ex
+        if ex is None:
+            return
+        status = self.parser.get_status_code()
+        if status < 200:
+            # Interim answers (100 Continue, 103 Early Hints) are not relayed: we strip
+            # Expect and answer 100 to the client ourselves. 101 never comes, as we strip
+            # Upgrade; if it does, the upstream is not speaking HTTP to us any more.
+            if status == 101:
+                self.fail(UpstreamError("upstream switched protocols unasked"))
+            self.headers = []
+            self.length = -1
+            self.body_chunked = False
+            return
+        self.head_received = True
+        headers = self.headers
+        if self.drop_names:
+            drop = self.drop_names
+            headers = [(n, v) for n, v in headers if n.lower() not in drop]
+        if self.body_chunked:
+            self.length = -1
+        headers.append((b"x-request-id", ex.request_id.encode()))
+        ex.downstream.send_head(ex, status, headers, self.length)
+        if ex.method == "HEAD":
+            # The parser cannot be told this response has no body; finish it here and
+            # give the next request on this connection a fresh parser.
+            self.parser = httptools.HttpResponseParser(self)
+            self.on_message_complete()
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.ex
+        if ex is not None:
+            ex.downstream.send_body(ex, body)
+
+    def on_message_complete(self) -> None:
+        ex = self.ex
+        if ex is None or not self.head_received:
+            return
+        done = self.done
+        # Reusable only when both sides finished cleanly: an upstream that answered before
+        # reading our whole body may still be reading it.
+        reusable = ex.body_done and self.parser.should_keep_alive() and not self.closed
+        self._finish()
+        ex.downstream.send_end(ex)
+        if reusable:
+            self.pool.release(self)
+        else:
+            self.close()
+        if done is not None and not done.done():
+            done.set_result(None)
+
+
+def _nothing() -> None:
+    pass
+
+
+class Pool:
+    """Keep-alive connections to one target (``host:port``): at most ``keepalive`` idle."""
+
+    __slots__ = ("host", "port", "address", "weight", "keepalive", "connect_timeout",
+                 "read_timeout", "idle", "loop", "retired")
+
+    def __init__(self, host: str, port: int, weight: int, keepalive: int,
+                 connect_timeout: float, read_timeout: float) -> None:
+        self.host = host
+        self.port = port
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.weight = weight
+        self.keepalive = keepalive
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.idle: list[UpstreamConnection] = []
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.retired = False
+
+    def take_idle(self) -> UpstreamConnection | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()  # LIFO: the warmest connection is the least likely to be closed
+            if not conn.closed:
+                conn.reused = True
+                return conn
+        return None
+
+    async def connect(self) -> UpstreamConnection:
+        loop = self.loop = asyncio.get_running_loop()
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port),
+                self.connect_timeout)
+        except asyncio.TimeoutError:
+            raise UpstreamTimeout(f"connect to {self.address} timed out") from None
+        except ConnectionRefusedError:
+            raise UpstreamError(f"connect to {self.address} refused") from None
+        except OSError as exc:
+            raise UpstreamError(f"connect to {self.address} failed: {exc.strerror or exc}") from None
+        return conn
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if self.retired or len(self.idle) >= self.keepalive:
+            conn.close()
+        else:
+            self.idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    def retire(self) -> None:
+        """This pool left the config: close its idle connections, and busy ones when done."""
+        self.retired = True
+        idle, self.idle = self.idle, []
+        for conn in idle:
+            conn.close()
+
+
+class Upstream:
+    """A named group of targets and the pick step.
+
+    The pick is smooth weighted round robin (nginx): every pick adds each target's weight
+    to its running score, takes the highest, and subtracts the total from it, so a 1:3
+    pair goes B B A B rather than A B B B, spreading each target's turns evenly.
+    """
+
+    __slots__ = ("name", "pools", "_scores", "_total", "signature")
+
+    def __init__(self, name: str, pools: list[Pool], signature: object) -> None:
+        self.name = name
+        self.pools = pools
+        self._scores = [0] * len(pools)
+        self._total = sum(p.weight for p in pools)
+        #: the config this was built from: a reload keeps the Upstream (and its warm
+        #: pools) when the signature is unchanged
+        self.signature = signature
+
+    def pick(self, ex: Exchange) -> Pool:
+        pools = self.pools
+        if len(pools) == 1:
+            return pools[0]
+        scores = self._scores
+        best = 0
+        for i, pool in enumerate(pools):
+            scores[i] += pool.weight
+            if scores[i] > scores[best]:
+                best = i
+        scores[best] -= self._total
+        return pools[best]
+
+    def retire(self) -> None:
+        for pool in self.pools:
+            pool.retire()
