@@ -1,0 +1,958 @@
+"""The config file: TOML in, validated frozen dataclasses out.
+
+``load_config(path)`` / ``parse_config(text)`` return a :class:`Config` or raise
+:class:`~fastgw.errors.ConfigError` listing *every* problem, each one full line
+``SOURCE: PLACE: MESSAGE`` (``fastgw.toml: server.workers: must be at least 1, got 0``).
+Only a TOML syntax error stops early, since nothing after it can be read.
+
+How it is built: a :class:`Place` is a value of the file together with its dotted
+path (``routes[0] "users".methods[1]``) and the shared error list. Its typed getters
+(``get_int``, ``get_str``, ``get_duration``...) convert a key of the table it holds,
+record an error at the key's place when the value is wrong, and return the default
+instead, so that validation always goes on to the end. The value syntaxes
+(durations, sizes, rates, addresses, secrets) are plain functions that raise
+``ValueError`` with the human message, usable on their own.
+
+Nothing here opens sockets or builds routers: the result is data, compiled later
+by ``snapshot``. Keys that SPEC.md defines for later work are refused with
+"is not supported yet", never ignored.
+
+May import: the standard library and ``fastgw.errors``.
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime
+import difflib
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from fastgw.errors import ConfigError
+
+__all__ = [
+    "Address",
+    "Config",
+    "LogConfig",
+    "RouteConfig",
+    "ServerConfig",
+    "Target",
+    "UpstreamConfig",
+    "load_config",
+    "parse_address",
+    "parse_config",
+    "parse_duration",
+    "parse_rate",
+    "parse_size",
+    "resolve_secret",
+]
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+# ---------------------------------------------------------------------------
+# The result
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A listen address or an upstream target's address."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return _join_host_port(self.host, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """``[server]``. Durations are seconds, sizes bytes."""
+
+    listen: tuple[Address, ...] = (Address("0.0.0.0", 8080),)
+    workers: int = 1
+    max_connections: int = 10000
+    header_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    drain_timeout: float = 10.0
+    max_header_bytes: int = 16384
+    max_body_bytes: int = 10 * 1024 * 1024
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """``[log]``. ``access`` is "stdout", "off" or an absolute file path."""
+
+    access: str = "stdout"
+    format: str = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One server of an upstream."""
+
+    host: str
+    port: int
+    weight: int = 1
+
+    def __str__(self) -> str:
+        return _join_host_port(self.host, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    """``[upstreams.NAME]``. Timeouts are seconds."""
+
+    name: str
+    targets: tuple[Target, ...]
+    balance: str = "round_robin"
+    keepalive: int = 64
+    connect_timeout: float = 2.0
+    read_timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    """One ``[[routes]]`` entry; ``index`` is its position in that array."""
+
+    name: str
+    index: int
+    paths: tuple[str, ...]
+    upstream: str
+    hosts: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
+    priority: int = 0
+    strip_prefix: str | None = None
+    rewrite: str | None = None
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A whole, valid config file."""
+
+    server: ServerConfig
+    log: LogConfig
+    upstreams: tuple[UpstreamConfig, ...]
+    routes: tuple[RouteConfig, ...]
+    source: str
+    digest: str
+
+    def upstream(self, name: str) -> UpstreamConfig:
+        """The upstream called ``name``; ``KeyError`` when there is none."""
+        for upstream in self.upstreams:
+            if upstream.name == name:
+                return upstream
+        raise KeyError(name)
+
+
+# ---------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate the config file at ``path``.
+
+    Errors are prefixed with ``path`` as given; relative file paths inside the
+    file are resolved against the file's folder.
+
+    Raises:
+        ConfigError: with every problem found (or the one reason the file cannot
+            be read or parsed).
+    """
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError([f"{source}: cannot read the file: {e.strerror or e}"]) from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{source}: not UTF-8 text (bad byte at offset {e.start})"]) from None
+    base_dir = os.path.dirname(os.path.abspath(source))
+    return _build(text, source, source, base_dir, hashlib.sha256(data).hexdigest())
+
+
+def parse_config(text: str, source: str | None = None, base_dir: str = ".") -> Config:
+    """Validate config ``text``.
+
+    Args:
+        text: the TOML document.
+        source: the name errors are prefixed with ("fastgw.toml" when not given),
+            and the resulting ``Config.source`` ("" when not given).
+        base_dir: the folder relative file paths are resolved against.
+
+    Raises:
+        ConfigError: with every problem found.
+    """
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    prefix = "fastgw.toml" if source is None else source
+    return _build(text, prefix, source or "", base_dir, digest)
+
+
+def _build(text: str, prefix: str, source: str, base_dir: str, digest: str) -> Config:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{prefix}: {_syntax_error(str(e), text)}"]) from None
+    errors: list[str] = []
+    config = _Builder(Place(prefix, errors, doc), base_dir).config(source, digest)
+    if errors:
+        raise ConfigError(errors)
+    return config
+
+
+# ---------------------------------------------------------------------------
+# Value syntaxes
+# ---------------------------------------------------------------------------
+
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE = re.compile(r"([0-9]+)(B|KiB|MiB|GiB)")
+_SIZE_UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+_RATE = re.compile(r"([0-9]+(?:\.[0-9]+)?)/(s|m|h|d)")
+_RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(s: Any) -> float:
+    """``"250ms"``, ``"5s"``, ``"2m"``, ``"1h"`` (decimals allowed) → seconds, > 0.
+
+    Raises:
+        ValueError: not a string, not a duration, or zero.
+    """
+    if not isinstance(s, str):
+        raise ValueError(_expected('a duration like "5s"', s))
+    m = _DURATION.fullmatch(s)
+    if m is None:
+        raise ValueError(f'{_q(s)} is not a duration (use e.g. "250ms", "5s", "2m", "1h")')
+    seconds = float(m[1]) * _DURATION_UNITS[m[2]]
+    if seconds <= 0:
+        raise ValueError(f"a duration must be greater than 0, got {_q(s)}")
+    return seconds
+
+
+def parse_size(s: Any) -> int:
+    """``"512B"``, ``"16KiB"``, ``"10MiB"``, ``"1GiB"``, or an integer number of bytes.
+
+    Raises:
+        ValueError: not a size, or negative.
+    """
+    if type(s) is int:
+        if s < 0:
+            raise ValueError(f"a size cannot be negative, got {s}")
+        return s
+    if not isinstance(s, str):
+        raise ValueError(_expected('a size like "16KiB" or a number of bytes', s))
+    m = _SIZE.fullmatch(s)
+    if m is None:
+        raise ValueError(f'{_q(s)} is not a size (use e.g. "512B", "16KiB", "10MiB", "1GiB")')
+    return int(m[1]) * _SIZE_UNITS[m[2]]
+
+
+def parse_rate(s: Any) -> float:
+    """``"100/s"``, ``"6000/m"``, ``"50000/h"``, ``"1000/d"`` → events per second, > 0.
+
+    Raises:
+        ValueError: not a string, not a rate, or zero.
+    """
+    if not isinstance(s, str):
+        raise ValueError(_expected('a rate like "100/s"', s))
+    m = _RATE.fullmatch(s)
+    if m is None:
+        raise ValueError(f'{_q(s)} is not a rate (use e.g. "100/s", "6000/m", "50000/h")')
+    rate = float(m[1]) / _RATE_UNITS[m[2]]
+    if rate <= 0:
+        raise ValueError(f"a rate must be greater than 0, got {_q(s)}")
+    return rate
+
+
+def resolve_secret(value: str) -> str:
+    """``"env:NAME"`` → the environment variable NAME; any other string as it is.
+
+    Raises:
+        ValueError: the variable is not set.
+    """
+    if not value.startswith("env:"):
+        return value
+    name = value[4:]
+    if not name:
+        raise ValueError('"env:" names no environment variable')
+    try:
+        return os.environ[name]
+    except KeyError:
+        raise ValueError(f"environment variable {name} is not set") from None
+
+
+_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?")
+_PORT = re.compile(r"[0-9]{1,6}")
+
+
+def parse_address(s: Any, default_host: str | None = None) -> Address:
+    """``"host:port"`` or ``"[v6]:port"``; ``":port"`` too when ``default_host`` is given.
+
+    Raises:
+        ValueError: ``"x" is not host:port (why)``.
+    """
+    if not isinstance(s, str):
+        raise ValueError(_expected('an address like "127.0.0.1:8080"', s))
+
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{_q(s)} is not host:port ({why})")
+
+    if s.startswith("["):
+        host, bracket, rest = s[1:].partition("]")
+        if not bracket:
+            raise bad("missing ']'")
+        if not rest.startswith(":"):
+            raise bad("no port")
+        port_text = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise bad(f"bad IPv6 address {_q(host)}") from None
+    else:
+        host, colon, port_text = s.rpartition(":")
+        if not colon:
+            raise bad("no port")
+        if ":" in host:
+            raise bad('an IPv6 address needs brackets, e.g. "[::1]:8080"')
+        if not host:
+            if default_host is None:
+                raise bad("no host")
+            host = default_host
+        elif not _is_hostname(host):
+            raise bad(f"bad host name {_q(host)}")
+    if not _PORT.fullmatch(port_text):
+        raise bad("no port" if not port_text else "port is not a number")
+    port = int(port_text)
+    if port > 65535:
+        raise bad("port > 65535")
+    if port < 1:
+        raise bad("port < 1")
+    return Address(host, port)
+
+
+def _is_hostname(host: str) -> bool:
+    return len(host) <= 253 and all(_LABEL.fullmatch(label) for label in host.split("."))
+
+
+def _join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# ---------------------------------------------------------------------------
+# Places and getters
+# ---------------------------------------------------------------------------
+
+_REQUIRED: Any = object()
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+Convert = Callable[[Any], Any]
+
+
+class Place:
+    """A value of the file, where it is, and the shared list errors go to.
+
+    The getters read one key of the table this place holds: an absent key gives
+    the default (or a "missing required key" error when there is none), a wrong
+    value gives an error at the key's place and the default.
+    """
+
+    __slots__ = ("_errors", "_source", "path", "value")
+
+    def __init__(self, source: str, errors: list[str], value: Any, path: str = "") -> None:
+        self._source = source
+        self._errors = errors
+        self.value = value
+        self.path = path
+
+    def key(self, name: str) -> Place:
+        """The place of ``name`` in this table (its value ``None`` when absent)."""
+        part = name if _BARE_KEY.fullmatch(name) else _q(name)
+        path = f"{self.path}.{part}" if self.path else part
+        value = self.value.get(name) if isinstance(self.value, dict) else None
+        return Place(self._source, self._errors, value, path)
+
+    def item(self, index: int) -> Place:
+        """The place of this array's element ``index``."""
+        return Place(self._source, self._errors, self.value[index], f"{self.path}[{index}]")
+
+    def named(self, name: str) -> Place:
+        """This place, its path followed by ``name`` in quotes (``routes[2] "orders"``)."""
+        return Place(self._source, self._errors, self.value, f"{self.path} {_q(name)}")
+
+    def error(self, message: str) -> None:
+        where = f"{self.path}: " if self.path else ""
+        self._errors.append(f"{self._source}: {where}{message}")
+
+    def convert(self, convert: Convert, default: Any = None) -> Any:
+        """This place's value through ``convert``; on ``ValueError``, an error and ``default``."""
+        try:
+            return convert(self.value)
+        except ValueError as e:
+            self.error(str(e))
+            return default
+
+    # -- table access -------------------------------------------------------
+
+    def check_unknown(self, known: Iterable[str], later: Iterable[str] = ()) -> None:
+        """An error for every key that is neither ``known`` nor ``later`` (not supported yet)."""
+        known, later = tuple(known), tuple(later)
+        for name in self.value:
+            if name in later:
+                self.error(f"{_q(name)} is not supported yet")
+            elif name not in known:
+                self.error(f"unknown key {_q(name)}{_did_you_mean(name, known + later)}")
+
+    def get(self, name: str, convert: Convert, default: Any = _REQUIRED) -> Any:
+        """Key ``name`` through ``convert``; ``default`` when absent or wrong.
+
+        Without a default the key is required; its value is ``None`` when absent or wrong.
+        """
+        if name not in self.value:
+            if default is _REQUIRED:
+                self.error(f"missing required key {_q(name)}")
+                return None
+            return default
+        return self.key(name).convert(convert, None if default is _REQUIRED else default)
+
+    def get_int(self, name: str, default: Any = _REQUIRED, minimum: int | None = None) -> Any:
+        return self.get(name, _integer(minimum), default)
+
+    def get_str(self, name: str, default: Any = _REQUIRED) -> Any:
+        return self.get(name, _string, default)
+
+    def get_choice(self, name: str, default: str, accepted: Iterable[str], later: Iterable[str] = ()) -> str:
+        return self.get(name, _choice(tuple(accepted), tuple(later)), default)
+
+    def get_duration(self, name: str, default: Any = _REQUIRED) -> Any:
+        return self.get(name, parse_duration, default)
+
+    def get_size(self, name: str, default: int, minimum: int = 0) -> int:
+        return self.get(name, _at_least(parse_size, minimum), default)
+
+    def get_table(self, name: str) -> Place | None:
+        """The place of sub-table ``name``; ``None`` when absent or not a table."""
+        if name not in self.value:
+            return None
+        place = self.key(name)
+        return place if place.convert(_table) is not None else None
+
+    def get_items(
+        self, name: str, *, single: bool = False, required: bool = False, nonempty: str = ""
+    ) -> list[Place]:
+        """The places of array ``name``'s elements; ``[]`` when absent or not an array.
+
+        Args:
+            single: a lone value stands for an array of one (its place is the key's).
+            required: the key must be present.
+            nonempty: what an element is called, when the array must not be empty.
+        """
+        if name not in self.value:
+            if required:
+                self.error(f"missing required key {_q(name)}")
+            return []
+        place = self.key(name)
+        if single and not isinstance(place.value, list):
+            return [place]
+        if place.convert(_array) is None:
+            return []
+        if nonempty and not place.value:
+            place.error(f"must have at least one {nonempty}")
+        return [place.item(i) for i in range(len(place.value))]
+
+    def get_tuple(self, name: str, convert: Convert, **kwargs: Any) -> tuple[Any, ...]:
+        """Array ``name`` (see ``get_items``) with each element through ``convert``;
+        bad ones are left out."""
+        values = (item.convert(convert) for item in self.get_items(name, **kwargs))
+        return tuple(v for v in values if v is not None)
+
+
+def _expected(what: str, value: Any) -> str:
+    return f"expected {what}, got {_describe(value)}"
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str):
+        return f"string {_q(value)}"
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, int):
+        return f"integer {value}"
+    if isinstance(value, float):
+        return f"float {value}"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "table"
+    if isinstance(value, datetime.datetime):
+        return f"date-time {value.isoformat()}"
+    if isinstance(value, datetime.date):
+        return f"date {value.isoformat()}"
+    if isinstance(value, datetime.time):
+        return f"time {value.isoformat()}"
+    return type(value).__name__
+
+
+def _q(s: str, limit: int = 80) -> str:
+    """``s`` in double quotes, escaped like JSON, cut when very long."""
+    if len(s) > limit:
+        s = s[: limit - 3] + "..."
+    return json.dumps(s, ensure_ascii=False)
+
+
+def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {_q(close[0])}?)" if close else ""
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(_expected("a string", value))
+    return value
+
+
+def _table(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(_expected("a table", value))
+    return value
+
+
+def _array(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError(_expected("an array", value))
+    return value
+
+
+def _integer(minimum: int | None = None) -> Convert:
+    def convert(value: Any) -> int:
+        if type(value) is not int:
+            raise ValueError(_expected("an integer", value))
+        return value
+
+    return convert if minimum is None else _at_least(convert, minimum)
+
+
+def _at_least(convert: Convert, minimum: int) -> Convert:
+    def checked(value: Any) -> Any:
+        result = convert(value)
+        if result < minimum:
+            raise ValueError(f"must be at least {minimum}, got {_q(value) if isinstance(value, str) else value}")
+        return result
+
+    return checked
+
+
+def _choice(accepted: tuple[str, ...], later: tuple[str, ...] = ()) -> Convert:
+    """One of ``accepted``; one of ``later`` is "not supported yet"."""
+    every = accepted + later
+
+    def convert(value: Any) -> str:
+        if isinstance(value, str) and value in accepted:
+            return value
+        if isinstance(value, str) and value in later:
+            raise ValueError(f"{_q(value)} is not supported yet (accepted now: {_list(accepted)})")
+        what = _list(every) if len(every) == 1 else f"one of {_list(every)}"
+        hint = _did_you_mean(value, every) if isinstance(value, str) else ""
+        raise ValueError(_expected(what, value) + hint)
+
+    return convert
+
+
+def _list(words: Iterable[str]) -> str:
+    return ", ".join(_q(w) for w in words)
+
+
+# ---------------------------------------------------------------------------
+# The sections
+# ---------------------------------------------------------------------------
+
+_TOP_KEYS = ("server", "log", "upstreams", "routes")
+_TOP_LATER = ("admin", "cluster", "consumers", "auth", "global", "plugins")
+_SERVER_KEYS = (
+    "listen",
+    "workers",
+    "max_connections",
+    "header_timeout",
+    "idle_timeout",
+    "drain_timeout",
+    "max_header_bytes",
+    "max_body_bytes",
+    "trusted_proxies",
+)
+_SERVER_LATER = ("tls",)
+_LOG_KEYS = ("access", "format")
+_UPSTREAM_KEYS = ("targets", "balance", "keepalive", "connect_timeout", "read_timeout")
+_UPSTREAM_LATER = ("hash_on", "retries", "health_check", "circuit_breaker")
+_BALANCE = ("round_robin",)
+_BALANCE_LATER = ("least_conn", "consistent_hash", "random")
+_TARGET_KEYS = ("address", "weight")
+_ROUTE_KEYS = (
+    "name",
+    "hosts",
+    "paths",
+    "methods",
+    "headers",
+    "priority",
+    "upstream",
+    "strip_prefix",
+    "rewrite",
+    "timeout",
+)
+_ROUTE_LATER = (
+    "max_concurrent",
+    "websocket",
+    "split",
+    "match_split",
+    "auth",
+    "acl",
+    "ip",
+    "rate_limit",
+    "request_headers",
+    "response_headers",
+    "cors",
+    "aggregate",
+)
+# llhttp's HTTP (not RTSP) method list, as httptools parses it.
+HTTP_METHODS = frozenset(
+    "DELETE GET HEAD POST PUT CONNECT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH "
+    "SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY "
+    "SUBSCRIBE UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE QUERY".split()
+)
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_PARAM = re.compile(r"\{([^{}]*)\}")
+_PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class _Builder:
+    """Walks the document once, section by section, so that errors always come in
+    the same order: top level, server, log, upstreams, routes (each in file order)."""
+
+    def __init__(self, root: Place, base_dir: str) -> None:
+        self.root = root
+        self.base_dir = base_dir
+
+    def config(self, source: str, digest: str) -> Config:
+        root = self.root
+        root.check_unknown(_TOP_KEYS, _TOP_LATER)
+        server = self.server(root.get_table("server"))
+        log = self.log(root.get_table("log"))
+        upstreams = root.get_table("upstreams")
+        # Routes are checked against every upstream *name*, valid upstream or not;
+        # when [upstreams] itself is broken (reported already), not at all.
+        names: tuple[str, ...] | None = ()
+        if upstreams is not None:
+            names = tuple(upstreams.value)
+        elif "upstreams" in root.value:
+            names = None
+        return Config(
+            server=server,
+            log=log,
+            upstreams=self.upstreams(upstreams),
+            routes=self.routes(root.get_items("routes"), names),
+            source=source,
+            digest=digest,
+        )
+
+    def server(self, place: Place | None) -> ServerConfig:
+        d = ServerConfig()
+        if place is None:
+            return d
+        place.check_unknown(_SERVER_KEYS, _SERVER_LATER)
+        listen = _unique(
+            place.get_items("listen", single=True, nonempty="address"),
+            lambda item: item.convert(lambda v: parse_address(v, "0.0.0.0")),
+            "address",
+        )
+        return ServerConfig(
+            listen=listen or d.listen,
+            workers=place.get("workers", _workers, d.workers),
+            max_connections=place.get_int("max_connections", d.max_connections, minimum=1),
+            header_timeout=place.get_duration("header_timeout", d.header_timeout),
+            idle_timeout=place.get_duration("idle_timeout", d.idle_timeout),
+            drain_timeout=place.get_duration("drain_timeout", d.drain_timeout),
+            max_header_bytes=place.get_size("max_header_bytes", d.max_header_bytes, minimum=1),
+            max_body_bytes=place.get_size("max_body_bytes", d.max_body_bytes),
+            trusted_proxies=place.get_tuple("trusted_proxies", _network),
+        )
+
+    def log(self, place: Place | None) -> LogConfig:
+        d = LogConfig()
+        if place is None:
+            return d
+        place.check_unknown(_LOG_KEYS)
+        access = place.get("access", self._access, d.access)
+        return LogConfig(access=access, format=place.get_choice("format", d.format, ("json",)))
+
+    def _access(self, value: Any) -> str:
+        value = _string(value)
+        if value in ("stdout", "off"):
+            return value
+        if not value:
+            raise ValueError('expected "stdout", "off" or a file path, got string ""')
+        return os.path.normpath(os.path.join(os.path.abspath(self.base_dir), value))
+
+    def upstreams(self, place: Place | None) -> tuple[UpstreamConfig, ...]:
+        if place is None:
+            return ()
+        result = []
+        for name in place.value:
+            upstream = place.key(name)
+            if upstream.convert(_table) is not None:
+                result.append(self.upstream(name, upstream))
+        return tuple(result)
+
+    def upstream(self, name: str, place: Place) -> UpstreamConfig:
+        d = UpstreamConfig(name, ())
+        place.check_unknown(_UPSTREAM_KEYS, _UPSTREAM_LATER)
+        targets = _unique(place.get_items("targets", required=True, nonempty="target"), _target, "target")
+        return UpstreamConfig(
+            name=name,
+            targets=targets,
+            balance=place.get_choice("balance", d.balance, _BALANCE, _BALANCE_LATER),
+            keepalive=place.get_int("keepalive", d.keepalive, minimum=0),
+            connect_timeout=place.get_duration("connect_timeout", d.connect_timeout),
+            read_timeout=place.get_duration("read_timeout", d.read_timeout),
+        )
+
+    def routes(self, items: list[Place], upstream_names: tuple[str, ...] | None) -> tuple[RouteConfig, ...]:
+        result = []
+        first_use: dict[str, int] = {}
+        for index, place in enumerate(items):
+            if place.convert(_table) is None:
+                continue
+            name = place.value.get("name")
+            if isinstance(name, str) and name:
+                place = place.named(name)
+                if name in first_use:
+                    place.error(f"name {_q(name)} is already used by routes[{first_use[name]}]")
+                else:
+                    first_use[name] = index
+            result.append(self.route(place, index, upstream_names))
+        return tuple(result)
+
+    def route(self, place: Place, index: int, upstream_names: tuple[str, ...] | None) -> RouteConfig:
+        place.check_unknown(_ROUTE_KEYS, _ROUTE_LATER)
+        name = place.get("name", _nonempty_string)
+        paths = place.get_tuple("paths", _route_path, required=True, nonempty="path")
+        upstream = self._route_upstream(place, upstream_names)
+        strip_prefix = place.get("strip_prefix", _strip_prefix, None)
+        rewrite = place.get_str("rewrite", None)
+        if "strip_prefix" in place.value and "rewrite" in place.value:
+            place.error('"strip_prefix" and "rewrite" cannot be used together')
+        elif rewrite is not None:
+            rewrite = place.key("rewrite").convert(lambda v: _check_rewrite(v, paths))
+        return RouteConfig(
+            name=name,
+            index=index,
+            paths=paths,
+            upstream=upstream,
+            hosts=place.get_tuple("hosts", _route_host),
+            methods=tuple(dict.fromkeys(place.get_tuple("methods", _method))),
+            headers=self._route_headers(place),
+            priority=place.get_int("priority", 0),
+            strip_prefix=strip_prefix,
+            rewrite=rewrite,
+            timeout=place.get_duration("timeout", None),
+        )
+
+    @staticmethod
+    def _route_upstream(place: Place, upstream_names: tuple[str, ...] | None) -> str | None:
+        # NOTE: an "aggregate" route names its upstreams per call; that key is
+        # refused as not supported yet, so its missing "upstream" is not reported too.
+        default = None if "aggregate" in place.value else _REQUIRED
+        upstream = place.get_str("upstream", default)
+        if upstream is not None and upstream_names is not None and upstream not in upstream_names:
+            hint = _did_you_mean(upstream, upstream_names)
+            place.error(f"upstream {_q(upstream)} is not defined{hint}")
+        return upstream
+
+    @staticmethod
+    def _route_headers(place: Place) -> tuple[tuple[str, str], ...]:
+        table = place.get_table("headers")
+        if table is None:
+            return ()
+        result: dict[str, str] = {}
+        for name in table.value:
+            header = table.key(name)
+            value = header.convert(_string)
+            lower = name.lower()
+            if not _TOKEN.fullmatch(name):
+                header.error(f"{_q(name)} is not a valid header name")
+            elif lower in result:
+                header.error(f"header {_q(lower)} is listed twice")
+            elif value is not None:
+                result[lower] = value
+        return tuple(result.items())
+
+
+def _unique(items: list[Place], convert: Callable[[Place], Any], what: str) -> tuple[Any, ...]:
+    """``convert(item)`` of each item that converts, refusing a value listed twice."""
+    first_use: dict[str, int] = {}
+    result = []
+    for index, item in enumerate(items):
+        value = convert(item)
+        if value is None:
+            continue
+        key = str(value)
+        if key in first_use:
+            item.error(f"{what} {_q(key)} is already listed at [{first_use[key]}]")
+        else:
+            first_use[key] = index
+            result.append(value)
+    return tuple(result)
+
+
+def _target(place: Place) -> Target | None:
+    """``"host:port"`` or ``{address = "host:port", weight = N}``."""
+    if isinstance(place.value, dict):
+        place.check_unknown(_TARGET_KEYS)
+        address = place.get("address", parse_address)
+        weight = place.get_int("weight", 1, minimum=1)
+        return None if address is None else Target(address.host, address.port, weight)
+    address = place.convert(_target_address)
+    return None if address is None else Target(address.host, address.port)
+
+
+def _target_address(value: Any) -> Address:
+    if not isinstance(value, str):
+        raise ValueError(_expected('"host:port" or a table {address, weight}', value))
+    return parse_address(value)
+
+
+def _nonempty_string(value: Any) -> str:
+    if _string(value) == "":
+        raise ValueError("must not be empty")
+    return value
+
+
+def _workers(value: Any) -> int:
+    if isinstance(value, str) and value == "auto":
+        return os.cpu_count() or 1
+    if type(value) is not int:
+        raise ValueError(_expected('an integer or "auto"', value))
+    if value < 1:
+        raise ValueError(f"must be at least 1, got {value}")
+    return value
+
+
+def _network(value: Any) -> IPNetwork:
+    text = _string(value)
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f'{_q(text)} is not an IP network (use e.g. "10.0.0.0/8" or "192.0.2.1")') from None
+
+
+def _route_path(value: Any) -> str:
+    if not _string(value).startswith("/"):
+        raise ValueError(f'{_q(value)} does not start with "/"')
+    return value
+
+
+def _route_host(value: Any) -> str:
+    host = _string(value).lower()
+    name = host[2:] if host.startswith("*.") else host
+    if not _is_hostname(name):
+        raise ValueError(f'{_q(value)} is not a host name (use e.g. "api.example.com" or "*.example.com")')
+    return host
+
+
+def _method(value: Any) -> str:
+    method = _string(value).upper()
+    if method not in HTTP_METHODS:
+        raise ValueError(f"{_q(value)} is not an HTTP method{_did_you_mean(method, sorted(HTTP_METHODS))}")
+    return method
+
+
+def _strip_prefix(value: Any) -> str:
+    if not _string(value).startswith("/") or value.endswith("/"):
+        raise ValueError(f'{_q(value)} must start with "/" and not end with "/"')
+    return value
+
+
+def _check_rewrite(rewrite: str, paths: tuple[str, ...]) -> str:
+    """``rewrite`` when its ``{param}``s are defined by every path, and ``{*}`` only
+    when every path ends in ``/*``."""
+    if not rewrite.startswith("/"):
+        raise ValueError(f'{_q(rewrite)} does not start with "/"')
+    if "{" in _PARAM.sub("", rewrite) or "}" in _PARAM.sub("", rewrite):
+        raise ValueError(f'{_q(rewrite)} has an unmatched "{{" or "}}"')
+    for name in _PARAM.findall(rewrite):
+        if name == "*":
+            for path in paths:
+                if not path.endswith("/*"):
+                    raise ValueError(f'"{{*}}" needs every path to end in "/*" ({_q(path)} does not)')
+        elif not _PARAM_NAME.fullmatch(name):
+            raise ValueError(f'"{{{name}}}" is not a parameter (use {{name}} or {{*}})')
+        else:
+            for path in paths:
+                if name not in _PARAM.findall(path):
+                    raise ValueError(f'"{{{name}}}" is not defined by path {_q(path)}')
+    return rewrite
+
+
+# ---------------------------------------------------------------------------
+# TOML syntax errors
+# ---------------------------------------------------------------------------
+
+_TOML_AT = re.compile(r"(.*) \(at (?:line (\d+), column \d+|end of document)\)", re.S)
+_TOML_MESSAGES = {
+    "Expected '=' after a key in a key/value pair": "expected '=' after key",
+    "Expected ']' at the end of a table declaration": "expected ']' after the table name",
+    "Expected ']]' at the end of an array declaration": "expected ']]' after the array name",
+    "Expected newline or end of document after a statement": "expected the end of the line after the value",
+    "Invalid value": "invalid value (strings need quotes)",
+    "Invalid initial character for a key part": "invalid character at the start of a key",
+    "Unclosed array": "unclosed array (missing ']')",
+    "Unclosed inline table": "unclosed inline table (missing '}'; an inline table must fit on one line)",
+    "Unterminated string": "unterminated string",
+    "Illegal character '\\n'": "unterminated string",  # a newline inside a "basic string"
+    "Cannot overwrite a value": "a key or table is defined twice",
+    "Unescaped '\\' in a string": "invalid backslash escape in a string",
+}
+_TOML_PATTERNS = (
+    (re.compile(r"Cannot declare (\(.*\)) twice"), "table [{}] is defined twice"),
+    (re.compile(r"Cannot mutate immutable namespace (\(.*\))"), "cannot add to {}: it was already defined inline"),
+    (re.compile(r"Cannot redefine namespace (\(.*\))"), "cannot redefine {}"),
+)
+
+
+def _syntax_error(message: str, text: str) -> str:
+    """tomllib's "Expected '=' after a key in a key/value pair (at line 14, column 5)"
+    → "line 14: expected '=' after key"."""
+    m = _TOML_AT.fullmatch(message)
+    if m is None:
+        return message[:1].lower() + message[1:]
+    what = m[1]
+    line = m[2] or str(text.rstrip().count("\n") + 1)
+    short = _TOML_MESSAGES.get(what)
+    if short is None:
+        for pattern, template in _TOML_PATTERNS:
+            found = pattern.fullmatch(what)
+            if found:
+                short = template.format(_dotted(found[1]))
+                break
+        else:
+            short = what[:1].lower() + what[1:]
+    return f"line {line}: {short}"
+
+
+def _dotted(key_repr: str) -> str:
+    """tomllib's key tuple repr ``('a', 'b c')`` → ``a."b c"``."""
+    try:
+        parts = ast.literal_eval(key_repr)
+    except (ValueError, SyntaxError):
+        return key_repr
+    return ".".join(p if _BARE_KEY.fullmatch(p) else _q(p) for p in parts)

@@ -1,0 +1,919 @@
+"""fastgw.config: value syntaxes, the full valid file, and every error, by its exact text."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import ipaddress
+import json
+import os
+import textwrap
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastgw import config as config_module
+from fastgw.config import (
+    Address,
+    Config,
+    LogConfig,
+    RouteConfig,
+    ServerConfig,
+    Target,
+    UpstreamConfig,
+    load_config,
+    parse_address,
+    parse_config,
+    parse_duration,
+    parse_rate,
+    parse_size,
+    resolve_secret,
+)
+from fastgw.errors import ConfigError
+
+MINIMAL = """
+[upstreams.users]
+targets = ["127.0.0.1:9001"]
+
+[[routes]]
+name = "users"
+paths = ["/users"]
+upstream = "users"
+"""
+
+
+def errors_of(text: str, **kwargs) -> list[str]:
+    """The error lines of a config that must be refused."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(textwrap.dedent(text), **kwargs)
+    return info.value.errors
+
+
+def only_error(text: str) -> str:
+    errors = errors_of(text)
+    assert len(errors) == 1, errors
+    return errors[0]
+
+
+# ---------------------------------------------------------------------------
+# Value syntaxes
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("250ms", 0.25),
+        ("1ms", 0.001),
+        ("5s", 5.0),
+        ("1.5s", 1.5),
+        ("2m", 120.0),
+        ("1h", 3600.0),
+        ("0.5h", 1800.0),
+    ],
+)
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("10 seconds", '"10 seconds" is not a duration (use e.g. "250ms", "5s", "2m", "1h")'),
+        ("5", '"5" is not a duration (use e.g. "250ms", "5s", "2m", "1h")'),
+        ("5S", '"5S" is not a duration (use e.g. "250ms", "5s", "2m", "1h")'),
+        ("-5s", '"-5s" is not a duration (use e.g. "250ms", "5s", "2m", "1h")'),
+        (" 5s", '" 5s" is not a duration (use e.g. "250ms", "5s", "2m", "1h")'),
+        ("", '"" is not a duration (use e.g. "250ms", "5s", "2m", "1h")'),
+        ("0s", 'a duration must be greater than 0, got "0s"'),
+        ("0ms", 'a duration must be greater than 0, got "0ms"'),
+        (10, 'expected a duration like "5s", got integer 10'),
+        (1.5, 'expected a duration like "5s", got float 1.5'),
+        (True, 'expected a duration like "5s", got boolean true'),
+    ],
+)
+def test_parse_duration_refuses(value, message):
+    with pytest.raises(ValueError) as info:
+        parse_duration(value)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [
+        ("512B", 512),
+        ("0B", 0),
+        ("16KiB", 16384),
+        ("10MiB", 10 * 1024 * 1024),
+        ("1GiB", 1 << 30),
+        (4096, 4096),
+        (0, 0),
+    ],
+)
+def test_parse_size(value, size):
+    assert parse_size(value) == size
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("10MB", '"10MB" is not a size (use e.g. "512B", "16KiB", "10MiB", "1GiB")'),
+        ("16kib", '"16kib" is not a size (use e.g. "512B", "16KiB", "10MiB", "1GiB")'),
+        ("1.5MiB", '"1.5MiB" is not a size (use e.g. "512B", "16KiB", "10MiB", "1GiB")'),
+        ("512", '"512" is not a size (use e.g. "512B", "16KiB", "10MiB", "1GiB")'),
+        (-1, "a size cannot be negative, got -1"),
+        (1.0, 'expected a size like "16KiB" or a number of bytes, got float 1.0'),
+        (False, 'expected a size like "16KiB" or a number of bytes, got boolean false'),
+    ],
+)
+def test_parse_size_refuses(value, message):
+    with pytest.raises(ValueError) as info:
+        parse_size(value)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("text", "per_second"),
+    [
+        ("100/s", 100.0),
+        ("6000/m", 100.0),
+        ("50000/h", 50000 / 3600),
+        ("86400/d", 1.0),
+        ("0.5/s", 0.5),
+    ],
+)
+def test_parse_rate(text, per_second):
+    assert parse_rate(text) == pytest.approx(per_second)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("100", '"100" is not a rate (use e.g. "100/s", "6000/m", "50000/h")'),
+        ("100/sec", '"100/sec" is not a rate (use e.g. "100/s", "6000/m", "50000/h")'),
+        ("100 / s", '"100 / s" is not a rate (use e.g. "100/s", "6000/m", "50000/h")'),
+        ("0/s", 'a rate must be greater than 0, got "0/s"'),
+        (100, 'expected a rate like "100/s", got integer 100'),
+    ],
+)
+def test_parse_rate_refuses(value, message):
+    with pytest.raises(ValueError) as info:
+        parse_rate(value)
+    assert str(info.value) == message
+
+
+@given(st.integers(min_value=1, max_value=10**9), st.sampled_from(["ms", "s", "m", "h"]))
+def test_parse_duration_any_positive_integer(n, unit):
+    factor = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+    assert parse_duration(f"{n}{unit}") == pytest.approx(n * factor)
+
+
+@given(st.integers(min_value=0, max_value=2**40), st.sampled_from(["B", "KiB", "MiB", "GiB"]))
+def test_parse_size_any_integer(n, unit):
+    factor = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}[unit]
+    assert parse_size(f"{n}{unit}") == n * factor
+    assert parse_size(n) == n
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [
+        ("127.0.0.1:9001", Address("127.0.0.1", 9001)),
+        ("backend.internal:80", Address("backend.internal", 80)),
+        ("localhost:65535", Address("localhost", 65535)),
+        ("[::1]:8080", Address("::1", 8080)),
+        ("[2001:db8::1]:1", Address("2001:db8::1", 1)),
+    ],
+)
+def test_parse_address(text, address):
+    assert parse_address(text) == address
+    assert str(address) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("127.0.0.1:99999", "port > 65535"),
+        ("127.0.0.1:0", "port < 1"),
+        ("127.0.0.1", "no port"),
+        ("127.0.0.1:", "no port"),
+        ("127.0.0.1:http", "port is not a number"),
+        ("127.0.0.1:-1", "port is not a number"),
+        (":8080", "no host"),
+        ("::1:8080", 'an IPv6 address needs brackets, e.g. "[::1]:8080"'),
+        ("[::1:8080", "missing ']'"),
+        ("[::1]", "no port"),
+        ("[nope]:80", 'bad IPv6 address "nope"'),
+        ("bad host:80", 'bad host name "bad host"'),
+        ("a..b:80", 'bad host name "a..b"'),
+        ("-a.b:80", 'bad host name "-a.b"'),
+    ],
+)
+def test_parse_address_refuses(text, why):
+    with pytest.raises(ValueError) as info:
+        parse_address(text)
+    assert str(info.value) == f"{json.dumps(text)} is not host:port ({why})"
+
+
+def test_parse_address_default_host():
+    assert parse_address(":8080", "0.0.0.0") == Address("0.0.0.0", 8080)
+    assert str(Address("::", 80)) == "[::]:80"
+
+
+def test_resolve_secret(monkeypatch):
+    monkeypatch.setenv("FASTGW_TEST_TOKEN", "s3cret")
+    assert resolve_secret("env:FASTGW_TEST_TOKEN") == "s3cret"
+    assert resolve_secret("plain value") == "plain value"
+    assert resolve_secret("") == ""
+
+
+def test_resolve_secret_missing(monkeypatch):
+    monkeypatch.delenv("FASTGW_TEST_MISSING", raising=False)
+    with pytest.raises(ValueError) as info:
+        resolve_secret("env:FASTGW_TEST_MISSING")
+    assert str(info.value) == "environment variable FASTGW_TEST_MISSING is not set"
+    with pytest.raises(ValueError) as info:
+        resolve_secret("env:")
+    assert str(info.value) == '"env:" names no environment variable'
+
+
+# ---------------------------------------------------------------------------
+# Valid files
+# ---------------------------------------------------------------------------
+
+FULL = """\
+[server]
+listen = ["0.0.0.0:8080", ":8081", "[::1]:9000"]
+workers = 4
+max_connections = 500
+header_timeout = "5s"
+idle_timeout = "2m"
+drain_timeout = "250ms"
+max_header_bytes = "32KiB"
+max_body_bytes = 1048576
+trusted_proxies = ["10.0.0.0/8", "192.0.2.1", "2001:db8::/32", "172.16.5.4/12"]
+
+[log]
+access = "logs/access.log"
+format = "json"
+
+[upstreams.users]
+targets = ["127.0.0.1:9001", { address = "127.0.0.1:9002", weight = 3 }]
+balance = "round_robin"
+keepalive = 0
+connect_timeout = "1s"
+read_timeout = "1m"
+
+[upstreams.files]
+targets = ["[::1]:7000"]
+
+[[routes]]
+name = "users"
+hosts = ["api.example.com", "*.Example.COM"]
+paths = ["/users/{id}", "/people/{id}"]
+methods = ["get", "POST", "GET"]
+headers = { "X-API-Version" = "2" }
+priority = 5
+upstream = "users"
+rewrite = "/v2/users/{id}"
+timeout = "5s"
+
+[[routes]]
+name = "files"
+paths = ["/files/*", "/static/{kind}/*"]
+upstream = "files"
+rewrite = "/blobs/{*}"
+
+[[routes]]
+name = "api"
+paths = ["/api/users"]
+upstream = "users"
+strip_prefix = "/api"
+"""
+
+
+def test_full_config(tmp_path):
+    path = tmp_path / "fastgw.toml"
+    path.write_text(FULL)
+    config = load_config(path)
+    assert config == Config(
+        server=ServerConfig(
+            listen=(Address("0.0.0.0", 8080), Address("0.0.0.0", 8081), Address("::1", 9000)),
+            workers=4,
+            max_connections=500,
+            header_timeout=5.0,
+            idle_timeout=120.0,
+            drain_timeout=0.25,
+            max_header_bytes=32768,
+            max_body_bytes=1048576,
+            trusted_proxies=(
+                ipaddress.ip_network("10.0.0.0/8"),
+                ipaddress.ip_network("192.0.2.1/32"),
+                ipaddress.ip_network("2001:db8::/32"),
+                ipaddress.ip_network("172.16.0.0/12"),
+            ),
+        ),
+        log=LogConfig(access=str(tmp_path / "logs" / "access.log"), format="json"),
+        upstreams=(
+            UpstreamConfig(
+                name="users",
+                targets=(Target("127.0.0.1", 9001), Target("127.0.0.1", 9002, weight=3)),
+                balance="round_robin",
+                keepalive=0,
+                connect_timeout=1.0,
+                read_timeout=60.0,
+            ),
+            UpstreamConfig(name="files", targets=(Target("::1", 7000),)),
+        ),
+        routes=(
+            RouteConfig(
+                name="users",
+                index=0,
+                paths=("/users/{id}", "/people/{id}"),
+                upstream="users",
+                hosts=("api.example.com", "*.example.com"),
+                methods=("GET", "POST"),
+                headers=(("x-api-version", "2"),),
+                priority=5,
+                rewrite="/v2/users/{id}",
+                timeout=5.0,
+            ),
+            RouteConfig(
+                name="files",
+                index=1,
+                paths=("/files/*", "/static/{kind}/*"),
+                upstream="files",
+                rewrite="/blobs/{*}",
+            ),
+            RouteConfig(name="api", index=2, paths=("/api/users",), upstream="users", strip_prefix="/api"),
+        ),
+        source=str(path),
+        digest=hashlib.sha256(FULL.encode()).hexdigest(),
+    )
+    assert config.upstream("files") is config.upstreams[1]
+    assert str(config.upstreams[1].targets[0]) == "[::1]:7000"
+
+
+def test_empty_file_gives_the_defaults():
+    config = parse_config("")
+    assert config == Config(
+        server=ServerConfig(),
+        log=LogConfig(),
+        upstreams=(),
+        routes=(),
+        source="",
+        digest=hashlib.sha256(b"").hexdigest(),
+    )
+    assert config.server.listen == (Address("0.0.0.0", 8080),)
+    assert config.server.max_body_bytes == 10 * 1024 * 1024
+
+
+def test_source_given_to_parse_config():
+    assert parse_config("", source="demo.toml").source == "demo.toml"
+    assert errors_of("[server]\nworkers = 0\n", source="demo.toml") == [
+        "demo.toml: server.workers: must be at least 1, got 0"
+    ]
+
+
+def test_workers_auto(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 12)
+    assert parse_config('[server]\nworkers = "auto"\n').server.workers == 12
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert parse_config('[server]\nworkers = "auto"\n').server.workers == 1
+
+
+def test_listen_single_string_and_log_keywords():
+    config = parse_config('[server]\nlisten = ":9000"\n[log]\naccess = "off"\n')
+    assert config.server.listen == (Address("0.0.0.0", 9000),)
+    assert config.log.access == "off"
+    assert parse_config('[log]\naccess = "/var/log/fastgw.log"\n').log.access == "/var/log/fastgw.log"
+
+
+def test_relative_log_path_uses_base_dir(tmp_path):
+    config = parse_config('[log]\naccess = "../logs/a.log"\n', base_dir=str(tmp_path / "etc"))
+    assert config.log.access == str(tmp_path / "logs" / "a.log")
+
+
+def test_route_without_optional_keys_and_config_with_no_routes():
+    config = parse_config(MINIMAL)
+    assert config.routes == (RouteConfig(name="users", index=0, paths=("/users",), upstream="users"),)
+    assert parse_config('[upstreams.a]\ntargets = ["h:1"]\n').routes == ()
+
+
+def test_result_is_frozen_and_holds_no_lists():
+    config = parse_config(FULL)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.server.workers = 2  # type: ignore[misc]
+    with pytest.raises((AttributeError, TypeError)):
+        config.server.extra = 1  # type: ignore[attr-defined]
+
+    def walk(value):
+        assert not isinstance(value, (list, dict, set)), value
+        if dataclasses.is_dataclass(value):
+            assert type(value).__dataclass_params__.frozen
+            assert hasattr(type(value), "__slots__")
+            for field in dataclasses.fields(value):
+                walk(getattr(value, field.name))
+        elif isinstance(value, tuple):
+            for item in value:
+                walk(item)
+
+    walk(config)
+    hash(config.routes)
+
+
+def test_upstream_lookup_unknown_name():
+    with pytest.raises(KeyError):
+        parse_config(MINIMAL).upstream("nope")
+
+
+# ---------------------------------------------------------------------------
+# load_config
+# ---------------------------------------------------------------------------
+
+
+def test_load_config_digest_is_of_the_file_bytes(tmp_path):
+    path = tmp_path / "gw.toml"
+    data = "\ufeff# a comment with ü\n".encode() + MINIMAL.encode()
+    path.write_bytes(data)
+    config = load_config(str(path))
+    assert config.digest == hashlib.sha256(data).hexdigest()
+    assert config.source == str(path)
+
+
+def test_load_config_missing_file(tmp_path):
+    path = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.errors == [f"{path}: cannot read the file: No such file or directory"]
+
+
+def test_load_config_not_utf8(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_bytes(b"# \xff\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.errors == [f"{path}: not UTF-8 text (bad byte at offset 2)"]
+
+
+def test_load_config_errors_are_prefixed_with_the_path(tmp_path):
+    path = tmp_path / "gw.toml"
+    path.write_text("[server]\nworker = 2\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.errors == [f'{path}: server: unknown key "worker" (did you mean "workers"?)']
+
+
+# ---------------------------------------------------------------------------
+# SPEC's examples, verbatim
+# ---------------------------------------------------------------------------
+
+
+def test_spec_example_undefined_upstream():
+    text = MINIMAL + """
+    [upstreams.orders]
+    targets = ["127.0.0.1:9003"]
+
+    [[routes]]
+    name = "a"
+    paths = ["/a"]
+    upstream = "users"
+
+    [[routes]]
+    name = "orders"
+    paths = ["/orders"]
+    upstream = "order"
+    """
+    assert errors_of(text) == [
+        'fastgw.toml: routes[2] "orders": upstream "order" is not defined (did you mean "orders"?)'
+    ]
+
+
+def test_spec_example_bad_port():
+    text = MINIMAL.replace('"127.0.0.1:9001"', '"127.0.0.1:9001", "127.0.0.1:99999"')
+    assert errors_of(text) == [
+        'fastgw.toml: upstreams.users.targets[1]: "127.0.0.1:99999" is not host:port (port > 65535)'
+    ]
+
+
+def test_spec_example_syntax_error():
+    lines = ["# fastgw", "[server]", 'listen = ["0.0.0.0:8080"]', "workers = 1", ""]
+    lines += ["[upstreams.users]", 'targets = ["127.0.0.1:9001"]', ""]
+    lines += ["[[routes]]", 'name = "users"', 'paths = ["/users"]', 'upstream = "users"', ""]
+    lines += ["priority"]  # line 14
+    assert len(lines) == 14
+    assert errors_of("\n".join(lines) + "\n") == ["fastgw.toml: line 14: expected '=' after key"]
+
+
+# ---------------------------------------------------------------------------
+# Errors, one kind at a time
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        # unknown keys, with and without a near miss
+        ("[server]\nworker = 2\n", 'server: unknown key "worker" (did you mean "workers"?)'),
+        ("[server]\nzzz = 2\n", 'server: unknown key "zzz"'),
+        ("[sever]\n", 'unknown key "sever" (did you mean "server"?)'),
+        ('[log]\nacces = "off"\n', 'log: unknown key "acces" (did you mean "access"?)'),
+        ("[upstreams.u]\ntargets = ['h:1']\nkeep_alive = 1\n",
+         'upstreams.u: unknown key "keep_alive" (did you mean "keepalive"?)'),
+        ("[upstreams.u]\ntargets = [{address = 'h:1', wieght = 2}]\n",
+         'upstreams.u.targets[0]: unknown key "wieght" (did you mean "weight"?)'),
+        ("[[routes]]\nname='r'\npaths=['/']\nupstream='u'\npath = ['/x']\n[upstreams.u]\ntargets=['h:1']\n",
+         'routes[0] "r": unknown key "path" (did you mean "paths"?)'),
+        ("[[routes]]\nname='r'\npaths=['/']\nupstream='u'\nrate_limt = {}\n[upstreams.u]\ntargets=['h:1']\n",
+         'routes[0] "r": unknown key "rate_limt" (did you mean "rate_limit"?)'),
+        # types: what was expected and what came
+        ('[server]\nmax_connections = "many"\n', 'server.max_connections: expected an integer, got string "many"'),
+        ("[server]\nmax_connections = 1.5\n", "server.max_connections: expected an integer, got float 1.5"),
+        ("[server]\nmax_connections = true\n", "server.max_connections: expected an integer, got boolean true"),
+        ("[server]\nmax_connections = [1]\n", "server.max_connections: expected an integer, got array"),
+        ("[server]\nmax_connections = 1979-05-27\n",
+         "server.max_connections: expected an integer, got date 1979-05-27"),
+        ("server = 5\n", "server: expected a table, got integer 5"),
+        ('log = "off"\n', 'log: expected a table, got string "off"'),
+        ("upstreams = []\n", "upstreams: expected a table, got array"),
+        ("[routes]\n", "routes: expected an array, got table"),
+        ("routes = [1]\n", "routes[0]: expected a table, got integer 1"),
+        ("[upstreams]\nu = 'h:1'\n", 'upstreams.u: expected a table, got string "h:1"'),
+        ('[upstreams."a b"]\ntargets = 5\n', 'upstreams."a b".targets: expected an array, got integer 5'),
+        # server values
+        ("[server]\nworkers = 0\n", "server.workers: must be at least 1, got 0"),
+        ('[server]\nworkers = "many"\n', 'server.workers: expected an integer or "auto", got string "many"'),
+        ("[server]\nmax_connections = 0\n", "server.max_connections: must be at least 1, got 0"),
+        ('[server]\nheader_timeout = "10 seconds"\n',
+         'server.header_timeout: "10 seconds" is not a duration (use e.g. "250ms", "5s", "2m", "1h")'),
+        ("[server]\nidle_timeout = 60\n", 'server.idle_timeout: expected a duration like "5s", got integer 60'),
+        ('[server]\ndrain_timeout = "0s"\n', 'server.drain_timeout: a duration must be greater than 0, got "0s"'),
+        ('[server]\nmax_body_bytes = "10MB"\n',
+         'server.max_body_bytes: "10MB" is not a size (use e.g. "512B", "16KiB", "10MiB", "1GiB")'),
+        ('[server]\nmax_header_bytes = "0B"\n', 'server.max_header_bytes: must be at least 1, got "0B"'),
+        ("[server]\nmax_header_bytes = -5\n", "server.max_header_bytes: a size cannot be negative, got -5"),
+        ('[server]\nlisten = ["0.0.0.0:80", "0.0.0.0:99999"]\n',
+         'server.listen[1]: "0.0.0.0:99999" is not host:port (port > 65535)'),
+        ('[server]\nlisten = "localhost"\n', 'server.listen: "localhost" is not host:port (no port)'),
+        ("[server]\nlisten = []\n", "server.listen: must have at least one address"),
+        ('[server]\nlisten = [":80", "0.0.0.0:80"]\n',
+         'server.listen[1]: address "0.0.0.0:80" is already listed at [0]'),
+        ('[server]\ntrusted_proxies = ["10.0.0.0/8", "10.0.0.0/33"]\n',
+         'server.trusted_proxies[1]: "10.0.0.0/33" is not an IP network (use e.g. "10.0.0.0/8" or "192.0.2.1")'),
+        ('[server]\ntrusted_proxies = "10.0.0.0/8"\n',
+         'server.trusted_proxies: expected an array, got string "10.0.0.0/8"'),
+        # log values
+        ('[log]\nformat = "text"\n', 'log.format: expected "json", got string "text"'),
+        ('[log]\naccess = ""\n', 'log.access: expected "stdout", "off" or a file path, got string ""'),
+        ("[log]\naccess = false\n", "log.access: expected a string, got boolean false"),
+        # upstreams
+        ("[upstreams.u]\n", 'upstreams.u: missing required key "targets"'),
+        ("[upstreams.u]\ntargets = []\n", "upstreams.u.targets: must have at least one target"),
+        ("[upstreams.u]\ntargets = [80]\n",
+         'upstreams.u.targets[0]: expected "host:port" or a table {address, weight}, got integer 80'),
+        ('[upstreams.u]\ntargets = [":80"]\n', 'upstreams.u.targets[0]: ":80" is not host:port (no host)'),
+        ("[upstreams.u]\ntargets = [{weight = 2}]\n", 'upstreams.u.targets[0]: missing required key "address"'),
+        ("[upstreams.u]\ntargets = [{address = 'h:1', weight = 0}]\n",
+         "upstreams.u.targets[0].weight: must be at least 1, got 0"),
+        ("[upstreams.u]\ntargets = [{address = 'h:99999'}]\n",
+         'upstreams.u.targets[0].address: "h:99999" is not host:port (port > 65535)'),
+        ("[upstreams.u]\ntargets = ['h:1', {address = 'h:1', weight = 2}]\n",
+         'upstreams.u.targets[1]: target "h:1" is already listed at [0]'),
+        ("[upstreams.u]\ntargets = ['h:1']\nkeepalive = -1\n", "upstreams.u.keepalive: must be at least 0, got -1"),
+        ("[upstreams.u]\ntargets = ['h:1']\nbalance = 'roundrobin'\n",
+         'upstreams.u.balance: expected one of "round_robin", "least_conn", "consistent_hash", "random", '
+         'got string "roundrobin" (did you mean "round_robin"?)'),
+        ("[upstreams.u]\ntargets = ['h:1']\nread_timeout = '30'\n",
+         'upstreams.u.read_timeout: "30" is not a duration (use e.g. "250ms", "5s", "2m", "1h")'),
+    ],
+)
+def test_error(text, error):
+    assert only_error(text) == f"fastgw.toml: {error}"
+
+
+def route(body: str, index: int = 0) -> str:
+    """A file with one valid upstream "users" and, at ``routes[index]``, a route
+    named "r" made of ``body`` (filler routes before it)."""
+    filler = "".join(f'[[routes]]\nname = "f{i}"\npaths = ["/f{i}"]\nupstream = "users"\n' for i in range(index))
+    return f'[upstreams.users]\ntargets = ["h:1"]\n{filler}[[routes]]\n{body}\n'
+
+
+BASE = 'name = "r"\npaths = ["/users/{id}"]\nupstream = "users"\n'
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ('paths = ["/"]\nupstream = "users"', 'routes[0]: missing required key "name"'),
+        ('name = ""\npaths = ["/"]\nupstream = "users"', "routes[0].name: must not be empty"),
+        ('name = 5\npaths = ["/"]\nupstream = "users"', "routes[0].name: expected a string, got integer 5"),
+        ('name = "r"\nupstream = "users"', 'routes[0] "r": missing required key "paths"'),
+        ('name = "r"\npaths = []\nupstream = "users"', 'routes[0] "r".paths: must have at least one path'),
+        ('name = "r"\npaths = ["users"]\nupstream = "users"',
+         'routes[0] "r".paths[0]: "users" does not start with "/"'),
+        ('name = "r"\npaths = "/users"\nupstream = "users"',
+         'routes[0] "r".paths: expected an array, got string "/users"'),
+        ('name = "r"\npaths = ["/"]', 'routes[0] "r": missing required key "upstream"'),
+        ('name = "r"\npaths = ["/"]\nupstream = "nothing"', 'routes[0] "r": upstream "nothing" is not defined'),
+        ('name = "r"\npaths = ["/"]\nupstream = "user"',
+         'routes[0] "r": upstream "user" is not defined (did you mean "users"?)'),
+        (BASE + 'methods = ["GET", "GETT"]',
+         'routes[0] "r".methods[1]: "GETT" is not an HTTP method (did you mean "GET"?)'),
+        (BASE + 'methods = ["FETCH"]',
+         'routes[0] "r".methods[0]: "FETCH" is not an HTTP method (did you mean "PATCH"?)'),
+        (BASE + 'methods = "GET"', 'routes[0] "r".methods: expected an array, got string "GET"'),
+        (BASE + 'hosts = ["a*.example.com"]',
+         'routes[0] "r".hosts[0]: "a*.example.com" is not a host name (use e.g. "api.example.com" or "*.example.com")'),
+        (BASE + 'hosts = ["*"]',
+         'routes[0] "r".hosts[0]: "*" is not a host name (use e.g. "api.example.com" or "*.example.com")'),
+        (BASE + 'headers = { "x-a" = 2 }', 'routes[0] "r".headers.x-a: expected a string, got integer 2'),
+        (BASE + 'headers = { "x a" = "1" }', 'routes[0] "r".headers."x a": "x a" is not a valid header name'),
+        (BASE + 'headers = { "X-A" = "1", "x-a" = "2" }', 'routes[0] "r".headers.x-a: header "x-a" is listed twice'),
+        (BASE + 'headers = ["x-a"]', 'routes[0] "r".headers: expected a table, got array'),
+        (BASE + 'priority = "high"', 'routes[0] "r".priority: expected an integer, got string "high"'),
+        (BASE + "timeout = 5", 'routes[0] "r".timeout: expected a duration like "5s", got integer 5'),
+        (BASE + 'strip_prefix = "/api/"',
+         'routes[0] "r".strip_prefix: "/api/" must start with "/" and not end with "/"'),
+        (BASE + 'strip_prefix = "api"', 'routes[0] "r".strip_prefix: "api" must start with "/" and not end with "/"'),
+        (BASE + 'strip_prefix = "/"', 'routes[0] "r".strip_prefix: "/" must start with "/" and not end with "/"'),
+        (BASE + 'strip_prefix = "/api"\nrewrite = "/v2"',
+         'routes[0] "r": "strip_prefix" and "rewrite" cannot be used together'),
+        (BASE + 'rewrite = "v2/{id}"', 'routes[0] "r".rewrite: "v2/{id}" does not start with "/"'),
+        (BASE + 'rewrite = "/v2/{uid}"', 'routes[0] "r".rewrite: "{uid}" is not defined by path "/users/{id}"'),
+        (BASE + 'rewrite = "/v2/{*}"',
+         'routes[0] "r".rewrite: "{*}" needs every path to end in "/*" ("/users/{id}" does not)'),
+        (BASE + 'rewrite = "/v2/{id"', 'routes[0] "r".rewrite: "/v2/{id" has an unmatched "{" or "}"'),
+        (BASE + 'rewrite = "/v2/{a-b}"', 'routes[0] "r".rewrite: "{a-b}" is not a parameter (use {name} or {*})'),
+        (BASE + "rewrite = 5", 'routes[0] "r".rewrite: expected a string, got integer 5'),
+    ],
+)
+def test_route_error(body, error):
+    assert only_error(route(body)) == f"fastgw.toml: {error}"
+
+
+def test_rewrite_param_must_be_in_every_path():
+    body = 'name = "users"\npaths = ["/users/{id}", "/users"]\nupstream = "users"\nrewrite = "/v2/users/{id}"'
+    assert only_error(route(body)) == 'fastgw.toml: routes[0] "users".rewrite: "{id}" is not defined by path "/users"'
+
+
+def test_route_index_in_place():
+    assert only_error(route('name = "r"\npaths = ["x"]\nupstream = "users"', index=2)) == (
+        'fastgw.toml: routes[2] "r".paths[0]: "x" does not start with "/"'
+    )
+
+
+def test_duplicate_route_names_name_both_indices():
+    text = route(BASE, index=1) + "[[routes]]\n" + BASE.replace("/users/{id}", "/other")
+    assert errors_of(text) == ['fastgw.toml: routes[2] "r": name "r" is already used by routes[1]']
+
+
+def test_upstream_of_a_broken_upstream_is_still_defined():
+    text = '[upstreams.users]\ntargets = []\n[[routes]]\n' + BASE
+    assert errors_of(text) == ["fastgw.toml: upstreams.users.targets: must have at least one target"]
+
+
+def test_routes_are_not_checked_against_a_broken_upstreams_section():
+    text = "upstreams = 5\n[[routes]]\n" + BASE
+    assert errors_of(text) == ["fastgw.toml: upstreams: expected a table, got integer 5"]
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+                                    "PROPFIND", "M-SEARCH", "PURGE", "QUERY", "get"])
+def test_known_methods(method):
+    assert parse_config(route(BASE + f'methods = ["{method}"]')).routes[0].methods == (method.upper(),)
+
+
+# ---------------------------------------------------------------------------
+# Not supported yet
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["admin", "cluster", "consumers", "auth", "global", "plugins"])
+def test_top_level_not_supported_yet(key):
+    assert only_error(f"[{key}]\n") == f'fastgw.toml: "{key}" is not supported yet'
+
+
+def test_server_tls_not_supported_yet():
+    text = '[server]\n[server.tls]\nlisten = ["0.0.0.0:8443"]\n'
+    assert only_error(text) == 'fastgw.toml: server: "tls" is not supported yet'
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("hash_on", '"ip"'), ("retries", "1"), ("health_check", "{}"), ("circuit_breaker", "{ failures = 5 }")],
+)
+def test_upstream_keys_not_supported_yet(key, value):
+    text = f'[upstreams.users]\ntargets = ["h:1"]\n{key} = {value}\n'
+    assert only_error(text) == f'fastgw.toml: upstreams.users: "{key}" is not supported yet'
+
+
+@pytest.mark.parametrize("balance", ["least_conn", "consistent_hash", "random"])
+def test_balance_not_supported_yet(balance):
+    text = f'[upstreams.users]\ntargets = ["h:1"]\nbalance = "{balance}"\n'
+    assert only_error(text) == (
+        f'fastgw.toml: upstreams.users.balance: "{balance}" is not supported yet (accepted now: "round_robin")'
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("max_concurrent", "0"),
+        ("websocket", '"proxy"'),
+        ("split", '[{ upstream = "users", weight = 10 }]'),
+        ("match_split", '[{ header = "x-canary", value = "1", upstream = "users" }]'),
+        ("auth", '{ methods = ["key"] }'),
+        ("acl", '{ allow_groups = ["admin"] }'),
+        ("ip", '{ allow = ["10.0.0.0/8"] }'),
+        ("rate_limit", '{ rate = "100/s" }'),
+        ("request_headers", "{}"),
+        ("response_headers", "{}"),
+        ("cors", "{}"),
+        ("aggregate", '{ mode = "sequence" }'),
+    ],
+)
+def test_route_keys_not_supported_yet(key, value):
+    assert only_error(route(BASE + f"{key} = {value}")) == f'fastgw.toml: routes[0] "r": "{key}" is not supported yet'
+
+
+def test_route_plugin_table_not_supported_yet():
+    text = route(BASE + '[routes.rate_limit]\nrate = "100/s"\nburst = 200')
+    assert errors_of(text) == ['fastgw.toml: routes[0] "r": "rate_limit" is not supported yet']
+
+
+def test_aggregate_route_is_not_also_missing_its_upstream():
+    text = route('name = "transfer"\npaths = ["/transfer"]\n[routes.aggregate]\nmode = "sequence"')
+    assert errors_of(text) == ['fastgw.toml: routes[0] "transfer": "aggregate" is not supported yet']
+
+
+# ---------------------------------------------------------------------------
+# Many errors at once
+# ---------------------------------------------------------------------------
+
+
+def test_every_error_is_reported_at_once():
+    text = """\
+    admin = { listen = "127.0.0.1:9901" }
+
+    [server]
+    worker = 2
+    listen = ["0.0.0.0:8080", "::1:80"]
+    max_connections = "many"
+    header_timeout = "10 seconds"
+
+    [log]
+    format = "text"
+
+    [upstreams.users]
+    targets = ["127.0.0.1:9001", "127.0.0.1:99999"]
+    retries = 1
+
+    [upstreams.orders]
+    targets = ["127.0.0.1:9003"]
+
+    [[routes]]
+    name = "users"
+    paths = ["/users/{id}"]
+    methods = ["GET", "GETT"]
+    upstream = "users"
+    strip_prefix = "/api"
+    rewrite = "/v2/{id}"
+
+    [[routes]]
+    name = "users"
+    paths = ["/u"]
+    upstream = "users"
+
+    [[routes]]
+    name = "orders"
+    paths = ["/orders"]
+    upstream = "order"
+    [routes.rate_limit]
+    rate = "100/s"
+    """
+    assert errors_of(text) == [
+        'fastgw.toml: "admin" is not supported yet',
+        'fastgw.toml: server: unknown key "worker" (did you mean "workers"?)',
+        'fastgw.toml: server.listen[1]: "::1:80" is not host:port (an IPv6 address needs brackets, e.g. "[::1]:8080")',
+        'fastgw.toml: server.max_connections: expected an integer, got string "many"',
+        'fastgw.toml: server.header_timeout: "10 seconds" is not a duration (use e.g. "250ms", "5s", "2m", "1h")',
+        'fastgw.toml: log.format: expected "json", got string "text"',
+        'fastgw.toml: upstreams.users: "retries" is not supported yet',
+        'fastgw.toml: upstreams.users.targets[1]: "127.0.0.1:99999" is not host:port (port > 65535)',
+        'fastgw.toml: routes[0] "users": "strip_prefix" and "rewrite" cannot be used together',
+        'fastgw.toml: routes[0] "users".methods[1]: "GETT" is not an HTTP method (did you mean "GET"?)',
+        'fastgw.toml: routes[1] "users": name "users" is already used by routes[0]',
+        'fastgw.toml: routes[2] "orders": "rate_limit" is not supported yet',
+        'fastgw.toml: routes[2] "orders": upstream "order" is not defined (did you mean "orders"?)',
+    ]
+
+
+def test_errors_come_section_by_section():
+    text = 'upstreams = 5\nbogus = 1\n[[routes]]\nname = 5\npaths = ["/"]\nupstream = "u"\n'
+    text += "[log]\nformat = 1\n[server]\nworkers = 0\n"
+    assert errors_of(text) == [
+        'fastgw.toml: unknown key "bogus"',
+        "fastgw.toml: server.workers: must be at least 1, got 0",
+        'fastgw.toml: log.format: expected "json", got integer 1',
+        "fastgw.toml: upstreams: expected a table, got integer 5",
+        "fastgw.toml: routes[0].name: expected a string, got integer 5",
+    ]
+
+
+def test_config_error_message_is_all_lines():
+    with pytest.raises(ConfigError) as info:
+        parse_config("[server]\nworkers = 0\nmax_connections = 0\n")
+    assert str(info.value) == (
+        "fastgw.toml: server.workers: must be at least 1, got 0\n"
+        "fastgw.toml: server.max_connections: must be at least 1, got 0"
+    )
+
+
+# ---------------------------------------------------------------------------
+# TOML syntax errors
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("[server]\nworkers 4\n", "line 2: expected '=' after key"),
+        ("[server]\nworkers = auto\n", "line 2: invalid value (strings need quotes)"),
+        ("[server\n", "line 1: expected ']' after the table name"),
+        ("[[routes]\n", "line 1: expected ']]' after the array name"),
+        ('a = "abc\n', "line 1: unterminated string"),
+        ("a = [1, 2\n", "line 1: unclosed array (missing ']')"),
+        ("a = {b = 1\n", "line 1: unclosed inline table (missing '}'; an inline table must fit on one line)"),
+        ("\n\n[server]\n[server]\n", "line 4: table [server] is defined twice"),
+        ('[log]\naccess = "off"\naccess = "stdout"\n', "line 3: a key or table is defined twice"),
+        ('x = 1 2\n', "line 1: expected the end of the line after the value"),
+        ('a = {b = 1, b = 2}\n', "line 1: duplicate inline table key 'b'"),
+        ('x = {a = 1}\n[x.b]\n', "line 2: table [x.b] is defined twice"),
+        ('a = []\n[[a]]\n', "line 2: cannot add to a: it was already defined inline"),
+        ('a = "\\q"\n', "line 1: invalid backslash escape in a string"),
+        ("= 1\n", "line 1: invalid statement"),
+    ],
+)
+def test_syntax_error(text, error):
+    assert errors_of(text) == [f"fastgw.toml: {error}"]
+
+
+# ---------------------------------------------------------------------------
+# Robustness: any value in any place gives a Config or a ConfigError, never a crash
+# ---------------------------------------------------------------------------
+
+scalars = st.one_of(
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.booleans(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=20),
+    st.sampled_from(["5s", "auto", "16KiB", "h:1", ":80", "/x", "/{id}", "{*}", "GET", "10.0.0.0/8", "json"]),
+)
+values = st.one_of(
+    scalars,
+    st.lists(scalars, max_size=3),
+    st.dictionaries(st.sampled_from(["address", "weight", "x"]), scalars, max_size=2),
+)
+ALL_KEYS = sorted(
+    set(config_module._SERVER_KEYS + config_module._LOG_KEYS + config_module._UPSTREAM_KEYS + config_module._ROUTE_KEYS)
+)
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["server", "log", "upstreams.u", "routes"]),
+    st.dictionaries(
+        st.sampled_from(ALL_KEYS),
+        values,
+        max_size=5,
+    ),
+)
+def test_any_values_never_crash(section, table):
+    header = "[[routes]]" if section == "routes" else f"[{section}]"
+    text = header + "\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in table.items())
+    try:
+        parse_config(text)
+    except ConfigError as e:
+        assert e.errors and all(line.startswith("fastgw.toml: ") for line in e.errors)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200))
+def test_any_text_never_crashes(text):
+    try:
+        parse_config(text)
+    except ConfigError as e:
+        assert e.errors
