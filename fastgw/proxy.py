@@ -159,8 +159,8 @@ class Proxy:
         await self.forward(ex, route, route.upstream_path(ex.path, match.params))
 
     async def forward(self, ex: Exchange, route: Route, path: str) -> None:
-        head = self.upstream_head(ex, path)
         pool = route.upstream.pick(ex)
+        head = self.upstream_head(ex, path, pool.address)
         conn = pool.take_idle()
         if conn is None:
             conn = await pool.connect()
@@ -179,7 +179,7 @@ class Proxy:
             conn = await pool.connect()
             await conn.start(ex, head)
 
-    def upstream_head(self, ex: Exchange, path: str) -> bytes:
+    def upstream_head(self, ex: Exchange, path: str, target_address: str) -> bytes:
         """The request head for the upstream, built in one pass over the client's headers."""
         snap = self.snapshot
         trusted = snap.trusted_proxies and snap.is_trusted(ex.peer_ip)
@@ -211,10 +211,12 @@ class Proxy:
         parts += (b"x-forwarded-for: ", peer if xff is None else xff + b", " + peer, b"\r\n")
         if not trusted or ex.header(b"x-forwarded-proto") is None:
             parts.append(b"x-forwarded-proto: http\r\n")
-        if not trusted or ex.header(b"x-forwarded-host") is None:
-            host = ex.header(b"host")
-            if host is not None:
-                parts += (b"x-forwarded-host: ", host, b"\r\n")
+        host = ex.header(b"host")
+        if host is None:
+            # An HTTP/1.0 client may send no Host; HTTP/1.1 upstream requests need one.
+            parts += (b"host: ", target_address.encode(), b"\r\n")
+        elif not trusted or ex.header(b"x-forwarded-host") is None:
+            parts += (b"x-forwarded-host: ", host, b"\r\n")
         parts += (b"x-request-id: ", ex.request_id.encode(), b"\r\n")
         if traceparent is None or not _TRACEPARENT.match(traceparent):
             traceparent = b"00-%s-%s-01" % (os.urandom(16).hex().encode(), os.urandom(8).hex().encode())

@@ -1,0 +1,404 @@
+"""End to end through a real gateway process: what reaches the upstream, what comes
+back, and the error answers (SPEC "HTTP behaviour" and its status table).
+
+One gateway serves the whole module (routes below); the tests that need other settings
+start their own.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.backend import Backend
+from tests.conftest import Gateway, config_for, free_port, raw_request
+
+ROUTES = """
+[[routes]]
+name = "users"
+paths = ["/users", "/users/{id}"]
+methods = ["GET", "POST"]
+upstream = "main"
+
+[[routes]]
+name = "profile"
+paths = ["/profile/{id}/{part}"]
+upstream = "main"
+rewrite = "/echo/users/{id}/{part}"
+
+[[routes]]
+name = "api"
+paths = ["/api/*"]
+upstream = "main"
+strip_prefix = "/api"
+
+[[routes]]
+name = "v2"
+paths = ["/api/*"]
+headers = { "x-api-version" = "2" }
+upstream = "other"
+strip_prefix = "/api"
+
+[[routes]]
+name = "admin"
+hosts = ["admin.example.com"]
+paths = ["/*"]
+upstream = "other"
+
+[[routes]]
+name = "wild"
+hosts = ["*.tenants.example.com"]
+paths = ["/*"]
+upstream = "other"
+
+[[routes]]
+name = "weighted"
+paths = ["/weighted/*"]
+upstream = "pair"
+strip_prefix = "/weighted"
+
+[[routes]]
+name = "dead"
+paths = ["/dead/*"]
+upstream = "dead"
+
+[[routes]]
+name = "deadline"
+paths = ["/deadline/*"]
+upstream = "main"
+strip_prefix = "/deadline"
+timeout = "500ms"
+
+[[routes]]
+name = "rest"
+paths = ["/*"]
+upstream = "main"
+"""
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    main, other, a, b = Backend("main"), Backend("other"), Backend("a"), Backend("b")
+    dead_port = free_port()
+    port = free_port()
+    toml = f"""
+[server]
+listen = ["127.0.0.1:{port}"]
+trusted_proxies = ["10.0.0.0/8"]
+
+[log]
+access = "stdout"
+
+[upstreams.main]
+targets = ["{main.address}"]
+read_timeout = "1s"
+
+[upstreams.other]
+targets = ["{other.address}"]
+
+[upstreams.pair]
+targets = ["{a.address}", {{ address = "{b.address}", weight = 3 }}]
+
+[upstreams.dead]
+targets = ["127.0.0.1:{dead_port}"]
+{ROUTES}"""
+    gw = Gateway(tmp_path_factory.mktemp("gw"), toml, port).start()
+    client = httpx.Client(base_url=gw.url, timeout=10)
+    yield {"gw": gw, "main": main, "other": other, "a": a, "b": b, "client": client}
+    client.close()
+    gw.stop()
+    for backend in (main, other, a, b):
+        backend.close()
+
+
+def echo(world, path: str, **kw) -> tuple[httpx.Response, dict]:
+    r = world["client"].request(kw.pop("method", "GET"), path, **kw)
+    assert r.status_code == 200, r.text
+    return r, r.json()
+
+
+def headers_of(info: dict) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for k, v in info["headers"]:
+        out.setdefault(k.lower(), []).append(v)
+    return out
+
+
+# -- routing ------------------------------------------------------------------------------------
+
+
+def test_param_route_and_methods(world):
+    r = world["client"].get("/users/7")
+    assert r.status_code == 404 and r.headers["x-backend"] == "main"  # reached the backend
+    assert world["main"].seen[-1]["target"] == "/users/7"
+    # DELETE is not allowed on "users", so the request falls to the less specific
+    # catch-all "rest", which takes any method (405 only when no route takes it).
+    r = world["client"].delete("/users/7")
+    assert r.status_code == 404 and r.headers["x-backend"] == "main"
+
+
+def test_rewrite_with_params_keeps_query(world):
+    _, info = echo(world, "/profile/42/avatar?size=big&x=%20y")
+    assert info["target"] == "/echo/users/42/avatar?size=big&x=%20y"
+
+
+def test_strip_prefix(world):
+    _, info = echo(world, "/api/echo/orders?id=3")
+    assert info["target"] == "/echo/orders?id=3"
+
+
+def test_header_condition_picks_the_more_specific_route(world):
+    r, _ = echo(world, "/api/echo/x", headers={"x-api-version": "2"})
+    assert r.headers["x-backend"] == "other"
+    r, _ = echo(world, "/api/echo/x", headers={"x-api-version": "3"})
+    assert r.headers["x-backend"] == "main"
+
+
+def test_host_routes_exact_and_wildcard(world):
+    r, _ = echo(world, "/echo/h", headers={"host": "ADMIN.example.com:8080"})
+    assert r.headers["x-backend"] == "other"
+    r, _ = echo(world, "/echo/h", headers={"host": "acme.tenants.example.com"})
+    assert r.headers["x-backend"] == "other"
+    r, _ = echo(world, "/echo/h", headers={"host": "tenants.example.com"})
+    assert r.headers["x-backend"] == "main"
+
+
+def test_404_and_405_when_nothing_takes_the_request(backend, gateway):
+    toml, port = config_for(backend, routes='''
+        [[routes]]
+        name = "only"
+        paths = ["/only/{id}"]
+        methods = ["GET", "POST"]
+        upstream = "app"
+        [[routes]]
+        name = "put"
+        paths = ["/only/{id}"]
+        methods = ["PUT"]
+        upstream = "app"
+        ''')
+    gw = gateway(toml, port)
+    r = httpx.delete(gw.url + "/only/7")
+    assert r.status_code == 405
+    assert r.headers["allow"] == "GET, POST, PUT"
+    assert r.json() == {"error": "method not allowed", "status": 405, "request_id": r.headers["x-request-id"]}
+    r = httpx.get(gw.url + "/elsewhere")
+    assert r.status_code == 404
+    assert r.headers["content-type"] == "application/json"
+    assert r.json() == {"error": "no route", "status": 404, "request_id": r.headers["x-request-id"]}
+    assert backend.requests == 0
+
+
+def test_normalised_path_is_what_routes_and_what_goes_upstream(world):
+    _, info = echo(world, "/api/x/../echo/./a//b/%7Euser")
+    assert info["target"] == "/echo/a/b/~user"
+
+
+def test_weighted_round_robin_honours_weights(world):
+    seen = {"a": 0, "b": 0}
+    for _ in range(40):
+        r = world["client"].get("/weighted/echo")
+        seen[r.headers["x-backend"]] += 1
+    assert seen == {"a": 10, "b": 30}
+
+
+# -- what the upstream receives -------------------------------------------------------------------
+
+
+def test_forwarded_headers_replace_untrusted_ones(world):
+    _, info = echo(world, "/echo", headers={
+        "x-forwarded-for": "6.6.6.6", "x-forwarded-proto": "https", "x-forwarded-host": "evil",
+        "forwarded": "for=6.6.6.6", "x-real-ip": "6.6.6.6"})
+    h = headers_of(info)
+    assert h["x-forwarded-for"] == ["127.0.0.1"]
+    assert h["x-forwarded-proto"] == ["http"]
+    assert h["x-forwarded-host"] == [f"127.0.0.1:{world['gw'].port}"]
+    assert "forwarded" not in h and "x-real-ip" not in h
+
+
+def test_hop_by_hop_headers_are_not_forwarded(world):
+    raw = raw_request(world["gw"].port, (
+        b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close, X-Secret\r\nX-Secret: 1\r\n"
+        b"Keep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Authorization: basic x\r\n"
+        b"Upgrade: websocket\r\nX-Kept: yes\r\n\r\n"))
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    h = headers_of(json.loads(body))
+    for name in ("connection", "x-secret", "keep-alive", "te", "proxy-authorization", "upgrade"):
+        assert name not in h, name
+    assert h["x-kept"] == ["yes"]
+
+
+def test_request_id_kept_when_sane_made_when_not(world):
+    r, info = echo(world, "/echo", headers={"x-request-id": "client-abc.123"})
+    assert r.headers["x-request-id"] == "client-abc.123"
+    assert headers_of(info)["x-request-id"] == ["client-abc.123"]
+    r, info = echo(world, "/echo", headers={"x-request-id": "bad id with spaces"})
+    made = r.headers["x-request-id"]
+    assert made != "bad id with spaces" and re.fullmatch(r"[0-9a-f]{12}-[0-9a-f]+", made)
+    assert headers_of(info)["x-request-id"] == [made]
+
+
+def test_traceparent_passed_on_or_started(world):
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    _, info = echo(world, "/echo", headers={"traceparent": tp})
+    assert headers_of(info)["traceparent"] == [tp]
+    _, info = echo(world, "/echo", headers={"traceparent": "garbage"})
+    started = headers_of(info)["traceparent"][0]
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", started)
+
+
+def test_framing_is_written_by_the_gateway(world):
+    # A chunked request body is re-framed, never copied: the upstream sees one coding.
+    raw = raw_request(world["gw"].port, (
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"))
+    info = json.loads(raw.partition(b"\r\n\r\n")[2])
+    h = headers_of(info)
+    assert info["body_len"] == 11
+    assert h["transfer-encoding"] == ["chunked"] and "content-length" not in h
+
+
+# -- bodies both ways ---------------------------------------------------------------------------------
+
+
+def test_large_bodies_stream_both_ways(world):
+    payload = bytes(range(256)) * 8192  # 2 MiB
+    _, info = echo(world, "/echo", method="POST", content=payload)
+    import hashlib
+    assert info["body_len"] == len(payload)
+    assert info["body_sha256"] == hashlib.sha256(payload).hexdigest()
+
+    def gen():
+        for i in range(64):
+            yield bytes([i]) * 4096
+    _, info = echo(world, "/echo", method="PUT", content=gen())
+    assert info["body_len"] == 64 * 4096
+    r = world["client"].get("/big", params={"bytes": 5_000_000})
+    assert r.status_code == 200 and len(r.content) == 5_000_000
+    assert r.headers["content-length"] == "5000000"
+
+
+def test_chunked_and_close_delimited_responses(world):
+    r = world["client"].get("/chunked", params={"n": 4, "size": 3})
+    assert r.content == b"aaabbbcccddd"
+    assert r.headers["transfer-encoding"] == "chunked"
+    r = world["client"].get("/eof", params={"bytes": 7000})
+    assert r.content == b"e" * 7000
+
+
+def test_head_and_no_body_statuses(world):
+    r = world["client"].head("/big", params={"bytes": 123})
+    assert r.status_code == 200 and r.headers["content-length"] == "123" and r.content == b""
+    r = world["client"].get("/status/204")
+    assert r.status_code == 204 and r.content == b""
+    # The connection is still usable after both (the HEAD response had no body).
+    r = world["client"].get("/echo")
+    assert r.status_code == 200
+
+
+def test_slow_client_reading_does_not_break_the_stream(world):
+    """Backpressure: a client that reads slowly still gets every byte, in order."""
+    with socket.create_connection(("127.0.0.1", world["gw"].port), timeout=10) as s:
+        s.sendall(b"GET /big?bytes=4000000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        got = 0
+        chunks = []
+        while True:
+            data = s.recv(16384)
+            if not data:
+                break
+            chunks.append(data)
+            got += len(data)
+            if got < 1_000_000:
+                time.sleep(0.005)  # ~1 s of slow reading: the gateway must pause the upstream
+    raw = b"".join(chunks)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and len(body) == 4_000_000
+
+
+def test_http10_client(world):
+    raw = raw_request(world["gw"].port, b"GET /chunked?n=2&size=4 HTTP/1.0\r\n\r\n")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"transfer-encoding" not in head.lower()
+    assert body == b"aaaabbbb"
+
+
+def test_keepalive_and_pooling(world):
+    before = world["other"].connections
+    with httpx.Client(base_url=world["gw"].url) as c:
+        for _ in range(20):
+            assert c.get("/echo", headers={"host": "admin.example.com"}).status_code == 200
+    # 20 requests over one pooled upstream connection (maybe one more, never twenty).
+    assert world["other"].connections - before <= 2
+
+
+def test_pipelined_requests_answered_in_order(world):
+    reqs = b"".join(b"GET /echo/%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(5))
+    raw = raw_request(world["gw"].port, reqs + b"GET /echo/last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    paths = re.findall(rb'"path": "([^"]+)"', raw)
+    assert paths == [b"/echo/0", b"/echo/1", b"/echo/2", b"/echo/3", b"/echo/4", b"/echo/last"]
+
+
+# -- upstream failures -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path, status", [
+    ("/dead/x", 502),            # nothing listens
+    ("/garbage", 502),           # not HTTP
+    ("/reset", 502),             # closed without answering
+    ("/hang", 504),              # read_timeout = 1s
+    ("/deadline/slow?ms=3000", 504),  # route timeout = 500ms
+])
+def test_upstream_failures_map_to_json_errors(world, path, status):
+    r = world["client"].get(path)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert body["status"] == status and body["request_id"] == r.headers["x-request-id"]
+
+
+def test_truncated_upstream_body_cuts_the_client(world):
+    raw = raw_request(world["gw"].port, b"GET /truncate?bytes=1000 HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"content-length: 2000" in head.lower()
+    assert len(body) == 1000  # and then the connection closed: never a body that looks complete
+
+
+def test_stale_pooled_connection_is_retried_transparently(make_backend, gateway):
+    backend = make_backend("stale")
+    toml, port = config_for(backend)
+    gw = gateway(toml, port)
+    with httpx.Client(base_url=gw.url) as c:
+        assert c.get("/echo").status_code == 200
+        # The backend closes its side of every kept-alive connection.
+        for s in list(backend.clients):
+            s.shutdown(socket.SHUT_RDWR)
+        time.sleep(0.1)
+        assert c.get("/echo").status_code == 200
+
+
+def test_concurrent_clients(world):
+    errors = []
+
+    def run():
+        try:
+            with httpx.Client(base_url=world["gw"].url) as c:
+                for i in range(30):
+                    r = c.get(f"/echo/{i}")
+                    if r.status_code != 200 or r.json()["path"] != f"/echo/{i}":
+                        errors.append(r.status_code)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=run) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
