@@ -1,0 +1,100 @@
+"""The house rules, checked: the import direction of docs/architecture.md, and a
+docstring at the top of every module saying what lives there.
+
+Imports under ``if TYPE_CHECKING:`` are for types only and do not count.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "fastgw"
+
+# module (or package prefix) -> the fastgw modules it may import. "_core" means fastgw._core.*
+ALLOWED: dict[str, set[str]] = {
+    "_core": set(),
+    "errors": set(),
+    "exchange": set(),
+    "config": {"errors"},
+    "accesslog": set(),
+    "upstream": {"errors", "exchange"},
+    "snapshot": {"config", "errors", "upstream", "_core"},
+    "proxy": {"errors", "exchange", "upstream"},
+    "protocols": {"proxy", "exchange", "errors", "_core", "protocols"},
+    "server": {"*"},
+    "cli": {"*"},
+    "demo": {"server"},
+    "__init__": set(),
+    "__main__": {"cli"},
+}
+
+
+def modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py"))
+
+
+def owner(path: Path) -> str:
+    rel = path.relative_to(PACKAGE).with_suffix("")
+    return rel.parts[0]
+
+
+def fastgw_imports(tree: ast.Module) -> set[str]:
+    """First component after ``fastgw.`` of every runtime import."""
+    found: set[str] = set()
+
+    def visit(nodes: list[ast.stmt]) -> None:
+        for node in nodes:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                continue
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith("fastgw."):
+                        found.add(alias.name.split(".")[1])
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                if node.module == "fastgw":
+                    found.update(a.name for a in node.names)
+                elif node.module.startswith("fastgw."):
+                    found.add(node.module.split(".")[1])
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                child = getattr(node, field, None)
+                if isinstance(child, list):
+                    visit([c for c in child if isinstance(c, ast.stmt)] +
+                          [s for h in child if isinstance(h, ast.ExceptHandler) for s in h.body])
+
+    visit(tree.body)
+    return found
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_import_direction(path):
+    name = owner(path)
+    assert name in ALLOWED, f"{name}: add it to ALLOWED (and to docs/architecture.md)"
+    allowed = ALLOWED[name]
+    if "*" in allowed:
+        return
+    tree = ast.parse(path.read_text())
+    imported = fastgw_imports(tree) - {"__version__"}
+    imported.discard(name)  # a package importing its own modules
+    forbidden = imported - allowed
+    assert not forbidden, f"{path.relative_to(PACKAGE)} imports {sorted(forbidden)}; allowed: {sorted(allowed)}"
+
+
+@pytest.mark.parametrize("path", modules() + sorted(PACKAGE.rglob("*.pyx")),
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_every_module_has_a_docstring(path):
+    text = path.read_text()
+    if path.suffix == ".pyx":
+        assert text.lstrip().startswith(('"""', "#")), f"{path.name} has no docstring or header"
+        return
+    doc = ast.get_docstring(ast.parse(text))
+    assert doc and len(doc) > 20, f"{path.relative_to(PACKAGE)} has no module docstring"
+
+
+def test_import_checker_sees_violations():
+    """The checker itself must be able to fail."""
+    tree = ast.parse("import os\nfrom fastgw.server import x\nif TYPE_CHECKING:\n    from fastgw.cli import y\n"
+                     "try:\n    import fastgw.config\nexcept ImportError:\n    from fastgw import upstream\n")
+    assert fastgw_imports(tree) == {"server", "config", "upstream"}
