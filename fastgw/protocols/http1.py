@@ -8,15 +8,22 @@ whose body is being read (``reading``); the exchange streams them upstream or ho
 bounded amount.
 
 What llhttp refuses by itself (HARDENING.md §3.1) becomes 400 and a close. What it leaves
-to us is checked here: HTTP/1.0 with Transfer-Encoding, missing or repeated Host, HTTP/0.9
-and HTTP/2.0 request lines, fragments and non-origin-form targets, path normalisation,
-header and URL size (431/414, never dropping headers silently), body size (413, at once for
-a Content-Length, mid-stream for chunks), Upgrade and CONNECT. No leniency flag of llhttp
-is ever set.
+to us is checked here: HTTP/1.0 with Transfer-Encoding, any transfer coding but chunked
+alone, missing or repeated Host (and the authority of an absolute-form target replacing
+Host), HTTP/0.9 and HTTP/2.0 request lines, fragments and non-origin-form targets, path
+normalisation, header and URL size (431/414, never dropping headers silently), body size
+(413, at once for a Content-Length, mid-stream for chunks), Upgrade and CONNECT. Whatever
+can be judged on the head is refused in ``on_headers_complete``, before an exchange
+exists, so nothing of such a request reaches an upstream. No leniency flag of llhttp is
+ever set.
 
 Errors we answer ourselves close the connection lingering: we stop reading requests, send
 the answer, half-close, and discard what the client still sends for a moment, so that it
-reads the answer instead of a reset (nginx's lingering close).
+reads the answer instead of a reset (nginx's lingering close). The responses owed to the
+requests before the refused one go first, with keep-alive framing; then the refusal, which
+says close. When it is a body that breaks (a bad chunk, over the limit, too slow), its
+request is abandoned upstream and the refusal is its response; a pipelined request whose
+body broke before its turn is dropped and never forwarded.
 
 Timeouts are deadlines checked by the worker's sweeper (``check(now)``): the request head
 within ``header_timeout`` of its first byte (408 when part of it came, else a silent
@@ -35,7 +42,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from fastgw._core.router import normalize_path
-from fastgw.errors import PayloadTooLarge, RequestTimeout
+from fastgw.errors import BadRequest, FastGWError, PayloadTooLarge, RequestTimeout
 from fastgw.exchange import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Exchange
 from fastgw.proxy import error_body, status_line
 
@@ -49,6 +56,12 @@ LINGER_SECONDS = 2.0
 LINGER_MAX_BYTES = 1024 * 1024
 MAX_PIPELINE = 16
 WRITE_HIGH_WATER = 64 * 1024
+# What a request line holds besides its target: method, two spaces, "HTTP/1.1", CRLF,
+# with room for llhttp's longest method. Used to tell 414 from 431 while a head is cut.
+REQUEST_LINE_SLACK = 32
+# The errors a refusal becomes when it is answered as the response of a started exchange.
+REFUSAL_ERRORS: dict[int, type[FastGWError]] = {
+    400: BadRequest, 408: RequestTimeout, 413: PayloadTooLarge}
 
 
 class _Refuse(Exception):
@@ -146,8 +159,11 @@ class HTTP1Connection(asyncio.Protocol):
         else:
             if self.in_head and self.raw_head_bytes > self.limits.max_header_bytes:
                 # Everything since the head began is head: over the limit, whatever llhttp
-                # is still buffering of a line.
-                if self.headers:
+                # is still buffering of a line. llhttp hands a header over only when it is
+                # whole, so "no header yet" does not mean "still in the request line": when
+                # the head holds clearly more than the target and its line, a first header
+                # is what is too large (431); only a target that is most of it is 414.
+                if self.headers or self.raw_head_bytes > len(self.url) + REQUEST_LINE_SLACK:
                     self.refuse(431, "request head too large")
                 else:
                     self.refuse(414, "request target too long")
@@ -221,6 +237,11 @@ class HTTP1Connection(asyncio.Protocol):
             if version.startswith("2"):
                 raise _Refuse(505, f"HTTP/{version} is not spoken on this port as HTTP/1")
             raise _Refuse(400, f"HTTP/{version} is not supported")
+        if parser.get_method() == b"CONNECT":
+            # Refused here, before an exchange exists: llhttp reports CONNECT (as an
+            # upgrade) only after this callback, and a CONNECT with an origin-form target
+            # would otherwise be routed and forwarded like any request.
+            raise _Refuse(405, "CONNECT is not supported")
         host = None
         hosts = 0
         length = 0
@@ -238,7 +259,13 @@ class HTTP1Connection(asyncio.Protocol):
             elif lname == b"transfer-encoding":
                 if version == "1.0":
                     raise _Refuse(400, "Transfer-Encoding in an HTTP/1.0 request")
-                body_kind = BODY_CHUNKED  # llhttp refused any coding list not ending in chunked
+                # llhttp refuses a coding list not ending in chunked only after this
+                # callback (the exchange would already be under way), and accepts
+                # "gzip, chunked". We decode no coding and forward under our own framing,
+                # so anything but chunked alone would reach the upstream mislabelled.
+                if [c for c in (t.strip().lower() for t in value.split(b",")) if c] != [b"chunked"]:
+                    raise _Refuse(400, "unsupported Transfer-Encoding")
+                body_kind = BODY_CHUNKED
             elif lname == b"expect":
                 if value.lower() != b"100-continue":
                     raise _Refuse(417, "unsupported Expect")
@@ -250,6 +277,11 @@ class HTTP1Connection(asyncio.Protocol):
         url = self.url
         if url[:1] != b"/":
             url, host = self._absolute_form(url, host)
+            # RFC 9112 §3.2.2: the target's authority replaces Host, and a proxy forwards a
+            # Host made from it. Routed on one host and forwarded with another, a request
+            # could reach a virtual host whose route policies it never passed.
+            self.headers = [(n, v) for n, v in self.headers if n.lower() != b"host"]
+            self.headers.append((b"host", host))  # type: ignore[arg-type]
         path, _, query = url.partition(b"?")
         npath = normalize_path(path.decode("latin-1"))
         if npath is None:
@@ -293,10 +325,7 @@ class HTTP1Connection(asyncio.Protocol):
         if ex is None:
             return
         if ex.bytes_in + len(body) > self.limits.max_body_bytes:
-            self.reading = None
-            ex.detach_body()
-            self._too_large(ex)
-            return
+            raise _Refuse(413, "request body too large")
         ex.feed_body(body)
 
     def on_message_complete(self) -> None:
@@ -327,9 +356,10 @@ class HTTP1Connection(asyncio.Protocol):
             else:
                 ex.keep_alive = False  # HTTP/1.0: the close marks the end of the body
         # Close after this response when the client asked, when draining, or when the
-        # request body was not read to its end (we cannot find the next request).
-        close = (not ex.keep_alive or self.proxy.draining or ex is self.reading
-                 or self.refusal is not None)
+        # request body was not read to its end (we cannot find the next request). A
+        # refusal owed to a later pipelined request does not close here: that answer
+        # follows this one on the connection (``_finished``), and it says close.
+        close = not ex.keep_alive or self.proxy.draining or ex is self.reading
         self.close_after = close
         if close:
             parts.append(b"connection: close\r\n\r\n")
@@ -392,8 +422,23 @@ class HTTP1Connection(asyncio.Protocol):
         self.refusal = (status, message)
         self.in_head = False
         self.pause_reading()
-        if self.reading is not None:
-            self.reading.detach_body()
+        ex = self.reading
+        if ex is not None:
+            # The request whose body was arriving broke (bad chunk, too large, too slow):
+            # it must never complete upstream.
+            self.reading = None
+            ex.detach_body()
+            if ex is self.current:
+                if not ex.response_started:
+                    # The upstream may have part of it: abandon that request; the refusal
+                    # is its response (and closes, as keep_alive is off).
+                    ex.keep_alive = False
+                    ex.fail(REFUSAL_ERRORS.get(status, BadRequest)(message))
+                # else its response is under way and send_head saw the body unread: the
+                # connection closes after it, with no answer of ours.
+                return
+            # A pipelined request still waiting its turn: drop it; the refusal answers it.
+            self.queue.remove(ex)
         if self.current is None:
             self._write_refusal()
 
@@ -407,16 +452,6 @@ class HTTP1Connection(asyncio.Protocol):
             b"x-request-id: ", rid.encode(), b"\r\nconnection: close\r\n\r\n", body)))
         self.proxy.access_log.write_refusal(self.peer_ip, rid, status, self.url)
         self._close_lingering()
-
-    def _too_large(self, ex: Exchange) -> None:
-        """A chunked body passed max_body_bytes mid-stream."""
-        if self.current is ex and not ex.response_started:
-            # The upstream may have part of it: abandon that request, answer 413 ourselves.
-            ex.keep_alive = False
-            self.refusal = (413, "request body too large")
-            ex.fail(PayloadTooLarge("request body too large"))
-        else:
-            self.refuse(413, "request body too large")
 
     def _close_lingering(self) -> None:
         self.lingering = True
@@ -432,10 +467,8 @@ class HTTP1Connection(asyncio.Protocol):
         # llhttp stops after a request carrying Upgrade (or CONNECT). WebSocket and h2c come
         # with their own work; until then the request is served as plain HTTP (Upgrade is
         # hop-by-hop and not forwarded) and the connection closes after it, since llhttp
-        # will not parse what follows.
-        if self.parser.get_method() == b"CONNECT":
-            self.refuse(405, "CONNECT is not supported")
-            return
+        # will not parse what follows. (CONNECT never gets here: on_headers_complete
+        # refuses it.)
         ex = self.current if not self.queue else self.queue[-1]
         if ex is not None:
             ex.keep_alive = False
@@ -454,11 +487,7 @@ class HTTP1Connection(asyncio.Protocol):
                 self.transport.close()  # idle keep-alive connection: a silent close
         elif self.reading is not None:
             ex = self.reading
-            if self.current is ex and not ex.response_started:
-                ex.keep_alive = False
-                self.refusal = (408, "request body not received in time")
-                ex.fail(RequestTimeout("request body not received in time"))
-            elif self.current is ex:
+            if self.current is ex and ex.response_started:
                 self.abort(ex)
             else:
                 self.refuse(408, "request body not received in time")
