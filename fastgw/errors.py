@@ -43,6 +43,12 @@ class PayloadTooLarge(FastGWError):
     status = 413
 
 
+class ClientClosedRequest(FastGWError):
+    """The client went away before its response was complete (nginx's 499, logged only)."""
+
+    status = 499
+
+
 class UpstreamError(FastGWError):
     """The upstream refused, reset or answered garbage."""
 

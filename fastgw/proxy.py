@@ -106,6 +106,9 @@ class Proxy:
     def fail(self, ex: Exchange, status: int, message: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
         """Answer ``status`` with the JSON error body, or cut the connection when a
         response is already under way (a half-sent body must never look complete)."""
+        if status == 499:  # the client left: nothing to answer, only to log
+            ex.status = 499
+            return
         if ex.response_started:
             ex.downstream.abort(ex)
             return
@@ -135,6 +138,8 @@ class Proxy:
             ex.client_ip = snap.client_ip_from(ex)
 
     async def _route_and_forward(self, ex: Exchange, snap: Snapshot) -> None:
+        if ex.failure is not None:  # the protocol gave up on it already (a broken body)
+            raise ex.failure
         router = snap.router
         headers = None
         if router.header_names:

@@ -402,3 +402,27 @@ def test_concurrent_clients(world):
     for t in threads:
         t.join(30)
     assert errors == []
+
+
+def test_client_leaving_abandons_the_upstream_request(make_backend, gateway):
+    backend = make_backend("hang")
+    toml, port = config_for(backend, upstream_extra='read_timeout = "30s"\n')
+    gw = gateway(toml, port)
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
+    time.sleep(0.3)
+    s.close()
+    # The gateway gives up on the upstream at once (not after read_timeout) and logs 499.
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        lines = [json.loads(line) for line in gw.access_lines]
+        if lines:
+            break
+        time.sleep(0.05)
+    assert [(x["path"], x["status"]) for x in lines] == [("/hang", 499)]
+    # ... and closed that upstream connection: the backend's reader saw EOF.
+    assert backend.connections == 1
+    deadline = time.monotonic() + 3
+    while any(c.fileno() != -1 for c in backend.clients) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(c.fileno() == -1 for c in backend.clients)

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from fastgw._core.router import normalize_path
-from fastgw.errors import BadRequest, FastGWError, PayloadTooLarge, RequestTimeout
+from fastgw.errors import BadRequest, ClientClosedRequest, FastGWError, PayloadTooLarge, RequestTimeout
 from fastgw.exchange import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Exchange
 from fastgw.proxy import error_body, status_line
 
@@ -169,21 +169,22 @@ class HTTP1Connection(asyncio.Protocol):
                     self.refuse(414, "request target too long")
 
     def eof_received(self) -> bool | None:
-        if self.lingering:
-            self.transport.close()
-        # Otherwise keep the half-open connection: a client may shut its side and still
-        # read the response to the request it sent.
-        return True if (self.current is not None or self.queue) else None
+        # The client shut its side: as nginx does, that ends the connection, and a request
+        # in flight is abandoned (logged 499) rather than finished for nobody.
+        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.worker.connections.discard(self)
-        for ex in (self.current, *self.queue):
-            if ex is not None and ex.on_writable is not None:
-                ex.on_writable(True)
         if self.reading is not None:
             self.reading.detach_body()
         self.queue.clear()
+        ex = self.current
+        if ex is not None:
+            # The client is gone: abandon its request upstream rather than relay a
+            # response nobody reads (and never pool that half-read connection).
+            self.current = None
+            ex.fail(ClientClosedRequest("client closed the connection"))
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -341,6 +342,8 @@ class HTTP1Connection(asyncio.Protocol):
     def send_head(self, ex: Exchange, status: int, headers: list[tuple[bytes, bytes]], length: int) -> None:
         ex.response_started = True
         ex.status = status
+        if self.closing:
+            return
         parts = [STATUS_LINES[status]]
         for name, value in headers:
             parts += (name, b": ", value, b"\r\n")
@@ -370,7 +373,7 @@ class HTTP1Connection(asyncio.Protocol):
         self.transport.write(b"".join(parts))
 
     def send_body(self, ex: Exchange, data: bytes) -> None:
-        if ex.method == "HEAD" or not data:
+        if ex.method == "HEAD" or not data or self.closing:
             return
         ex.bytes_out += len(data)
         if self.chunked_out:
