@@ -48,15 +48,31 @@ RESTART_BACKOFF = 1.0
 
 
 def setup_logging() -> None:
+    # %(process)d, not the pid at setup: workers are forked after this and log as themselves.
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO,
-        format=f"%(asctime)s fastgw[{os.getpid()}] %(levelname)s %(message)s")
+        format="%(asctime)s fastgw[%(process)d] %(levelname)s %(message)s")
 
 
 def load(path: str) -> tuple[Config, Snapshot]:
     """Load and compile ``path``; raises ConfigError with every problem."""
     config = load_config(path)
+    check_access_log(config)
     return config, compile_snapshot(config)
+
+
+def check_access_log(config: Config) -> None:
+    """An access log file that cannot be opened is a config error: found here, once, it
+    is reported (and a reload refused); found by each worker, it would crash them in a
+    restart loop while the supervisor keeps the port open."""
+    target = config.log.access
+    if target in ("stdout", "off"):
+        return
+    try:
+        os.close(os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+    except OSError as exc:
+        raise ConfigError([f"{config.source}: log.access: cannot open {target}: "
+                           f"{exc.strerror or exc}"]) from None
 
 
 # -- the worker ---------------------------------------------------------------------------------
@@ -91,6 +107,10 @@ class Worker:
         self.loop.add_signal_handler(signal.SIGHUP, self.reload)
         self.loop.add_signal_handler(signal.SIGTERM, self.begin_drain)
         self.loop.add_signal_handler(signal.SIGINT, self.begin_drain)
+        # The supervisor forked us with its signals blocked; a SIGHUP or SIGTERM that came
+        # meanwhile is pending and is delivered now, to the handlers (unblocked earlier, a
+        # SIGHUP's default action would have killed this worker).
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, Supervisor.SIGNALS)
         sweeper = self.loop.create_task(self.sweep())
         try:
             await self.stopped
@@ -116,6 +136,16 @@ class Worker:
         except ConfigError as exc:
             log.error("reload refused, the running config stays:\n%s", exc)
             return
+        if config.log.access != self.config.log.access:
+            try:
+                access_log = AccessLog(config.log.access)
+            except OSError as exc:
+                log.error("reload refused, the running config stays: log.access: cannot open %s: %s",
+                          config.log.access, exc.strerror or exc)
+                return
+            old_log, self.access_log = self.access_log, access_log
+            self.proxy.access_log = access_log
+            old_log.close()
         old = self.proxy.snapshot
         self.proxy.snapshot = snapshot
         self.limits = config.server
@@ -152,6 +182,8 @@ class Worker:
 def bind_sockets(config: Config) -> list[list[socket.socket]]:
     """One list of listening sockets per worker, all SO_REUSEPORT."""
     per_worker = []
+    for addr in config.server.listen:
+        _check_free(addr)
     for _ in range(config.server.workers):
         socks = []
         for addr in config.server.listen:
@@ -169,6 +201,19 @@ def bind_sockets(config: Config) -> list[list[socket.socket]]:
             socks.append(sock)
         per_worker.append(socks)
     return per_worker
+
+
+def _check_free(addr) -> None:
+    """Refuse an address another process listens on. Our sockets are SO_REUSEPORT, and
+    the kernel lets a second gateway (same user) join that group silently and take half
+    the connections; a probe bound without SO_REUSEPORT fails against any listener."""
+    family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((addr.host, addr.port))
+        except OSError as exc:
+            raise SystemExit(f"fastgw: cannot listen on {addr}: {exc.strerror}") from None
 
 
 class Supervisor:
@@ -192,7 +237,7 @@ class Supervisor:
         if pid == 0:  # the worker
             code = 0
             try:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)
+                # Signals stay blocked until the worker's loop has its handlers (Worker.serve).
                 for other, socks in enumerate(self.sockets):
                     if other != slot:
                         for sock in socks:
@@ -234,16 +279,16 @@ class Supervisor:
         return 0
 
     def reap(self) -> None:
-        while self.workers:
+        # Our workers only, never waitpid(-1): whoever runs us may have children of its own
+        # (fastgw demo's backends) that are theirs to wait for.
+        for pid in list(self.workers):
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                done, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            slot = self.workers.pop(pid, None)
-            if slot is None:
+                done, status = pid, 0
+            if done == 0:
                 continue
+            slot = self.workers.pop(pid)
             if self.stopping:
                 continue
             lived = time.monotonic() - self.started.pop(pid, 0.0)
