@@ -98,7 +98,9 @@ def _serve_backends(sockets: dict[str, socket.socket]) -> None:
         sock.listen(128)
         servers.append(server)
         threading.Thread(target=server.serve_forever, daemon=True).start()
-    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    # SIGTERM from the demo process only. Ctrl-C's SIGINT reaches the whole process group;
+    # it stays blocked here, so the backends live until the gateway has drained.
+    signal.sigwait({signal.SIGTERM})
 
 
 def demo_config(port: int, ports: dict[str, int]) -> str:
@@ -118,7 +120,7 @@ Try, in another terminal (each response carries an X-Request-Id; the access log 
   curl -i {base}/users/2               # a {{param}} segment
   curl -i {base}/profile/3             # rewritten upstream to /users/3
   curl -i {base}/api/orders?x=1        # prefix route, /api stripped: echo shows what arrived
-  curl -i {base}/api/../users/1        # paths are normalised before routing
+  curl -i --path-as-is {base}/api/../users/1   # paths are normalised before routing
   curl -i -H 'Host: admin.localhost' {base}/anything   # a host-only route
   curl -i -X DELETE {base}/users/1     # 405 with Allow
   curl -i {base}/nowhere               # 404, JSON error
