@@ -15,9 +15,8 @@ from urllib.parse import urlsplit
 
 from fastgw import __version__
 from fastgw._core.router import normalize_path
-from fastgw.config import load_config
 from fastgw.errors import ConfigError
-from fastgw.snapshot import Snapshot, compile_snapshot
+from fastgw.snapshot import Snapshot
 
 DEFAULT_CONFIG = "fastgw.toml"
 
@@ -58,8 +57,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load(path: str) -> Snapshot | None:
+    # server.load, exactly what ``run`` does: it also refuses an access log that cannot
+    # be opened (and, as ``nginx -t`` does, creates the file when it can).
+    from fastgw.server import load
     try:
-        return compile_snapshot(load_config(path))
+        return load(path)[1]
     except ConfigError as exc:
         print(exc, file=sys.stderr)
     except OSError as exc:
