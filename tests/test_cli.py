@@ -1,0 +1,364 @@
+"""The command line as a user runs it: ``fastgw check``, ``fastgw explain``, ``--version``
+and ``fastgw demo``, each a real subprocess (the installed ``fastgw`` script, or
+``python -m fastgw``), with exact output checked.
+
+The demo test runs the demo as a user would (its own process group, Ctrl-C as SIGINT to
+the whole group), follows the ``curl`` lines it prints, and checks that nothing of it is
+left running afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+import fastgw
+from tests.conftest import ROOT, free_port, wait_port
+
+FASTGW = Path(sys.executable).with_name("fastgw")  # the console script of this environment
+
+
+def fastgw_cmd(*args: str, cwd: Path, module: bool = False, timeout: float = 10.0) -> subprocess.CompletedProcess:
+    """Run the command line to its end: the ``fastgw`` script, or ``python -m fastgw``."""
+    argv = [sys.executable, "-m", "fastgw", *args] if module else [str(FASTGW), *args]
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def lines(text: str) -> list[str]:
+    return [line.rstrip() for line in text.splitlines()]
+
+
+def cells(line: str) -> list[str]:
+    """A route-table row split on its column gaps (two spaces or more)."""
+    return re.split(r"\s{2,}", line.strip())
+
+
+CONFIG = """\
+[server]
+listen = ["127.0.0.1:18080"]
+
+[upstreams.users]
+targets = ["127.0.0.1:9001", { address = "127.0.0.1:9002", weight = 3 }]
+
+[upstreams.orders]
+targets = ["127.0.0.1:9003"]
+
+[[routes]]
+name = "users"
+hosts = ["api.example.com"]
+paths = ["/users/{id}"]
+methods = ["GET", "POST"]
+upstream = "users"
+rewrite = "/v2/users/{id}"
+
+[[routes]]
+name = "orders-v2"
+paths = ["/orders/*"]
+headers = { "x-api-version" = "2" }
+upstream = "orders"
+priority = 5
+timeout = "5s"
+
+[[routes]]
+name = "orders"
+paths = ["/orders/*"]
+upstream = "orders"
+strip_prefix = "/orders"
+"""
+
+
+@pytest.fixture
+def conf(tmp_path) -> Path:
+    (tmp_path / "fastgw.toml").write_text(CONFIG)
+    return tmp_path
+
+
+# -- check -----------------------------------------------------------------------------------
+
+
+def test_check_prints_the_route_table(conf):
+    result = fastgw_cmd("check", cwd=conf)  # the default ./fastgw.toml
+    assert (result.returncode, result.stderr) == (0, "")
+    digest = hashlib.sha256(CONFIG.encode()).hexdigest()[:12]
+    out = lines(result.stdout)
+    assert out[0] == f"fastgw.toml: ok (3 routes, 2 upstreams, digest {digest})"
+    assert out[1] == ""
+    assert [cells(line) for line in out[2:]] == [
+        ["#", "ROUTE", "HOSTS", "METHODS", "PATHS", "PRI", "UPSTREAM → TARGETS"],
+        ["0", "users", "api.example.com", "GET POST", "/users/{id}", "0",
+         "users → 127.0.0.1:9001, 127.0.0.1:9002*3"],
+        ["1", "orders-v2", "*", "*", "/orders/*", "5", "orders → 127.0.0.1:9003"],
+        ["2", "orders", "*", "*", "/orders/*", "0", "orders → 127.0.0.1:9003"],
+    ]
+    # Columns line up: every row's cells start where the header's do.
+    starts = [out[2].index(name) for name in ("ROUTE", "HOSTS", "METHODS", "PATHS", "PRI", "UPSTREAM")]
+    for row in out[3:]:
+        assert all(row[i - 1] == " " and row[i] != " " for i in starts), row
+
+
+def test_check_prints_every_error_and_exits_1(tmp_path):
+    (tmp_path / "bad.toml").write_text(
+        '[server]\nlisten = ["127.0.0.1:99999"]\nworkerz = 2\n\n'
+        '[upstreams.users]\ntargets = ["127.0.0.1:9001"]\n\n'
+        '[[routes]]\nname = "x"\npaths = ["/x"]\nupstream = "user"\n'
+        '[[routes]]\nname = "x"\npaths = ["/y"]\nupstream = "users"\n')
+    result = fastgw_cmd("check", "-c", "bad.toml", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (1, "")
+    errors = lines(result.stderr)
+    assert 'bad.toml: server: unknown key "workerz" (did you mean "workers"?)' in errors
+    assert 'bad.toml: server.listen[0]: "127.0.0.1:99999" is not host:port (port > 65535)' in errors
+    assert 'bad.toml: routes[0] "x": upstream "user" is not defined (did you mean "users"?)' in errors
+    assert any(line.startswith("bad.toml: routes[1]") and "x" in line for line in errors), errors
+    assert len(errors) == 4, errors
+
+
+def test_check_of_a_missing_file_exits_1(tmp_path):
+    result = fastgw_cmd("check", "-c", "nope.toml", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.strip() == "nope.toml: cannot read the file: No such file or directory"
+
+
+def test_check_refuses_an_access_log_run_could_not_open(tmp_path):
+    (tmp_path / "fastgw.toml").write_text(CONFIG + '\n[log]\naccess = "missing/dir/access.log"\n')
+    result = fastgw_cmd("check", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.strip() == (f"fastgw.toml: log.access: cannot open {tmp_path}/missing/dir/access.log: "
+                                     "No such file or directory")
+
+
+def test_check_warns_about_a_shadowed_route(tmp_path):
+    (tmp_path / "fastgw.toml").write_text(
+        '[upstreams.a]\ntargets = ["127.0.0.1:9001"]\n'
+        '[[routes]]\nname = "first"\npaths = ["/users/{id}"]\nmethods = ["GET"]\nupstream = "a"\n'
+        '[[routes]]\nname = "other"\npaths = ["/other"]\nupstream = "a"\n'
+        '[[routes]]\nname = "second"\npaths = ["/users/{uid}"]\nmethods = ["GET"]\nupstream = "a"\n')
+    result = fastgw_cmd("check", cwd=tmp_path)
+    assert result.returncode == 0  # a warning, not an error
+    assert lines(result.stdout)[0].startswith("fastgw.toml: ok (3 routes, 1 upstreams, digest ")
+    warnings = lines(result.stderr)
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith('warning: fastgw.toml: routes[2] "second" can never match: '
+                                  'shadowed by routes[0] "first" (')
+
+
+# -- explain ---------------------------------------------------------------------------------
+
+
+def test_explain_shows_candidates_route_params_and_upstream(conf):
+    result = fastgw_cmd("explain", "GET", "http://api.example.com/users/7", "-H", "x: y", cwd=conf)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert lines(result.stdout) == [
+        "request: GET host=api.example.com path=/users/7",
+        "candidates, in the order tried:",
+        '  route "users" pattern /users/{id} host api.example.com : path matches, selected',
+        'result: route "users" (routes[0]) pattern /users/{id}',
+        "params: id=7",
+        "policies: none (route policies come with the plugin work)",
+        "upstream: users [127.0.0.1:9001, 127.0.0.1:9002] path /v2/users/7",
+    ]
+
+
+def test_explain_walks_past_a_header_condition(conf):
+    result = fastgw_cmd("explain", "-c", "fastgw.toml", "GET", "/orders/a/b", "-H", "X-Api-Version: 3", cwd=conf)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert lines(result.stdout) == [
+        "request: GET host=(none) path=/orders/a/b",
+        "candidates, in the order tried:",
+        "  route \"orders-v2\" pattern /orders/* host * : path matches, header x-api-version is '3', not '2'",
+        '  route "orders" pattern /orders/* host * : path matches, selected',
+        'result: route "orders" (routes[2]) pattern /orders/*',
+        "params: *=a/b",
+        "policies: none (route policies come with the plugin work)",
+        "upstream: orders [127.0.0.1:9003] path /a/b",
+    ]
+    matched = fastgw_cmd("explain", "GET", "http://API.example.com:8080/orders/a/../b", "-H", "x-api-version: 2",
+                         cwd=conf)
+    assert matched.returncode == 0
+    out = lines(matched.stdout)
+    assert out[0] == "request: GET host=api.example.com path=/orders/b (normalised from /orders/a/../b)"
+    assert 'result: route "orders-v2" (routes[1]) pattern /orders/*' in out
+    assert out[-1] == "upstream: orders [127.0.0.1:9003] path /orders/b timeout 5s"
+
+
+def test_explain_a_404(conf):
+    result = fastgw_cmd("explain", "GET", "http://other.example.com/users/7", cwd=conf)
+    assert (result.returncode, result.stderr) == (1, "")
+    assert lines(result.stdout) == [
+        "request: GET host=other.example.com path=/users/7",
+        "candidates, in the order tried:",
+        "  host * : no pattern matches /users/7",
+        "  404: no route for host 'other.example.com' path /users/7",
+        "result: 404 no route",
+    ]
+
+
+def test_explain_a_405(conf):
+    result = fastgw_cmd("explain", "DELETE", "http://api.example.com/users/7", cwd=conf)
+    assert (result.returncode, result.stderr) == (1, "")
+    assert lines(result.stdout) == [
+        "request: DELETE host=api.example.com path=/users/7",
+        "candidates, in the order tried:",
+        '  route "users" pattern /users/{id} host api.example.com : path matches, method DELETE not in GET, POST',
+        "  host * : no pattern matches /users/7",
+        "  405: the path is routed but not for DELETE (Allow: GET, POST)",
+        "result: 405 method not allowed (Allow: GET, POST)",
+    ]
+
+
+def test_explain_refuses_a_malformed_header_argument(conf):
+    result = fastgw_cmd("explain", "GET", "/x", "-H", "no-colon", cwd=conf)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.strip() == "fastgw: -H wants \"NAME: VALUE\", got 'no-colon'"
+
+
+def test_version_with_python_m(tmp_path):
+    result = fastgw_cmd("--version", cwd=tmp_path, module=True)
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"fastgw {fastgw.__version__}\n", "")
+
+
+# -- demo ------------------------------------------------------------------------------------
+
+
+def _curl(line: str) -> tuple[str, httpx.Response]:
+    """Run one ``curl -i ...  # comment`` line of the demo's tour as printed (curl is a CI
+    dependency for exactly this), and return "METHOD /target" and the parsed response."""
+    argv = shlex.split(line, comments=True)
+    assert argv[:2] == ["curl", "-i"], line
+    result = subprocess.run([argv[0], "-sS", "--max-time", "10", *argv[1:]], capture_output=True, timeout=15)
+    assert result.returncode == 0, (line, result.stderr)
+    head, _, body = result.stdout.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    response = httpx.Response(int(status_line.split()[1]), headers=[tuple(h.split(": ", 1)) for h in header_lines],
+                              content=body)
+    method = argv[argv.index("-X") + 1] if "-X" in argv else "GET"
+    return f"{method} {re.sub(r'^http://[^/]+', '', argv[-1])}", response
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie is not: it has exited and waits for its parent)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _descendants(pid: int) -> set[int]:
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+            try:
+                kids = {int(p) for p in (task / "children").read_text().split()}
+            except OSError:
+                continue
+            todo.extend(kids - found)
+            found |= kids
+    return found
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+    return value
+
+
+@pytest.mark.slow
+def test_demo_serves_the_printed_curl_lines_and_stops_on_ctrl_c(tmp_path):
+    port = free_port()
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    proc = subprocess.Popen([sys.executable, "-m", "fastgw", "demo", "--port", str(port)],
+                            stdout=out.open("wb"), stderr=err.open("wb"), stdin=subprocess.DEVNULL,
+                            cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                            start_new_session=True)  # its own process group, as in a terminal
+    try:
+        wait_port(port, proc=proc)
+        tour = _wait(lambda: "Stop with Ctrl-C." in err.read_text() and err.read_text(), 10, "the tour")
+        tried = dict(_curl(line) for line in tour.splitlines() if line.lstrip().startswith("curl "))
+        with httpx.Client(timeout=10.0) as client:
+            ids = {r.headers["x-request-id"] for r in tried.values()}
+            served_by = [client.get(f"http://127.0.0.1:{port}/users").json()["served_by"] for _ in range(8)]
+
+        assert {k: r.status_code for k, r in tried.items()} == {
+            "GET /users": 200, "GET /users/2": 200, "GET /profile/3": 200, "GET /api/orders?x=1": 200,
+            "GET /api/../users/1": 200, "GET /anything": 200, "DELETE /users/1": 405, "GET /nowhere": 404,
+            "GET /broken": 502, "GET /slow": 504}
+        assert len(ids) == len(tried)
+        assert tried["GET /users/2"].json() == {"served_by": tried["GET /users/2"].json()["served_by"],
+                                                "id": 2, "name": "Alan Turing"}
+        assert tried["GET /profile/3"].json()["name"] == "Grace Hopper"  # rewritten to /users/3
+        assert tried["GET /api/../users/1"].json()["name"] == "Ada Lovelace"  # not the api route
+        echo = tried["GET /api/orders?x=1"].json()
+        assert (echo["service"], echo["path"], echo["query"]) == ("echo", "/orders", "x=1")
+        assert tried["GET /anything"].json()["path"] == "/anything"  # the host-only route
+        assert tried["DELETE /users/1"].headers["allow"] == "GET, POST"
+        for key, status, error in (("GET /nowhere", 404, "no route"), ("DELETE /users/1", 405, "method not allowed")):
+            r = tried[key]
+            assert r.json() == {"error": error, "status": status, "request_id": r.headers["x-request-id"]}
+        assert tried["GET /broken"].json()["status"] == 502
+        assert sorted(served_by) == ["users-a"] * 2 + ["users-b"] * 6  # weights 1:3
+
+        records = _wait(lambda: len(out.read_text().splitlines()) >= len(tried) + 8
+                        and [json.loads(line) for line in out.read_text().splitlines()], 5, "the access log")
+        backend_ports = {int(rec["upstream"].rsplit(":", 1)[1]) for rec in records
+                         if rec["upstream"] and rec["route"] != "broken"}
+        assert len(backend_ports) == 3  # users-a, users-b, echo
+        family = _descendants(proc.pid)
+        assert len(family) == 2  # the backends' process and one worker
+
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    stderr = err.read_text()
+    assert "Traceback" not in stderr and stderr.rstrip().endswith("INFO stopped")
+    _wait(lambda: not any(_alive(pid) for pid in family), 5, "the demo's processes to end")
+    for backend_port in backend_ports:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", backend_port), timeout=1).close()
+
+
+def test_demo_on_a_port_in_use_exits_1_and_leaves_nothing(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, "-m", "fastgw", "demo", "--port", str(port)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
+                                env=dict(os.environ, PYTHONPATH=str(ROOT)), start_new_session=True)
+        try:
+            _, stderr = proc.communicate(timeout=10)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+    assert proc.returncode == 1
+    assert stderr.decode().strip() == f"fastgw: cannot listen on 127.0.0.1:{port}: Address already in use"
+    # The backends' process was stopped, not orphaned: nothing is left in the group.
+    _wait(lambda: not any(_alive(int(p.name)) for p in Path("/proc").iterdir()
+                          if p.name.isdigit() and _pgid(int(p.name)) == proc.pid), 5, "the group to end")
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
