@@ -5,6 +5,11 @@ exit), one ``os.write`` per batch: a request never waits on the log's disk or pi
 With several workers on one file, each batch is one append (the file is opened
 O_APPEND), so lines never interleave within a line.
 
+A stdout that is a pipe or a socket (a log collector) is made non-blocking: a reader
+that stalls must not stall the worker. What it cannot take yet is kept for the next
+flush, up to ``MAX_PENDING`` bytes, then new lines are dropped (whole lines: the reader
+never sees half of one). A terminal is left blocking: its file is shared with the shell.
+
 Fields: time (UTC, ISO 8601 with milliseconds), request_id, client_ip, method, path,
 route, upstream (target address), status, bytes_in, bytes_out, duration_ms.
 
@@ -14,6 +19,7 @@ May import: the standard library, orjson; fastgw.exchange for types.
 from __future__ import annotations
 
 import os
+import stat
 import time
 from typing import TYPE_CHECKING
 
@@ -23,10 +29,12 @@ if TYPE_CHECKING:
     from fastgw.exchange import Exchange
 
 FLUSH_BYTES = 64 * 1024
+MAX_PENDING = 1024 * 1024
 
 
 class AccessLog:
-    __slots__ = ("fd", "buffer", "size", "_second", "_stamp", "_clock_offset", "owns_fd", "enabled")
+    __slots__ = ("fd", "buffer", "size", "_second", "_stamp", "_clock_offset", "owns_fd", "enabled",
+                 "stalled", "dropped")
 
     def __init__(self, target: str) -> None:
         self.buffer: list[bytes] = []
@@ -37,10 +45,15 @@ class AccessLog:
         self._clock_offset = time.time() - time.monotonic()
         self.owns_fd = False
         self.enabled = target != "off"
+        self.stalled = False
+        self.dropped = 0
         if target == "off":
             self.fd = -1
         elif target == "stdout":
             self.fd = 1
+            mode = os.fstat(1).st_mode
+            if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+                os.set_blocking(1, False)
         else:
             self.fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             self.owns_fd = True
@@ -84,25 +97,31 @@ class AccessLog:
         }, option=orjson.OPT_APPEND_NEWLINE))
 
     def _append(self, line: bytes) -> None:
+        if self.size >= MAX_PENDING:  # a stalled reader: drop rather than grow
+            self.dropped += 1
+            return
         self.buffer.append(line)
         self.size += len(line)
-        if self.size >= FLUSH_BYTES:
+        if self.size >= FLUSH_BYTES and not self.stalled:  # stalled: the sweeper retries
             self.flush()
 
     def flush(self) -> None:
         if not self.buffer:
             return
         data = b"".join(self.buffer)
-        self.buffer = []
-        self.size = 0
         try:
             while data:
                 written = os.write(self.fd, data)
                 data = data[written:]
+            self.stalled = False
         except BlockingIOError:
-            pass  # a stalled reader on stdout: drop the batch rather than stall requests
+            # A stalled reader on a pipe: keep the rest (it may begin mid-line) for later.
+            self.stalled = True
         except OSError:
             self.enabled = False
+            data = b""
+        self.buffer = [data] if data else []
+        self.size = len(data)
 
     def close(self) -> None:
         self.flush()
