@@ -6,7 +6,7 @@ under concurrent load (keep-alive and new-connection clients) with zero failed r
 an invalid reload refused with every error while the old config serves; SIGTERM drain
 (in-flight requests finish, new connections refused, exit 0; a request longer than
 drain_timeout is cut); the access log (fields and values, off, a file relative to the
-config, switched by a reload); and ``fastgw run`` refusing a bad config, a port in use
+config, switched by a reload, a stdout pipe nobody reads); and ``fastgw run`` refusing a bad config, a port in use
 and an access log it cannot open.
 
 Every wait is a bounded poll (``wait_for``), every load loop bounded in count and time.
@@ -540,6 +540,37 @@ def test_access_log_relative_path_is_next_to_the_config_with_two_workers(backend
     assert sorted(rec["request_id"] for rec in records) == sorted(ids)
     assert all(list(rec) == ACCESS_FIELDS and rec["status"] == 200 for rec in records)
     assert len({prefix(i) for i in ids}) == 2  # both workers wrote to the one file
+
+
+@pytest.mark.slow
+def test_access_log_to_a_stalled_stdout_pipe_never_stalls_requests(backend, tmp_path):
+    """``access = "stdout"`` into a pipe nobody reads (a stuck log collector): requests
+    go on, and once the reader drains the pipe every line arrives whole, in order."""
+    toml, port = config_for(backend)
+    (tmp_path / "fastgw.toml").write_text(toml)
+    proc = subprocess.Popen([sys.executable, "-m", "fastgw", "run"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=(tmp_path / "stderr.log").open("wb"), stdin=subprocess.DEVNULL,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        wait_port(port, proc=proc)
+        ids = []
+        with httpx.Client(timeout=3.0) as client:  # a stalled worker fails this at once
+            for _ in range(700):  # ~170 KB of log: well past the 64 KiB a pipe holds
+                r = client.get(f"http://127.0.0.1:{port}/echo")
+                assert r.status_code == 200
+                ids.append(r.headers["x-request-id"])
+        got: list[bytes] = []
+        reader = threading.Thread(target=lambda: got.extend(iter(proc.stdout.readline, b"")), daemon=True)
+        reader.start()
+        wait_for(lambda: len(got) >= len(ids), timeout=10, what="the log lines")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        reader.join(5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert [json.loads(line)["request_id"] for line in got] == ids
 
 
 # -- fastgw run refusing to start ------------------------------------------------------------
