@@ -351,6 +351,13 @@ def test_invalid_reload_logs_every_error_and_keeps_the_old_config(backend, gatew
     assert fresh_get(gw.url + "/new/echo").status_code == 200
     assert fresh_get(gw.url + "/old/echo").status_code == 404
     assert children(gw.proc.pid) == {worker}
+    # A worker started after the reload (a restart) starts from the latest valid config.
+    os.kill(worker, signal.SIGKILL)
+    (successor,) = wait_for(lambda: children(gw.proc.pid) - {worker}, what="the successor")
+    wait_port(port)
+    assert fresh_get(gw.url + "/new/echo").status_code == 200
+    assert fresh_get(gw.url + "/old/echo").status_code == 404
+    assert children(gw.proc.pid) == {successor}
     assert gw.stop() == 0
 
 
