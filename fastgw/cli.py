@@ -124,6 +124,8 @@ def cmd_explain(snapshot: Snapshot, method: str, url: str, header_args: list[str
     route = match.target
     rc = route.config
     upstream_path = route.upstream_path(path, match.params)
+    if parts.query:  # the proxy passes the raw query on, after the (rewritten) path
+        upstream_path += "?" + parts.query
     print(f'result: route "{route.name}" (routes[{rc.index}]) pattern {match.pattern}')
     if match.params:
         print("params: " + ", ".join(f"{k}={v}" for k, v in match.params.items()))

@@ -184,13 +184,13 @@ def test_explain_walks_past_a_header_condition(conf):
         "policies: none (route policies come with the plugin work)",
         "upstream: orders [127.0.0.1:9003] path /a/b",
     ]
-    matched = fastgw_cmd("explain", "GET", "http://API.example.com:8080/orders/a/../b", "-H", "x-api-version: 2",
-                         cwd=conf)
+    matched = fastgw_cmd("explain", "GET", "http://API.example.com:8080/orders/a/../b?x=1&y", "-H",
+                         "x-api-version: 2", cwd=conf)
     assert matched.returncode == 0
     out = lines(matched.stdout)
     assert out[0] == "request: GET host=api.example.com path=/orders/b (normalised from /orders/a/../b)"
     assert 'result: route "orders-v2" (routes[1]) pattern /orders/*' in out
-    assert out[-1] == "upstream: orders [127.0.0.1:9003] path /orders/b timeout 5s"
+    assert out[-1] == "upstream: orders [127.0.0.1:9003] path /orders/b?x=1&y timeout 5s"
 
 
 def test_explain_a_404(conf):
