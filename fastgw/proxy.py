@@ -165,6 +165,7 @@ class Proxy:
 
     async def forward(self, ex: Exchange, route: Route, path: str) -> None:
         pool = route.upstream.pick(ex)
+        ex.upstream_addr = pool.address  # logged even when the connect fails, as nginx does
         head = self.upstream_head(ex, path, pool.address)
         conn = pool.take_idle()
         if conn is None:

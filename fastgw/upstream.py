@@ -136,7 +136,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.drop_names = None
         self._extend_deadline(ex)
         active_connections.add(self)
-        ex.upstream_addr = self.pool.address
         ex.on_writable = self._client_writable
         ex.on_cancel = self.fail
         self.transport.write(head)  # type: ignore[union-attr]
