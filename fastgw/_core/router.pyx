@@ -53,6 +53,8 @@ from cpython.unicode cimport (
 )
 from libc.string cimport memcpy
 
+import json
+
 from fastgw._core.errors import RouteError
 
 cdef extern from "Python.h":
@@ -547,7 +549,7 @@ cdef class Router:
         if host is None:
             host = _EMPTY
         if not path.startswith("/"):
-            return None, [f"404: path {path!r} does not start with \"/\""]
+            return None, [f"404: path {_q(path)} does not start with \"/\""]
         segs = path[1:].split("/")
         allowed = set()
         near_miss = False
@@ -573,8 +575,8 @@ cdef class Router:
             lines.append(f"405: the path is routed but not for {method} (Allow: {', '.join(allow)})")
             return RouteMatch(None, {}, allow, None), lines
         if not lines:
-            lines.append(f"no rule for host {host!r}")
-        lines.append(f"404: no route for host {host!r} path {path}")
+            lines.append(f"no rule for host {_q(host)}")
+        lines.append(f"404: no route for host {_q(host)} path {path}")
         return None, lines
 
     def _tiers(self, str host):
@@ -660,7 +662,7 @@ def _compile_rule(Rule rule, Py_ssize_t index, list problems):
     for m in rule.methods:
         if not isinstance(m, str) or not m or not m.isascii() or m != m.upper() or any(
                 c <= " " or c == "\x7f" for c in m):
-            problems.append((index, f"method {m!r}: methods are upper-case tokens such as \"GET\""))
+            problems.append((index, f"method {_q(m)}: methods are upper-case tokens such as \"GET\""))
         else:
             methods.add(m)
 
@@ -684,8 +686,8 @@ def _compile_rule(Rule rule, Py_ssize_t index, list problems):
             continue
         name = name.lower()
         if name in conditions and conditions[name] != value:
-            problems.append((index, f"header {name}: required to be both {conditions[name]!r} and "
-                                    f"{value!r}; the rule could never match"))
+            problems.append((index, f"header {name}: required to be both {_q(conditions[name])} and "
+                                    f"{_q(value)}; the rule could never match"))
             continue
         conditions[name] = value
     hnames = tuple(sorted(conditions))
@@ -712,18 +714,18 @@ def _compile_rule(Rule rule, Py_ssize_t index, list problems):
 
 def _host_problem(host):
     if not isinstance(host, str):
-        return f"host {host!r}: must be a string"
+        return f"host {_q(host)}: must be a string"
     if host == "":
         return 'host "": empty (leave hosts out to match any host)'
     if host == "*":
         return 'host "*": leave hosts out to match any host'
     if len(host) > 253:
-        return f"host {host[:20]!r}...: longer than 253 characters"
+        return f"host {_q(host[:20])}...: longer than 253 characters"
     if "*" in host and (not host.startswith("*.") or "*" in host[2:] or host == "*."):
-        return (f"host {host!r}: a wildcard must be the whole leftmost label, "
+        return (f"host {_q(host)}: a wildcard must be the whole leftmost label, "
                 f"as in \"*.example.com\"")
     if any(c <= " " or c in "/\x7f" for c in host):
-        return f"host {host!r}: contains a space, a control character or \"/\""
+        return f"host {_q(host)}: contains a space, a control character or \"/\""
     return None
 
 
@@ -731,12 +733,12 @@ def _parse_pattern(pattern):
     """Returns (shape, param names, catch-all) for a valid pattern, else an error
     message. The shape is a tuple of literal segments and None for each {param}."""
     if not isinstance(pattern, str):
-        return f"pattern {pattern!r}: must be a string"
+        return f"pattern {_q(pattern)}: must be a string"
     if not pattern.startswith("/"):
-        return f"pattern {pattern!r}: must start with \"/\""
+        return f"pattern {_q(pattern)}: must start with \"/\""
     segs = pattern[1:].split("/")
     if len(segs) > MAX_SEGMENTS:
-        return f"pattern {pattern!r}: more than {MAX_SEGMENTS} segments"
+        return f"pattern {_q(pattern)}: more than {MAX_SEGMENTS} segments"
     shape = []
     names = []
     catchall = False
@@ -744,42 +746,42 @@ def _parse_pattern(pattern):
     for k, seg in enumerate(segs):
         if seg == "":
             if k != last:
-                return (f"pattern {pattern!r}: empty segment in the middle (\"//\"); only the "
+                return (f"pattern {_q(pattern)}: empty segment in the middle (\"//\"); only the "
                         f"last segment may be empty, for a trailing slash")
             shape.append(seg)
         elif seg == "*":
             if k != last:
-                return f"pattern {pattern!r}: \"*\" (catch-all) must be the last segment"
+                return f"pattern {_q(pattern)}: \"*\" (catch-all) must be the last segment"
             catchall = True
         elif "*" in seg:
-            return (f"pattern {pattern!r}: \"*\" must be a whole segment "
+            return (f"pattern {_q(pattern)}: \"*\" must be a whole segment "
                     f"(a catch-all is \"/*\" at the end)")
         elif "{" in seg or "}" in seg:
             if not (seg.startswith("{") and seg.endswith("}") and seg.count("{") == 1
                     and seg.count("}") == 1):
-                return (f"pattern {pattern!r}: segment {seg!r} is a partial-segment parameter; "
+                return (f"pattern {_q(pattern)}: segment {_q(seg)} is a partial-segment parameter; "
                         f"a parameter is a whole segment, \"{{name}}\"")
             name = seg[1:len(seg) - 1]
             if not name:
-                return f"pattern {pattern!r}: empty parameter name \"{{}}\""
+                return f"pattern {_q(pattern)}: empty parameter name \"{{}}\""
             if not (name.isascii() and name.isidentifier()):
-                return (f"pattern {pattern!r}: parameter name {name!r} is not an identifier "
+                return (f"pattern {_q(pattern)}: parameter name {_q(name)} is not an identifier "
                         f"(letters, digits and \"_\", not starting with a digit)")
             if name in names:
-                return f"pattern {pattern!r}: parameter name {name!r} used twice"
+                return f"pattern {_q(pattern)}: parameter name {_q(name)} used twice"
             names.append(name)
             shape.append(None)
         else:
             if seg == "." or seg == "..":
-                return (f"pattern {pattern!r}: dot segment {seg!r} can never match "
+                return (f"pattern {_q(pattern)}: dot segment {_q(seg)} can never match "
                         f"(request paths are normalised)")
             normal = normalize_path("/" + seg)
             if normal is None:
-                return (f"pattern {pattern!r}: segment {seg!r} holds a character that request "
+                return (f"pattern {_q(pattern)}: segment {_q(seg)} holds a character that request "
                         f"paths may not carry (they are refused with 400)")
             if normal != "/" + seg:
-                return (f"pattern {pattern!r}: segment {seg!r} can never match: request paths "
-                        f"are normalised, and it reads {normal[1:]!r} after normalisation")
+                return (f"pattern {_q(pattern)}: segment {_q(seg)} can never match: request paths "
+                        f"are normalised, and it reads {_q(normal[1:])} after normalisation")
             shape.append(seg)
     return tuple(shape), tuple(names), catchall
 
@@ -808,6 +810,11 @@ def _candidates(_Node node, list segs, Py_ssize_t d, list captured):
         yield e, params
 
 
+def _q(value):
+    # Values in messages are double-quoted, as in the rest of fastgw's errors.
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
+
+
 def _route_name(target):
     name = getattr(target, "name", None)
     return f'"{name}"' if isinstance(name, str) else repr(target)
@@ -817,9 +824,9 @@ def _header_miss(_Entry e, headers):
     for name, want in zip(e.header_names, e.header_values):
         got = None if headers is None else headers.get(name)
         if got is None:
-            return f"header {name} missing (wants {want!r})"
+            return f"header {name} missing (wants {_q(want)})"
         if got != want:
-            return f"header {name} is {got!r}, not {want!r}"
+            return f"header {name} is {_q(got)}, not {_q(want)}"
     return None
 
 
