@@ -38,6 +38,9 @@ class Downstream(Protocol):
     def send_end(self, ex: Exchange) -> None:
         """The response is complete."""
 
+    def flush(self) -> None:
+        """Write what ``send_head`` may have held back to join it with body bytes."""
+
     def abort(self, ex: Exchange) -> None:
         """The response cannot be completed (upstream died mid-body): close the client
         connection so a truncated body can never look complete."""

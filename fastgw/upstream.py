@@ -97,6 +97,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self.fail(UpstreamError(f"upstream answered garbage ({exc.__class__.__name__})"))
+            return
+        if self.ex is not None and self.head_received:
+            ex.downstream.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
