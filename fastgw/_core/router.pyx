@@ -846,8 +846,15 @@ def _shadow_reason(_Entry first, _Entry e):
         return None
     if not set(zip(first.header_names, first.header_values)) <= set(zip(e.header_names, e.header_values)):
         return None
-    return (f"pattern {e.pattern}: route {_route_name(first.target)} (rule {first.index}) with "
-            f"pattern {first.pattern} always wins: hosts {sorted(b) or 'any'} covered, methods "
-            f"{_methods_text(e.methods)} covered by {_methods_text(first.methods)}, no header "
-            f"condition of its own, priority {first.priority} vs {e.priority}, rule {first.index} "
-            f"before {e.index}")
+    if not b:
+        hosts = "serves every host, as this one does"
+    else:
+        hosts = "serves the same hosts" if a == b else "serves these hosts and more"
+    if first.priority != e.priority:
+        order = f"priority {first.priority} over {e.priority}"
+    else:
+        order = f"same priority, and rule {first.index} comes before rule {e.index}"
+    return (f"pattern {e.pattern}: route {_route_name(first.target)} (rule {first.index}) with pattern "
+            f"{first.pattern} always wins: it {hosts}, allows {_methods_text(first.methods)} "
+            f"(this one: {_methods_text(e.methods)}), has no header condition this one lacks, and "
+            f"goes first ({order})")

@@ -429,7 +429,10 @@ def test_shadowed_same_pattern_and_host_set():
     assert [(i, j) for i, j, _ in found] == [(0, 6), (1, 0), (5, 4), (7, 7)]
     reason = found[1][2]
     assert reason.startswith('pattern /y/{n}: route "a" (rule 0) with pattern /y/{id} always wins')
-    assert "methods GET covered by GET, POST" in reason
+    assert reason == ('pattern /y/{n}: route "a" (rule 0) with pattern /y/{id} always wins: it serves every '
+                      'host, as this one does, allows GET, POST (this one: GET), has no header condition this one '
+                      'lacks, and goes first (same priority, and rule 0 comes before rule 1)')
+    assert "it serves the same hosts, allows any method (this one: GET)" in found[2][2]
     assert found[3][2] == "pattern /z/{b}: the rule's own pattern /z/{a} has the same shape and comes first"
 
 
