@@ -78,6 +78,7 @@ cdef class Router:
     cdef Py_ssize_t _height               # most edges on a root-to-node path
     cdef unsigned char _wild_lens[256]    # 1 at the length of each wildcard suffix
 
+    cdef _Node _root_for(self, host)
     cdef int _walk(self, _Node node, Py_ssize_t d, Py_ssize_t np, _Walk* w) except -1
     cdef int _find(self, str host, _Walk* w) except -1
     cdef RouteMatch _result(self, _Walk* w)

@@ -398,7 +398,7 @@ cdef class Router:
         self._height = height
         self.header_names = frozenset(header_names)
 
-    def _root_for(self, host):
+    cdef _Node _root_for(self, host):
         # Build-time helper: the trie root of one host spec (None: no hosts).
         cdef _Node root
         if host is None:
