@@ -549,7 +549,7 @@ cdef class Router:
         if host is None:
             host = _EMPTY
         if not path.startswith("/"):
-            return None, [f"404: path {_q(path)} does not start with \"/\""]
+            return None, [f"404: path {path!r} does not start with \"/\""]
         segs = path[1:].split("/")
         allowed = set()
         near_miss = False
@@ -575,8 +575,8 @@ cdef class Router:
             lines.append(f"405: the path is routed but not for {method} (Allow: {', '.join(allow)})")
             return RouteMatch(None, {}, allow, None), lines
         if not lines:
-            lines.append(f"no rule for host {_q(host)}")
-        lines.append(f"404: no route for host {_q(host)} path {path}")
+            lines.append(f"no rule for host {host!r}")
+        lines.append(f"404: no route for host {host!r} path {path}")
         return None, lines
 
     def _tiers(self, str host):
@@ -824,9 +824,9 @@ def _header_miss(_Entry e, headers):
     for name, want in zip(e.header_names, e.header_values):
         got = None if headers is None else headers.get(name)
         if got is None:
-            return f"header {name} missing (wants {_q(want)})"
+            return f"header {name} missing (wants {want!r})"
         if got != want:
-            return f"header {name} is {_q(got)}, not {_q(want)}"
+            return f"header {name} is {got!r}, not {want!r}"
     return None
 
 

@@ -397,7 +397,7 @@ def test_explain_lists_the_candidates_in_order():
     assert m == RouteMatch(None, {}, ("GET",), None)
     assert lines == [
         "host *.example.com : no pattern matches /users/7",
-        'route "v2" pattern /users/{id} host * : path matches, header x-api-version is "1", not "2"',
+        "route \"v2\" pattern /users/{id} host * : path matches, header x-api-version is '1', not '2'",
         'route "users" pattern /users/{id} host * : path matches, method POST not in GET',
         "405: the path is routed but not for POST (Allow: GET)",
     ]
@@ -411,9 +411,9 @@ def test_explain_404():
     r = router(Rule("t", ["/a"], headers=[("x", "1")]))
     m, lines = r.explain("GET", "h.com", "/a")
     assert m is None
-    assert lines == ["route 't' pattern /a host * : path matches, header x missing (wants \"1\")",
-                     '404: no route for host "h.com" path /a']
-    assert Router([]).explain("GET", "", "/")[1] == ['no rule for host ""', '404: no route for host "" path /']
+    assert lines == ["route 't' pattern /a host * : path matches, header x missing (wants '1')",
+                     "404: no route for host 'h.com' path /a"]
+    assert Router([]).explain("GET", "", "/")[1] == ["no rule for host ''", "404: no route for host '' path /"]
 
 
 def test_shadowed_same_pattern_and_host_set():
