@@ -17,7 +17,8 @@ Nothing here opens sockets or builds routers: the result is data, compiled later
 by ``snapshot``. Keys that SPEC.md defines for later work are refused with
 "is not supported yet", never ignored.
 
-May import: the standard library and ``fastgw.errors``.
+May import: the standard library, ``fastgw.errors`` and ``fastgw._core`` (the router
+judges path pattern syntax).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from fastgw._core.errors import RouteError
+from fastgw._core.router import Router, Rule
 from fastgw.errors import ConfigError
 
 __all__ = [
@@ -858,6 +861,12 @@ def _network(value: Any) -> IPNetwork:
 def _route_path(value: Any) -> str:
     if not _string(value).startswith("/"):
         raise ValueError(f'{_q(value)} does not start with "/"')
+    # The router is the one judge of pattern syntax; asking it here, path by path,
+    # puts its complaints among the other errors of the file, each at its place.
+    try:
+        Router([Rule(None, (value,))])
+    except RouteError as exc:
+        raise ValueError("; ".join(message for _, message in exc.problems)) from None
     return value
 
 

@@ -917,3 +917,26 @@ def test_any_text_never_crashes(text):
         parse_config(text)
     except ConfigError as e:
         assert e.errors
+
+
+def test_route_patterns_are_judged_by_the_router_among_the_other_errors():
+    text = """
+        [upstreams.a]
+        targets = ["127.0.0.1:1"]
+        [[routes]]
+        name = "r1"
+        paths = ["/a//b", "/x/*/y", "/fine/{id}"]
+        upstream = "a"
+        [[routes]]
+        name = "r2"
+        paths = ["/ok"]
+        hosts = ["a.*.com"]
+        upstream = "a"
+    """
+    assert errors_of(text) == [
+        'fastgw.toml: routes[0] "r1".paths[0]: pattern "/a//b": empty segment in the middle ("//"); '
+        'only the last segment may be empty, for a trailing slash',
+        'fastgw.toml: routes[0] "r1".paths[1]: pattern "/x/*/y": "*" (catch-all) must be the last segment',
+        'fastgw.toml: routes[1] "r2".hosts[0]: "a.*.com" is not a host name (use e.g. "api.example.com" '
+        'or "*.example.com")',
+    ]

@@ -18,7 +18,7 @@ ALLOWED: dict[str, set[str]] = {
     "_core": set(),
     "errors": set(),
     "exchange": set(),
-    "config": {"errors"},
+    "config": {"errors", "_core"},
     "accesslog": set(),
     "upstream": {"errors", "exchange"},
     "snapshot": {"config", "errors", "upstream", "_core"},
