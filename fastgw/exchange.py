@@ -54,7 +54,7 @@ class Exchange:
     """Per-request state. ``__slots__`` and plain attributes: one of these per request."""
 
     __slots__ = (
-        "downstream", "method", "path", "query", "host", "headers", "version", "keep_alive",
+        "downstream", "method", "path", "query", "host", "authority", "headers", "version", "keep_alive",
         "peer_ip", "client_ip", "request_id", "started", "deadline",
         "body_kind", "body_length", "body_held", "body_held_bytes", "body_done", "body_sink",
         "body_end", "bytes_in", "bytes_out", "response_started", "status", "route_name",
@@ -62,16 +62,19 @@ class Exchange:
     )
 
     def __init__(self, downstream: Downstream, method: str, path: str, query: bytes, host: str,
-                 headers: list[tuple[bytes, bytes]], version: str, keep_alive: bool, peer_ip: str,
-                 body_kind: int, body_length: int, started: float) -> None:
+                 authority: bytes | None, headers: list[tuple[bytes, bytes]], version: str,
+                 keep_alive: bool, peer_ip: str, body_kind: int, body_length: int,
+                 started: float) -> None:
         self.downstream = downstream
         self.method = method
         #: the normalised path (what routes, policies and the upstream see)
         self.path = path
         #: the raw query string without "?", b"" when absent
         self.query = query
-        #: lower-cased, without port
+        #: lower-cased, without port ("" when the client sent none)
         self.host = host
+        #: the Host header as received (None when absent), forwarded as it came
+        self.authority = authority
         #: raw (name, value) pairs as received; names in their original case
         self.headers = headers
         self.version = version

@@ -218,7 +218,7 @@ class Proxy:
         parts += (b"x-forwarded-for: ", peer if xff is None else xff + b", " + peer, b"\r\n")
         if not trusted or ex.header(b"x-forwarded-proto") is None:
             parts.append(b"x-forwarded-proto: http\r\n")
-        host = ex.header(b"host")
+        host = ex.authority
         if host is None:
             # An HTTP/1.0 client may send no Host; HTTP/1.1 upstream requests need one.
             parts += (b"host: ", target_address.encode(), b"\r\n")

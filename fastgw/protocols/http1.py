@@ -295,7 +295,7 @@ class HTTP1Connection(asyncio.Protocol):
         limits = self.limits
         if body_kind == BODY_LENGTH and length > limits.max_body_bytes:
             raise _Refuse(413, "request body too large")
-        ex = Exchange(self, parser.get_method().decode(), npath, query, hostname, self.headers,
+        ex = Exchange(self, parser.get_method().decode(), npath, query, hostname, host, self.headers,
                       version, parser.should_keep_alive(), self.peer_ip, body_kind, length,
                       self.loop.time())
         self.proxy.prepare(ex)
@@ -531,10 +531,23 @@ def _parser_reason(exc: Exception) -> str:
     return text.split(":", 1)[-1].strip() if "HPE_" in text else text
 
 
+_hostnames: dict[bytes, str | None] = {}
+
+
 def _hostname(host: bytes | None) -> str | None:
-    """The Host header's name part, lower-cased, without port; "" when absent."""
+    """The Host header's name part, lower-cased, without port; "" when absent; None when
+    it is not a host. Memoised: a gateway sees few distinct hosts (bounded all the same)."""
     if host is None:
         return ""
+    name = _hostnames.get(host, False)
+    if name is False:
+        name = _parse_hostname(host)
+        if len(_hostnames) < 4096:
+            _hostnames[host] = name
+    return name  # type: ignore[return-value]
+
+
+def _parse_hostname(host: bytes) -> str | None:
     text = host.decode("latin-1").strip().lower()
     if text.startswith("["):
         end = text.find("]")
