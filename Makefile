@@ -10,8 +10,10 @@ $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-# Installed "editable" so `make compile` rebuilds the extensions in place.
+# Installed "editable", with the build tools in the venv, so that `make compile`
+# rebuilds the extensions in place after a .pyx changes.
 $(VENV)/.installed: $(VENV)/bin/activate pyproject.toml setup.py
+	$(PIP) install -q 'Cython>=3.0' 'setuptools>=68' wheel
 	$(PIP) install -q -e '.[test]'
 	touch $@
 
