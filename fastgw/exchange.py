@@ -55,7 +55,7 @@ class Exchange:
 
     __slots__ = (
         "downstream", "method", "path", "query", "host", "authority", "headers", "version", "keep_alive",
-        "peer_ip", "client_ip", "request_id", "started", "deadline",
+        "peer_ip", "client_ip", "trusted_peer", "request_id", "started", "deadline",
         "body_kind", "body_length", "body_held", "body_held_bytes", "body_done", "body_sink",
         "body_end", "bytes_in", "bytes_out", "response_started", "status", "route_name",
         "upstream_addr", "on_writable", "failure", "on_cancel",
@@ -81,6 +81,8 @@ class Exchange:
         self.keep_alive = keep_alive
         self.peer_ip = peer_ip
         self.client_ip = peer_ip
+        #: the peer is in trusted_proxies: its X-Forwarded-* are believed and passed on
+        self.trusted_peer = False
         self.request_id = ""
         self.started = started
         self.deadline = 0.0

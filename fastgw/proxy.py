@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from fastgw.errors import FastGWError, UpstreamError
-from fastgw.exchange import BODY_CHUNKED, BODY_LENGTH, Exchange
+from fastgw.exchange import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Exchange
 
 if TYPE_CHECKING:
     from fastgw.accesslog import AccessLog
@@ -122,9 +122,10 @@ class Proxy:
         ex.downstream.send_body(ex, body)
         ex.downstream.send_end(ex)
 
-    def prepare(self, ex: Exchange, snap: Snapshot | None = None) -> None:
-        """Give the exchange its request id and client ip. Called by the protocol when
-        the head is complete (so even its own 4xx answers carry an id)."""
+    def prepare(self, ex: Exchange) -> None:
+        """Give the exchange its request id, and its client ip and trust (the peer is a
+        trusted proxy). Called by the protocol when the head is complete, so even its own
+        4xx answers carry an id."""
         rid = None
         for name, value in ex.headers:
             if len(name) == 12 and name.lower() == b"x-request-id":
@@ -134,8 +135,9 @@ class Proxy:
             ex.request_id = rid.decode()
         else:
             ex.request_id = self.ids.next()
-        snap = snap or self.snapshot
+        snap = self.snapshot
         if snap.trusted_proxies and snap.is_trusted(ex.peer_ip):
+            ex.trusted_peer = True
             ex.client_ip = snap.client_ip_from(ex)
 
     async def _route_and_forward(self, ex: Exchange, snap: Snapshot) -> None:
@@ -180,7 +182,7 @@ class Proxy:
             # A pooled connection the upstream closed while idle fails before any byte
             # comes back. That request never reached the application: send it again on a
             # new connection, once, when nothing of a body went out (nginx does the same).
-            if not (conn.reused and not conn.got_response_bytes and ex.body_kind == 0
+            if not (conn.reused and not conn.got_response_bytes and ex.body_kind == BODY_NONE
                     and not ex.response_started):
                 raise
             conn = await pool.connect()
@@ -188,8 +190,7 @@ class Proxy:
 
     def upstream_head(self, ex: Exchange, path: str, target_address: str) -> bytes:
         """The request head for the upstream, built in one pass over the client's headers."""
-        snap = self.snapshot
-        trusted = snap.trusted_proxies and snap.is_trusted(ex.peer_ip)
+        trusted = ex.trusted_peer
         target = path.encode("latin-1")
         if ex.query:
             target += b"?" + ex.query

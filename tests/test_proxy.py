@@ -426,3 +426,21 @@ def test_client_leaving_abandons_the_upstream_request(make_backend, gateway):
     while any(c.fileno() != -1 for c in backend.clients) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert all(c.fileno() == -1 for c in backend.clients)
+
+
+def test_trusted_proxy_forwarding_is_believed_and_appended(backend, gateway):
+    toml, port = config_for(backend, server='trusted_proxies = ["127.0.0.0/8", "10.0.0.0/8"]\n')
+    gw = gateway(toml, port)
+    r = httpx.get(gw.url + "/echo", headers={
+        "x-forwarded-for": "203.0.113.9, 10.1.2.3", "x-forwarded-proto": "https",
+        "x-forwarded-host": "api.example.com", "x-real-ip": "203.0.113.9"})
+    h = headers_of(r.json())
+    assert h["x-forwarded-for"] == ["203.0.113.9, 10.1.2.3, 127.0.0.1"]
+    assert h["x-forwarded-proto"] == ["https"]
+    assert h["x-forwarded-host"] == ["api.example.com"]
+    assert h["x-real-ip"] == ["203.0.113.9"]
+    # The client is the right-most address that is not a trusted proxy.
+    deadline = time.monotonic() + 3
+    while not gw.access_lines and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert json.loads(gw.access_lines[-1])["client_ip"] == "203.0.113.9"
