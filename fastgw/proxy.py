@@ -16,6 +16,7 @@ May import: the standard library, orjson, fastgw.errors, fastgw.exchange, fastgw
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -29,7 +30,8 @@ from fastgw.exchange import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Exchange
 
 if TYPE_CHECKING:
     from fastgw.accesslog import AccessLog
-    from fastgw.snapshot import Route, Snapshot
+    from fastgw.snapshot import Snapshot
+    from fastgw.upstream import Pool, UpstreamConnection
 
 log = logging.getLogger("fastgw")
 
@@ -91,17 +93,32 @@ class Proxy:
         self.ids = RequestIds()
         self.draining = False
 
-    async def handle(self, ex: Exchange) -> None:
+    def handle(self, ex: Exchange) -> None:
+        """Serve ``ex``: called by the protocol when its head is complete.
+
+        The common request runs to its end in callbacks, with no task: route, pick a
+        target, take an idle pooled connection, send; the upstream connection relays the
+        response and calls ``_upstream_done``. Only a request that must open a connection
+        (or retry on a fresh one) runs a coroutine, ``_connect_and_send`` (PERF: a task and
+        its futures per request cost more than all the routing).
+        """
         snap = self.snapshot
         try:
-            await self._route_and_forward(ex, snap)
+            self._route_and_send(ex, snap)
         except FastGWError as exc:
-            if ex.failure is not None:
-                exc = ex.failure  # the protocol's reason wins over the upstream's
-            self.fail(ex, exc.status, str(exc))
+            self._end(ex, exc)
         except Exception:  # a bug of ours: answer 500 and keep serving
             log.exception("request %s failed", ex.request_id)
+            self._end(ex, None)
+
+    def _end(self, ex: Exchange, exc: FastGWError | None) -> None:
+        """The request failed: answer (the protocol's reason wins over the upstream's), log."""
+        if ex.failure is not None:
+            exc = ex.failure  # type: ignore[assignment]
+        if exc is None:
             self.fail(ex, 500, "internal error")
+        else:
+            self.fail(ex, exc.status, str(exc))
         self.access_log.write(ex)
 
     def fail(self, ex: Exchange, status: int, message: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -140,7 +157,7 @@ class Proxy:
             ex.trusted_peer = True
             ex.client_ip = snap.client_ip_from(ex)
 
-    async def _route_and_forward(self, ex: Exchange, snap: Snapshot) -> None:
+    def _route_and_send(self, ex: Exchange, snap: Snapshot) -> None:
         if ex.failure is not None:  # the protocol gave up on it already (a broken body)
             raise ex.failure
         router = snap.router
@@ -155,38 +172,49 @@ class Proxy:
         match = router.match(ex.method, ex.host, ex.path, headers)
         if match is None:
             self.fail(ex, 404, "no route")
+            self.access_log.write(ex)
             return
         route = match.target
         if route is None:
             allow = ", ".join(match.allowed).encode()
             self.fail(ex, 405, "method not allowed", [(b"allow", allow)])
+            self.access_log.write(ex)
             return
         ex.route_name = route.name
         if route.timeout:
             ex.deadline = ex.started + route.timeout
-        await self.forward(ex, route, route.upstream_path(ex.path, match.params))
-
-    async def forward(self, ex: Exchange, route: Route, path: str) -> None:
         pool = route.upstream.pick(ex)
         ex.upstream_addr = pool.address  # logged even when the connect fails, as nginx does
-        head = self.upstream_head(ex, path, pool.address)
+        head = self.upstream_head(ex, route.upstream_path(ex.path, match.params), pool.address)
         conn = pool.take_idle()
         if conn is None:
-            conn = await pool.connect()
-        if ex.failure is not None:  # the client gave up (or broke a limit) while we connected
-            pool.release(conn)
-            raise ex.failure
-        try:
-            await conn.start(ex, head)
-        except UpstreamError:
+            asyncio.get_running_loop().create_task(self._connect_and_send(ex, pool, head))
+        else:
+            conn.start(ex, head, self._upstream_done)
+
+    def _upstream_done(self, ex: Exchange, conn: UpstreamConnection, error: FastGWError | None) -> None:
+        if error is None:
+            self.access_log.write(ex)
+        elif (isinstance(error, UpstreamError) and conn.reused and not conn.got_response_bytes
+              and ex.body_kind == BODY_NONE and not ex.response_started and ex.failure is None):
             # A pooled connection the upstream closed while idle fails before any byte
             # comes back. That request never reached the application: send it again on a
-            # new connection, once, when nothing of a body went out (nginx does the same).
-            if not (conn.reused and not conn.got_response_bytes and ex.body_kind == BODY_NONE
-                    and not ex.response_started):
-                raise
+            # new connection, once (a new connection is never "reused"), as nginx does.
+            asyncio.get_running_loop().create_task(self._connect_and_send(ex, conn.pool, conn.head))
+        else:
+            self._end(ex, error)
+
+    async def _connect_and_send(self, ex: Exchange, pool: Pool, head: bytes) -> None:
+        try:
             conn = await pool.connect()
-            await conn.start(ex, head)
+        except FastGWError as exc:
+            self._end(ex, exc)
+            return
+        if ex.failure is not None:  # the client gave up (or broke a limit) while we connected
+            pool.release(conn)
+            self._end(ex, None)
+            return
+        conn.start(ex, head, self._upstream_done)
 
     def upstream_head(self, ex: Exchange, path: str, target_address: str) -> bytes:
         """The request head for the upstream, built in one pass over the client's headers."""

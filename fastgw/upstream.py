@@ -5,8 +5,8 @@
 it writes the request head the proxy built, streams the request body out of the
 ``Exchange``, and relays the response straight to the exchange's ``Downstream`` as it
 arrives (status and headers once, then each body chunk), with backpressure both ways.
-It never holds a whole body. Its future resolves when the response is complete, or fails
-with an ``UpstreamError`` / ``UpstreamTimeout`` that the proxy maps to a status.
+It never holds a whole body. It reports the end through a callback: the response is complete,
+or it failed with an ``UpstreamError`` / ``UpstreamTimeout`` that the proxy maps to a status.
 
 Timeouts are not timers per request: each busy connection carries a ``deadline`` and
 the worker's sweeper calls ``check_deadlines`` a few times a second (as nginx keeps an
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Callable
 
 import httptools
 
@@ -52,7 +53,7 @@ class UpstreamConnection(asyncio.Protocol):
     """One pooled HTTP/1.1 connection to a target; one request at a time."""
 
     __slots__ = (
-        "pool", "transport", "parser", "ex", "done", "headers", "length", "deadline",
+        "pool", "transport", "parser", "ex", "on_done", "head", "headers", "length", "deadline",
         "reused", "got_response_bytes", "head_received", "drop_names", "closed", "loop",
         "body_chunked",
     )
@@ -63,7 +64,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.ex: Exchange | None = None
-        self.done: asyncio.Future | None = None
+        self.on_done: Callable[[Exchange, UpstreamConnection, FastGWError | None], None] | None = None
+        #: the request head last sent (kept for the one retry of a stale connection)
+        self.head = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.length = -1
         self.deadline = 0.0
@@ -126,11 +129,16 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- the request ------------------------------------------------------------------------
 
-    def start(self, ex: Exchange, head: bytes) -> asyncio.Future:
-        """Send the request head, stream the body, and return a future that resolves when
-        the whole response went to the client."""
+    def start(self, ex: Exchange, head: bytes,
+              on_done: Callable[[Exchange, UpstreamConnection, FastGWError | None], None]) -> None:
+        """Send the request head and stream the body; ``on_done(ex, conn, error)`` is called
+        once, when the whole response went to the client (error None) or failed.
+
+        A callback rather than a future: the common request finishes with no task, no
+        future and no await (PERF)."""
         self.ex = ex
-        self.done = self.loop.create_future()
+        self.on_done = on_done
+        self.head = head
         self.headers = []
         self.length = -1
         self.head_received = False
@@ -147,7 +155,6 @@ class UpstreamConnection(asyncio.Protocol):
                 ex.attach_body(self._write_chunk, self._write_last_chunk)
             else:
                 ex.attach_body(self.transport.write, _nothing)  # type: ignore[union-attr]
-        return self.done
 
     def _write_chunk(self, data: bytes) -> None:
         if data:
@@ -172,11 +179,11 @@ class UpstreamConnection(asyncio.Protocol):
     def fail(self, error: FastGWError) -> None:
         """End the request in flight with ``error`` and close the connection."""
         ex = self.ex
-        done = self.done
+        on_done = self.on_done
         self._finish()
         self.close()
-        if ex is not None and done is not None and not done.done():
-            done.set_exception(error)
+        if ex is not None and on_done is not None:
+            on_done(ex, self, error)
 
     def _finish(self) -> None:
         ex = self.ex
@@ -185,6 +192,7 @@ class UpstreamConnection(asyncio.Protocol):
             ex.on_writable = None
             ex.on_cancel = None
         self.ex = None
+        self.on_done = None
         active_connections.discard(self)
 
     def close(self) -> None:
@@ -247,7 +255,7 @@ class UpstreamConnection(asyncio.Protocol):
         ex = self.ex
         if ex is None or not self.head_received:
             return
-        done = self.done
+        on_done = self.on_done
         # Reusable only when both sides finished cleanly: an upstream that answered before
         # reading our whole body may still be reading it.
         reusable = ex.body_done and self.parser.should_keep_alive() and not self.closed
@@ -257,8 +265,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.pool.release(self)
         else:
             self.close()
-        if done is not None and not done.done():
-            done.set_result(None)
+        if on_done is not None:
+            on_done(ex, self, None)
 
 
 def _nothing() -> None:

@@ -82,7 +82,7 @@ class HTTP1Connection(asyncio.Protocol):
         "transport", "parser", "peer_ip", "queue", "current", "reading", "paused",
         "write_paused", "closing", "lingering", "linger_bytes", "deadline", "in_head",
         "head_bytes", "raw_head_bytes", "url", "headers", "chunked_out", "close_after",
-        "refusal", "held_head",
+        "refusal", "held_head", "deferred",
     )
 
     def __init__(self, worker: Worker) -> None:
@@ -112,6 +112,9 @@ class HTTP1Connection(asyncio.Protocol):
         self.refusal: tuple[int, str] | None = None
         #: a response head not yet written: it goes out with the first body bytes
         self.held_head = b""
+        #: an exchange whose head completed during this feed_data: started after it, so that
+        #: a refusal later in the same bytes (a broken body) is known before anything is sent
+        self.deferred: Exchange | None = None
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -169,6 +172,11 @@ class HTTP1Connection(asyncio.Protocol):
                     self.refuse(431, "request head too large")
                 else:
                     self.refuse(414, "request target too long")
+        ex = self.deferred
+        if ex is not None:
+            self.deferred = None
+            if ex is self.current and not self.closing:
+                self.proxy.handle(ex)
 
     def eof_received(self) -> bool | None:
         # The client shut its side: as nginx does, that ends the connection, and a request
@@ -305,7 +313,8 @@ class HTTP1Connection(asyncio.Protocol):
             if expect_continue:
                 self.transport.write(CONTINUE)
         if self.current is None:
-            self._start(ex)
+            self.current = ex
+            self.deferred = ex  # handled when feed_data returns (data_received)
         else:
             self.queue.append(ex)
             if len(self.queue) >= MAX_PIPELINE:
@@ -419,8 +428,10 @@ class HTTP1Connection(asyncio.Protocol):
     # -- request sequencing -------------------------------------------------------------------
 
     def _start(self, ex: Exchange) -> None:
+        if self.closing or self.lingering:
+            return  # we said we close (or the client left): no more requests on this one
         self.current = ex
-        self.loop.create_task(self.proxy.handle(ex))
+        self.proxy.handle(ex)
 
     def _finished(self, ex: Exchange) -> None:
         if self.current is not ex:
