@@ -1,0 +1,586 @@
+"""The macro-benchmark suite: fastgw against nginx as a reverse proxy, on 127.0.0.1.
+
+    python benchmarks/macro.py                       # every scenario, -c50 and -c200, 10 s, 3 rounds
+    python benchmarks/macro.py --scenario json_4k --scenario post_1k --duration 5
+    python benchmarks/macro.py --quick               # CI: 2 s, 1 round, -c50 only
+
+Needs nginx, wrk and h2load (Debian: ``apt-get install nginx-light wrk nghttp2-client``;
+h2load is checked for the HTTP/2 scenario to come, not used yet); exits 2 naming what is
+missing. For each scenario it starts, on fresh ports:
+
+- the backend: nginx, ``return 200`` with a small body (and a 4 KiB JSON body at
+  ``/api/v1/json``), access log off, as many workers as the proxies under test;
+- nginx as a reverse proxy: upstream keepalive 64, HTTP/1.1 upstream, access log off;
+- fastgw: access log off, upstream keepalive 64, the route table of the scenario;
+
+checks that both proxies give the backend's answer to the scenario's request, then, for
+each load (``wrk -t1 -cC -dDs --latency``), warms each side and runs them interleaved
+(A B A B ...) ``--rounds`` times. It prints a markdown table of the medians of req/s, p50
+and p99 with the ratios fastgw/nginx, flags runs where wrk saw socket errors or non-2xx
+answers, and writes ``benchmarks/results/<timestamp>.json`` (the machine, every run, the
+medians, the ratios) and ``benchmarks/results/latest.md`` (the table and the machine).
+``--quick`` writes ``<timestamp>-quick.json`` and ``latest-quick.md`` instead, so a CI
+or smoke run never replaces the latest full table.
+
+Every request, in every scenario, goes to the last route of fastgw's table (a wildcard
+host and a ``{param}`` path with a catch-all) with ``Host: gw.bench.example.com``; nginx
+gets the same request on a single ``location /``. Results are reported, never asserted:
+the exit status is 0 unless a tool is missing (2) or a side fails to start or to answer
+correctly (1). Fair play is in benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = ROOT / "benchmarks"
+RESULTS = HERE / "results"
+
+TOOLS = {"nginx": "nginx-light", "wrk": "wrk", "h2load": "nghttp2-client"}
+
+HOST = "gw.bench.example.com"
+SMALL_BODY = "hello from the backend\n"
+UPSTREAM_KEEPALIVE = 64
+
+
+def json_4k() -> str:
+    """A JSON document of exactly 4096 bytes, with nothing nginx's config quoting minds
+    (no single quote, backslash or dollar)."""
+    items = [{"id": i, "sku": f"SKU-{i:05d}", "name": f"item number {i}", "price": round(3.5 + i * 1.25, 2),
+              "tags": ["bench", "json"], "in_stock": i % 3 != 0} for i in range(40)]
+    doc = {"items": items, "pad": ""}
+    text = json.dumps(doc, separators=(",", ":"))
+    while len(text) > 4096:
+        items.pop()
+        text = json.dumps(doc, separators=(",", ":"))
+    doc["pad"] = "x" * (4096 - len(text))
+    text = json.dumps(doc, separators=(",", ":"))
+    assert len(text) == 4096
+    return text
+
+
+# -- the sides' configs -------------------------------------------------------------------------
+
+
+def nginx_backend_conf(folder: Path, port: int, workers: int) -> str:
+    # nginx refuses a config token over 4 KiB, so the JSON body is served from memory in
+    # four 1 KiB variables (map with only a default: a constant) joined by ``return``.
+    doc = json_4k()
+    parts = [doc[i:i + 1024] for i in range(0, len(doc), 1024)]
+    maps = "\n".join(f"    map $host $json_part{i} {{ default '{part}'; }}" for i, part in enumerate(parts))
+    joined = "".join(f"$json_part{i}" for i in range(len(parts)))
+    return f"""
+worker_processes {workers};
+daemon off;
+pid {folder}/backend.pid;
+error_log {folder}/backend.err warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+{maps}
+    server {{
+        listen 127.0.0.1:{port} reuseport;
+        location / {{ return 200 "{SMALL_BODY.strip()}\\n"; }}
+        location = /api/v1/json {{
+            default_type application/json;
+            return 200 "{joined}";
+        }}
+    }}
+}}
+"""
+
+
+def nofile_for(worker_connections: int) -> int:
+    """nginx's worker_rlimit_nofile: room for the connections, within our hard limit
+    (which root may exceed, but nothing else may)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    wanted = worker_connections + 1024
+    return wanted if os.geteuid() == 0 or hard == resource.RLIM_INFINITY else min(wanted, hard)
+
+
+def nginx_proxy_conf(folder: Path, port: int, backend: int, workers: int, worker_connections: int = 4096) -> str:
+    # keepalive_requests in the upstream block: nginx closes a pooled upstream connection
+    # after 1,000 requests by default, fastgw never does; both keep them alike.
+    # reuseport: fastgw gives each worker its own SO_REUSEPORT socket, so nginx does too
+    # (the kernel spreads connections the same way for both; with one worker it changes
+    # nothing).
+    return f"""
+worker_processes {workers};
+daemon off;
+worker_rlimit_nofile {nofile_for(worker_connections)};
+pid {folder}/proxy.pid;
+error_log {folder}/proxy.err warn;
+events {{ worker_connections {worker_connections}; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    upstream backend {{
+        server 127.0.0.1:{backend};
+        keepalive {UPSTREAM_KEEPALIVE};
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} reuseport;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+def route_table(n: int) -> str:
+    """``n`` routes: n - 1 fillers in four kinds taken in turn (exact; {param}; catch-all;
+    host rules, exact or wildcard, some with a header condition), as in bench_router.py,
+    then the route every benchmark request takes, last in the file."""
+    out = []
+    for i in range(n - 1):
+        kind = i % 4
+        if kind == 0:
+            out.append(f'[[routes]]\nname = "exact{i}"\npaths = ["/svc{i}/items"]\nmethods = ["GET", "HEAD"]\n')
+        elif kind == 1:
+            out.append(f'[[routes]]\nname = "param{i}"\npaths = ["/svc{i}/items/{{id}}", "/svc{i}/items/{{id}}/raw"]\n'
+                       f'methods = ["GET", "PUT"]\n')
+        elif kind == 2:
+            out.append(f'[[routes]]\nname = "static{i}"\npaths = ["/svc{i}/static/*"]\n')
+        else:
+            host = f"h{i}.example.com" if i % 8 == 3 else f"*.t{i}.example.com"
+            headers = '\nheaders = { "x-v" = "2" }' if i % 16 == 7 else ""
+            out.append(f'[[routes]]\nname = "host{i}"\nhosts = ["{host}"]\npaths = ["/svc{i}/{{tenant}}/x"]{headers}\n')
+        out[-1] += 'upstream = "backend"\n'
+    out.append('[[routes]]\nname = "target"\nhosts = ["*.bench.example.com"]\npaths = ["/api/{version}/*"]\n'
+               'methods = ["GET", "POST"]\nupstream = "backend"\n')
+    return "\n".join(out)
+
+
+def fastgw_conf(port: int, backend: int, workers: int, routes: int, server_extra: str = "") -> str:
+    return f"""
+[server]
+listen = ["127.0.0.1:{port}"]
+workers = {workers}
+{server_extra}
+[log]
+access = "off"
+[upstreams.backend]
+targets = ["127.0.0.1:{backend}"]
+keepalive = {UPSTREAM_KEEPALIVE}
+
+""" + route_table(routes)
+
+
+# -- scenarios ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    what: str
+    path: str = "/api/v1/small"
+    method: str = "GET"
+    lua: str | None = None          # a wrk script under benchmarks/ that sends that method (and a body)
+    workers: int = 1
+    routes: int = 10
+    compare_routes: int | None = None  # a second fastgw with this many routes, interleaved too
+    note: str = ""
+
+
+SCENARIOS = {s.name: s for s in (
+    Scenario("small_get", "GET, small response (23 bytes)"),
+    Scenario("json_4k", "GET, 4 KiB JSON response", path="/api/v1/json"),
+    Scenario("post_1k", "POST with a 1 KiB JSON body, small response", path="/api/v1/post",
+             method="POST", lua="post_1k.lua"),
+    Scenario("routes_10k", "GET, small response, 10,000 routes in fastgw's config", routes=10_000,
+             compare_routes=10,
+             note="nginx has one location: its config has no equivalent of the 10,000 routes"),
+    Scenario("workers_2", "GET, small response, 2 workers on each proxy (and the backend)", workers=2),
+)}
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Fail(Exception):
+    """A side did not start or did not answer as it should: exit 1."""
+
+
+@dataclass
+class Proc:
+    name: str
+    port: int
+    popen: subprocess.Popen
+    log: Path
+    extra_logs: list[Path] = field(default_factory=list)
+
+    def tail(self) -> str:
+        text = ""
+        for path in (self.log, *self.extra_logs):
+            if path.exists():
+                text += path.read_text(errors="replace")[-2000:]
+        return text.strip() or "(nothing on stderr)"
+
+
+class Stack:
+    """The processes of one scenario: started together, stopped together."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.procs: list[Proc] = []
+
+    def start(self, name: str, argv: list[str], port: int, env: dict | None = None,
+              extra_logs: tuple[Path, ...] = ()) -> Proc:
+        log = self.folder / f"{name}.stderr"
+        with open(log, "wb") as err:
+            popen = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env,
+                                     start_new_session=True)
+        proc = Proc(name, port, popen, log, list(extra_logs))
+        self.procs.append(proc)
+        return proc
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for proc in self.procs:
+            while True:
+                if proc.popen.poll() is not None:
+                    raise Fail(f"{proc.name} exited with status {proc.popen.returncode} before listening "
+                               f"on 127.0.0.1:{proc.port}:\n{proc.tail()}")
+                try:
+                    socket.create_connection(("127.0.0.1", proc.port), timeout=0.2).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise Fail(f"{proc.name}: nothing listens on 127.0.0.1:{proc.port} after "
+                                   f"{timeout:.0f} s:\n{proc.tail()}") from None
+                    time.sleep(0.05)
+
+    def check_alive(self) -> None:
+        for proc in self.procs:
+            if proc.popen.poll() is not None:
+                raise Fail(f"{proc.name} died (status {proc.popen.returncode}):\n{proc.tail()}")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.popen.poll() is None:
+                proc.popen.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.popen.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+                proc.popen.wait()
+        self.procs.clear()
+
+
+def start_scenario(stack: Stack, sc: Scenario) -> dict[str, Proc]:
+    folder = stack.folder
+    backend, nginx_port, fastgw_port = free_port(), free_port(), free_port()
+    (folder / "backend.conf").write_text(nginx_backend_conf(folder, backend, sc.workers))
+    (folder / "proxy.conf").write_text(nginx_proxy_conf(folder, nginx_port, backend, sc.workers))
+    (folder / "fastgw.toml").write_text(fastgw_conf(fastgw_port, backend, sc.workers, sc.routes))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    sides = {
+        "backend": stack.start("backend", ["nginx", "-c", str(folder / "backend.conf"), "-p", str(folder)],
+                               backend, extra_logs=(folder / "backend.err",)),
+        "nginx": stack.start("nginx", ["nginx", "-c", str(folder / "proxy.conf"), "-p", str(folder)],
+                             nginx_port, extra_logs=(folder / "proxy.err",)),
+        "fastgw": stack.start("fastgw", [sys.executable, "-m", "fastgw", "run", "-c", str(folder / "fastgw.toml")],
+                              fastgw_port, env=env),
+    }
+    if sc.compare_routes:
+        name = f"fastgw_{sc.compare_routes}routes"
+        port = free_port()
+        (folder / f"{name}.toml").write_text(fastgw_conf(port, backend, sc.workers, sc.compare_routes))
+        sides[name] = stack.start(name, [sys.executable, "-m", "fastgw", "run", "-c", str(folder / f"{name}.toml")],
+                                  port, env=env)
+    stack.wait_ready(timeout=60 if sc.routes > 1000 else 15)
+    return sides
+
+
+# -- the request and wrk ------------------------------------------------------------------------
+
+
+def fetch(port: int, sc: Scenario) -> tuple[int, bytes]:
+    # 1 KiB of JSON for a POST, as post_1k.lua sends (the backend answers the same to any body)
+    body = b'{"id":42,"payload":"' + b"x" * 1002 + b'"}' if sc.method == "POST" else None
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        headers = {"Host": HOST}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        conn.request(sc.method, sc.path, body=body, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def check_answers(sides: dict[str, Proc], sc: Scenario) -> None:
+    """Every side must give the backend's own answer to the benchmark request, or the
+    numbers would compare different work."""
+    status, expected = fetch(sides["backend"].port, sc)
+    if status != 200:
+        raise Fail(f"{sc.name}: the backend answers {status} to {sc.path}")
+    for name, proc in sides.items():
+        if name == "backend":
+            continue
+        status, body = fetch(proc.port, sc)
+        if status != 200 or body != expected:
+            raise Fail(f"{sc.name}: {name} answers {status} with {len(body)} bytes to {sc.path}, "
+                       f"the backend 200 with {len(expected)}:\n{body[:300]!r}")
+
+
+def to_ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
+
+
+def wrk(port: int, sc: Scenario, connections: int, duration: int) -> dict:
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-H", f"Host: {HOST}"]
+    if sc.lua:
+        argv += ["-s", str(HERE / sc.lua)]
+    argv.append(f"http://127.0.0.1:{port}{sc.path}")
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30)
+    out = done.stdout
+    if done.returncode != 0 or "Requests/sec" not in out:
+        raise Fail(f"wrk failed (status {done.returncode}): {' '.join(argv)}\n{out}{done.stderr}")
+    errors = {"connect": 0, "read": 0, "write": 0, "timeout": 0, "non_2xx_3xx": 0}
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if socket_errors:
+        for key, value in zip(("connect", "read", "write", "timeout"), socket_errors.groups()):
+            errors[key] = int(value)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non_2xx:
+        errors["non_2xx_3xx"] = int(non_2xx.group(1))
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+        "p50_ms": to_ms(re.search(r"\s50%\s+(\S+)", out).group(1)),
+        "p99_ms": to_ms(re.search(r"\s99%\s+(\S+)", out).group(1)),
+        "errors": {k: v for k, v in errors.items() if v},
+    }
+
+
+# -- measuring ----------------------------------------------------------------------------------
+
+
+def median_of(runs: list[dict]) -> dict:
+    return {key: statistics.median(r[key] for r in runs) for key in ("rps", "p50_ms", "p99_ms")}
+
+
+def error_total(runs: list[dict]) -> dict:
+    total: dict[str, int] = {}
+    for r in runs:
+        for key, value in r["errors"].items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
+def measure(sides: dict[str, Proc], stack: Stack, sc: Scenario, connections: int, args) -> dict:
+    under_test = [name for name in sides if name != "backend"]
+    for name in under_test:  # warm: connections, upstream pools, caches, the allocator
+        wrk(sides[name].port, sc, connections, args.warmup)
+    runs: dict[str, list[dict]] = {name: [] for name in under_test}
+    for i in range(args.rounds):
+        for name in under_test:  # interleaved: A B A B ...
+            result = wrk(sides[name].port, sc, connections, args.duration)
+            stack.check_alive()
+            runs[name].append(result)
+            flag = f"  ERRORS {result['errors']}" if result["errors"] else ""
+            print(f"  {sc.name} -c{connections} round {i + 1} {name:18} {result['rps']:>9.0f} req/s  "
+                  f"p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms{flag}", flush=True)
+    medians = {name: median_of(rs) for name, rs in runs.items()}
+    errors = {name: error_total(rs) for name, rs in runs.items()}
+    entry = {
+        "scenario": sc.name, "what": sc.what, "note": sc.note, "connections": connections,
+        "request": {"method": sc.method, "path": sc.path, "host": HOST, "lua": sc.lua},
+        "workers": sc.workers, "fastgw_routes": sc.routes,
+        "runs": runs, "medians": medians, "errors": {k: v for k, v in errors.items() if v},
+        "ratio_rps": medians["fastgw"]["rps"] / medians["nginx"]["rps"],
+        "ratio_p99": medians["fastgw"]["p99_ms"] / medians["nginx"]["p99_ms"],
+    }
+    if sc.compare_routes:
+        other = medians[f"fastgw_{sc.compare_routes}routes"]
+        entry["routes_cost"] = {
+            "routes": sc.routes, "baseline_routes": sc.compare_routes,
+            "rps": medians["fastgw"]["rps"], "baseline_rps": other["rps"],
+            "ratio": medians["fastgw"]["rps"] / other["rps"],
+            "cost_pct": 100.0 * (1.0 - medians["fastgw"]["rps"] / other["rps"]),
+            "target_pct": 5.0,
+        }
+    return entry
+
+
+# -- reporting ----------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    nginx_v = subprocess.run(["nginx", "-v"], capture_output=True, text=True)
+    wrk_v = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--", "fastgw"],
+                           capture_output=True, text=True)
+    version = re.search(r'__version__ = "([^"]+)"', (ROOT / "fastgw" / "__init__.py").read_text())
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "os": platform.platform(),
+        "python": platform.python_version(),
+        "nginx": (nginx_v.stderr.strip().split("/")[-1] or "unknown"),
+        "wrk": ((wrk_v.stdout or wrk_v.stderr).split("[")[0].replace("wrk", "", 1).strip() or "unknown"),
+        "fastgw": version.group(1) if version else "unknown",
+        "fastgw_commit": commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else ""),
+    }
+
+
+def machine_line(m: dict) -> str:
+    return (f"{m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, Python {m['python']}, nginx {m['nginx']}, "
+            f"wrk {m['wrk']}; fastgw {m['fastgw']} at {m['fastgw_commit']}")
+
+
+def errors_text(errors: dict) -> str:
+    return "; ".join(f"{side}: " + ", ".join(f"{k} {v}" for k, v in e.items()) for side, e in errors.items())
+
+
+def table(entries: list[dict], args) -> str:
+    lines = [
+        f"wrk -t1 -d{args.duration}s --latency, {args.rounds} round(s) interleaved (nginx, fastgw, ...), "
+        f"medians; ratio = fastgw / nginx.",
+        "",
+        "| scenario | conns | nginx req/s | fastgw req/s | req/s ratio | nginx p50 | fastgw p50 | nginx p99 "
+        "| fastgw p99 | p99 ratio | notes |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for e in entries:
+        n, f = e["medians"]["nginx"], e["medians"]["fastgw"]
+        notes = []
+        if args.rounds == 1:
+            notes.append("1 round: smoke test, not a measurement")
+        if e["errors"]:
+            notes.append(f"**⚠ errors** ({errors_text(e['errors'])})")
+        if "routes_cost" in e:
+            c = e["routes_cost"]
+            notes.append(f"fastgw with {c['baseline_routes']} routes (interleaved): {c['baseline_rps']:,.0f} req/s; "
+                         f"with {c['routes']:,}: {c['ratio']:.2f}× that, a cost of **{c['cost_pct']:.1f}%** "
+                         f"(target ≤ 5%)")
+        if e["note"]:
+            notes.append(e["note"])
+        lines.append(
+            f"| {e['scenario']} | {e['connections']} | {n['rps']:,.0f} | {f['rps']:,.0f} | **{e['ratio_rps']:.2f}×** "
+            f"| {n['p50_ms']:.2f} ms | {f['p50_ms']:.2f} ms | {n['p99_ms']:.2f} ms | {f['p99_ms']:.2f} ms "
+            f"| {e['ratio_p99']:.2f}× | {'; '.join(notes)} |")
+    lines += ["", "Scenarios: " + "; ".join(
+        f"`{name}`: {SCENARIOS[name].what}" for name in dict.fromkeys(e["scenario"] for e in entries)) + "."]
+    return "\n".join(lines)
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scenario", action="append", choices=list(SCENARIOS), metavar="NAME",
+                    help=f"run this scenario (repeatable; default all: {', '.join(SCENARIOS)})")
+    ap.add_argument("--duration", type=int, default=10, help="seconds per measured run (default 10)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per scenario and load (default 3)")
+    ap.add_argument("--connections", type=int, action="append", metavar="C",
+                    help="wrk connections (repeatable; default 50 and 200)")
+    ap.add_argument("--warmup", type=int, default=None, help="seconds of warm-up per side and load (default 3)")
+    ap.add_argument("--quick", action="store_true",
+                    help="CI short mode: --duration 2 --rounds 1 --connections 50 --warmup 1")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.duration, args.rounds, args.connections = 2, 1, args.connections or [50]
+        args.warmup = 1 if args.warmup is None else args.warmup
+    args.connections = args.connections or [50, 200]
+    args.warmup = 3 if args.warmup is None else args.warmup
+    args.scenario = args.scenario or list(SCENARIOS)
+    if min(args.duration, args.rounds, args.warmup, *args.connections) < 1:
+        ap.error("--duration, --rounds, --warmup and --connections must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # SIGTERM (a CI timeout) unwinds like Ctrl-C, so the finally blocks stop every side.
+    signal.signal(signal.SIGTERM, lambda signo, frame: sys.exit(128 + signo))
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        print(f"macro benchmark: missing {', '.join(f'{t} (package {TOOLS[t]})' for t in missing)}; "
+              f"install with: apt-get install {' '.join(TOOLS[t] for t in missing)}", file=sys.stderr)
+        return 2
+    info = machine()
+    print(f"machine: {machine_line(info)}", flush=True)
+    entries: list[dict] = []
+    started = time.time()
+    try:
+        for name in args.scenario:
+            sc = SCENARIOS[name]
+            folder = Path(tempfile.mkdtemp(prefix=f"fastgw-macro-{name}-"))
+            folder.chmod(0o755)  # nginx workers run as nobody when we are root
+            stack = Stack(folder)
+            try:
+                print(f"{name}: {sc.what}", flush=True)
+                sides = start_scenario(stack, sc)
+                check_answers(sides, sc)
+                for connections in args.connections:
+                    entries.append(measure(sides, stack, sc, connections, args))
+            finally:
+                stack.stop()
+                shutil.rmtree(folder, ignore_errors=True)
+    except Fail as exc:
+        print(f"macro benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    md = table(entries, args)
+    print("\n" + md)
+    RESULTS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
+    suffix = "-quick" if args.quick else ""
+    command = "python benchmarks/macro.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    (RESULTS / f"{stamp}{suffix}.json").write_text(json.dumps({
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "command": command.strip(), "machine": info,
+        "settings": {"duration_s": args.duration, "rounds": args.rounds, "connections": args.connections,
+                     "warmup_s": args.warmup, "quick": args.quick, "wrk_threads": 1,
+                     "upstream_keepalive": UPSTREAM_KEEPALIVE, "host": HOST},
+        "results": entries}, indent=2) + "\n")
+    (RESULTS / f"latest{suffix}.md").write_text(
+        f"# fastgw vs nginx: latest macro-benchmark run\n\n"
+        f"`{command.strip()}` on {time.strftime('%Y-%m-%d', time.localtime(started))}, "
+        f"results/{stamp}{suffix}.json.\n\nMachine: {machine_line(info)}.\n\n{md}\n")
+    print(f"\nwrote benchmarks/results/{stamp}{suffix}.json and benchmarks/results/latest{suffix}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
