@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 
-.PHONY: run test compile debug bench-micro clean lint
+.PHONY: run test compile debug bench-micro bench bench-quick bench-memory clean lint
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,20 @@ debug: $(VENV)/.installed
 
 bench-micro: $(VENV)/.installed compile
 	$(PY) -m pytest benchmarks -q
+
+# fastgw against nginx (needs nginx, wrk, h2load: apt-get install nginx-light wrk nghttp2-client).
+# The full suite takes about 13 minutes and wants an otherwise idle machine; BENCH_ARGS
+# passes options through, e.g. make bench BENCH_ARGS="--scenario json_4k --duration 5".
+bench: $(VENV)/.installed compile
+	$(PY) benchmarks/macro.py $(BENCH_ARGS)
+
+# CI short mode: every scenario once, 2 s, -c50. Reports, never judges a ratio.
+bench-quick: $(VENV)/.installed compile
+	$(PY) benchmarks/macro.py --quick
+
+# Worker RSS with 10,000 idle keep-alive connections, fastgw and nginx (under a minute).
+bench-memory: $(VENV)/.installed compile
+	$(PY) benchmarks/memory.py
 
 clean:
 	rm -rf build *.egg-info fastgw/_core/*.c fastgw/_core/*.so fastgw/_core/*.html
