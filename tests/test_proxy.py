@@ -444,3 +444,81 @@ def test_trusted_proxy_forwarding_is_believed_and_appended(backend, gateway):
     while not gw.access_lines and time.monotonic() < deadline:
         time.sleep(0.05)
     assert json.loads(gw.access_lines[-1])["client_ip"] == "203.0.113.9"
+
+
+def _worker_rss_kib(gateway_pid: int) -> int:
+    children = open(f"/proc/{gateway_pid}/task/{gateway_pid}/children").read().split()
+    for line in open(f"/proc/{children[0]}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.slow
+def test_upload_to_a_slow_upstream_is_not_buffered(gateway):
+    """Backpressure on the request side: a client uploading 64 MiB to an upstream that
+    reads 256 KiB every 10 ms is slowed down; the gateway never holds the body."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    upstream_port = listener.getsockname()[1]
+    received = []
+
+    def slow_upstream():
+        conn, _ = listener.accept()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        total, head = 0, b""
+        while b"\r\n\r\n" not in head:
+            head += conn.recv(65536)
+        total = len(head.partition(b"\r\n\r\n")[2])
+        length = int(re.search(rb"content-length: (\d+)", head.lower()).group(1))
+        while total < length:
+            data = conn.recv(262144)
+            if not data:
+                break
+            total += len(data)
+            time.sleep(0.01)
+        received.append(total)
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        conn.close()
+
+    threading.Thread(target=slow_upstream, daemon=True).start()
+    port = free_port()
+    gw = gateway(f"""
+[server]
+listen = ["127.0.0.1:{port}"]
+max_body_bytes = "100MiB"
+[log]
+access = "off"
+[upstreams.slow]
+targets = ["127.0.0.1:{upstream_port}"]
+read_timeout = "30s"
+[[routes]]
+name = "upload"
+paths = ["/*"]
+upstream = "slow"
+""", port)
+    before = _worker_rss_kib(gw.proc.pid)
+    size = 64 * 1024 * 1024
+    peak = [before]
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            peak[0] = max(peak[0], _worker_rss_kib(gw.proc.pid))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+        chunk = b"u" * 1048576
+        for _ in range(64):
+            s.sendall(chunk)
+        answer = s.recv(65536)
+    done.set()
+    watcher.join(2)
+    listener.close()
+    assert answer.startswith(b"HTTP/1.1 200") and received == [size]
+    # A held body would be 64 MiB; socket buffers and one read's worth are all we allow.
+    assert (peak[0] - before) < 16 * 1024, f"worker RSS grew by {(peak[0] - before) // 1024} MiB"
