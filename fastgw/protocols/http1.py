@@ -80,7 +80,7 @@ class HTTP1Connection(asyncio.Protocol):
         "worker", "proxy", "limits", "loop",
         # per-connection state
         "transport", "parser", "peer_ip", "queue", "current", "reading", "paused",
-        "write_paused", "closing", "lingering", "linger_bytes", "deadline", "in_head",
+        "closing", "lingering", "linger_bytes", "deadline", "in_head",
         "head_bytes", "raw_head_bytes", "url", "headers", "chunked_out", "close_after",
         "refusal", "held_head", "deferred",
     )
@@ -97,7 +97,6 @@ class HTTP1Connection(asyncio.Protocol):
         self.current: Exchange | None = None
         self.reading: Exchange | None = None
         self.paused = False
-        self.write_paused = False
         self.closing = False
         self.lingering = False
         self.linger_bytes = 0
@@ -197,13 +196,11 @@ class HTTP1Connection(asyncio.Protocol):
             ex.fail(ClientClosedRequest("client closed the connection"))
 
     def pause_writing(self) -> None:
-        self.write_paused = True
         ex = self.current
         if ex is not None and ex.on_writable is not None:
             ex.on_writable(False)
 
     def resume_writing(self) -> None:
-        self.write_paused = False
         ex = self.current
         if ex is not None and ex.on_writable is not None:
             ex.on_writable(True)
