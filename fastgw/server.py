@@ -10,7 +10,7 @@ were waiting in its accept queue are served by its successor.
 
 Signals go to the supervisor, which forwards them:
 - SIGHUP: the supervisor validates the file; when valid every worker loads and compiles
-  it and swaps its snapshot in one assignment (requests in flight finish on the old one,
+  it (in a thread, so its event loop keeps serving) and swaps its snapshot in one assignment (requests in flight finish on the old one,
   no connection is touched); when invalid every error is logged and nothing changes.
   ``listen`` and ``workers`` changes need a restart (logged).
 - SIGTERM / SIGINT: drain. Workers stop accepting, close idle keep-alive connections,
@@ -93,6 +93,7 @@ class Worker:
         self.servers: list[asyncio.AbstractServer] = []
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.stopped: asyncio.Future | None = None
+        self.reload_generation = 0
 
     def run(self) -> None:
         uvloop.run(self.serve())
@@ -130,12 +131,28 @@ class Worker:
             self.access_log.flush()
 
     def reload(self) -> None:
+        """SIGHUP: load and compile the file off the event loop, then swap on it.
+
+        Compiling 10,000 routes takes over a second; on the loop, that second would be a
+        stall for every connection of this worker (measured: 1.2 s worst latency across a
+        reload). In a thread the loop keeps serving; only the last reload asked for is
+        applied."""
+        self.reload_generation += 1
+        self.loop.create_task(self._reload(self.reload_generation))
+
+    def _load_and_compile(self, previous: Snapshot) -> tuple[Config, Snapshot]:
+        config = load_config(self.config_path)
+        return config, compile_snapshot(config, previous=previous)
+
+    async def _reload(self, generation: int) -> None:
         try:
-            config = load_config(self.config_path)
-            snapshot = compile_snapshot(config, previous=self.proxy.snapshot)
+            config, snapshot = await self.loop.run_in_executor(
+                None, self._load_and_compile, self.proxy.snapshot)
         except ConfigError as exc:
             log.error("reload refused, the running config stays:\n%s", exc)
             return
+        if generation != self.reload_generation:
+            return  # a later SIGHUP came while this one compiled: that one wins
         if config.log.access != self.config.log.access:
             try:
                 access_log = AccessLog(config.log.access)
