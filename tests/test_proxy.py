@@ -447,7 +447,11 @@ def test_trusted_proxy_forwarding_is_believed_and_appended(backend, gateway):
 
 
 def _worker_rss_kib(gateway_pid: int) -> int:
-    children = open(f"/proc/{gateway_pid}/task/{gateway_pid}/children").read().split()
+    # The supervisor listens before it forks: the port answers before the worker exists.
+    deadline = time.monotonic() + 5
+    while not (children := open(f"/proc/{gateway_pid}/task/{gateway_pid}/children").read().split()):
+        assert time.monotonic() < deadline, "the gateway started no worker"
+        time.sleep(0.02)
     for line in open(f"/proc/{children[0]}/status"):
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
