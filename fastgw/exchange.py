@@ -152,10 +152,3 @@ class Exchange:
         self.detach_body()
         if self.on_cancel is not None:
             self.on_cancel(error)
-
-    def header(self, name: bytes) -> bytes | None:
-        """The first value of header ``name`` (lower-case bytes), or None. Cold path."""
-        for key, value in self.headers:
-            if key.lower() == name:
-                return value
-        return None

@@ -160,16 +160,16 @@ class Proxy:
     def _route_and_send(self, ex: Exchange, snap: Snapshot) -> None:
         if ex.failure is not None:  # the protocol gave up on it already (a broken body)
             raise ex.failure
-        router = snap.router
         headers = None
-        if router.header_names:
+        wanted = snap.condition_headers
+        if wanted:
+            # Only the headers some route conditions on, and only those get decoded.
             headers = {}
-            wanted = router.header_names
             for name, value in ex.headers:
-                lname = name.decode("latin-1").lower()
-                if lname in wanted:
-                    headers.setdefault(lname, value.decode("latin-1"))
-        match = router.match(ex.method, ex.host, ex.path, headers)
+                key = wanted.get(name.lower())
+                if key is not None and key not in headers:
+                    headers[key] = value.decode("latin-1")
+        match = snap.router.match(ex.method, ex.host, ex.path, headers)
         if match is None:
             self.fail(ex, 404, "no route")
             self.access_log.write(ex)
@@ -226,6 +226,7 @@ class Proxy:
         xff = None
         traceparent = None
         connection_listed = None
+        passed_proto = passed_host = False
         for name, value in ex.headers:
             lname = name.lower()
             if lname in REQUEST_DROP:
@@ -238,6 +239,10 @@ class Proxy:
                     connection_listed = [t.strip().lower() for t in value.split(b",")]
                 elif trusted and lname in TRUSTED_FORWARDING:
                     parts += (name, b": ", value, b"\r\n")
+                    if lname == b"x-forwarded-proto":
+                        passed_proto = True
+                    elif lname == b"x-forwarded-host":
+                        passed_host = True
                 continue
             parts += (name, b": ", value, b"\r\n")
         if connection_listed:
@@ -245,13 +250,13 @@ class Proxy:
             parts = _drop_listed(parts, connection_listed)
         peer = ex.peer_ip.encode()
         parts += (b"x-forwarded-for: ", peer if xff is None else xff + b", " + peer, b"\r\n")
-        if not trusted or ex.header(b"x-forwarded-proto") is None:
+        if not passed_proto:
             parts.append(b"x-forwarded-proto: http\r\n")
         host = ex.authority
         if host is None:
             # An HTTP/1.0 client may send no Host; HTTP/1.1 upstream requests need one.
             parts += (b"host: ", target_address.encode(), b"\r\n")
-        elif not trusted or ex.header(b"x-forwarded-host") is None:
+        elif not passed_host:
             parts += (b"x-forwarded-host: ", host, b"\r\n")
         parts += (b"x-request-id: ", ex.request_id.encode(), b"\r\n")
         if traceparent is None or not _TRACEPARENT.match(traceparent):

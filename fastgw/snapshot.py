@@ -77,7 +77,8 @@ def _split_template(template: str) -> list[str]:
 class Snapshot:
     """What one config compiles to. Never mutated after ``compile_snapshot`` returns."""
 
-    __slots__ = ("config", "router", "routes", "upstreams", "trusted_proxies", "_trust_cache")
+    __slots__ = ("config", "router", "routes", "upstreams", "trusted_proxies", "condition_headers",
+                 "_trust_cache")
 
     def __init__(self, config: Config, router: Router, routes: tuple[Route, ...],
                  upstreams: dict[str, Upstream]) -> None:
@@ -86,6 +87,9 @@ class Snapshot:
         self.routes = routes
         self.upstreams = upstreams
         self.trusted_proxies = config.server.trusted_proxies
+        #: lower-case header name as received (bytes) -> the router's key, for the headers
+        #: some route conditions on; empty when none does (then no dict is built at all)
+        self.condition_headers = {name.encode("latin-1"): name for name in router.header_names}
         self._trust_cache: dict[str, bool] = {}
 
     def is_trusted(self, ip: str) -> bool:
