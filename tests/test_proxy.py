@@ -526,3 +526,56 @@ upstream = "slow"
     assert answer.startswith(b"HTTP/1.1 200") and received == [size]
     # A held body would be 64 MiB; socket buffers and one read's worth are all we allow.
     assert (peak[0] - before) < 16 * 1024, f"worker RSS grew by {(peak[0] - before) // 1024} MiB"
+
+
+def test_keepalive_zero_keeps_no_upstream_connection(make_backend, gateway):
+    backend = make_backend("nokeep")
+    toml, port = config_for(backend, upstream_extra="keepalive = 0\n")
+    gw = gateway(toml, port)
+    with httpx.Client(base_url=gw.url) as c:
+        for _ in range(5):
+            assert c.get("/echo").status_code == 200
+    assert backend.connections == 5  # one upstream connection per request, none pooled
+
+
+def test_connect_timeout_is_504(gateway):
+    """An upstream whose accept queue is full never completes the handshake (loopback
+    SYNs are dropped): connect_timeout ends the wait with 504."""
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    fillers = []
+    try:
+        for _ in range(4):  # fill the backlog; the rest of the SYNs go unanswered
+            f = socket.socket()
+            f.setblocking(False)
+            f.connect_ex(full.getsockname())
+            fillers.append(f)
+        time.sleep(0.2)
+        port = free_port()
+        gw = gateway(f"""
+[server]
+listen = ["127.0.0.1:{port}"]
+[upstreams.full]
+targets = ["127.0.0.1:{full.getsockname()[1]}"]
+connect_timeout = "500ms"
+[[routes]]
+name = "all"
+paths = ["/*"]
+upstream = "full"
+""", port)
+        started = time.monotonic()
+        r = httpx.get(gw.url + "/x", timeout=10)
+        assert r.status_code == 504, r.text
+        assert "timed out" in r.json()["error"]
+        assert time.monotonic() - started < 5
+    finally:
+        for f in fillers:
+            f.close()
+        full.close()
+
+
+def test_header_condition_ignores_the_name_case_and_takes_the_first_value(world):
+    raw = raw_request(world["gw"].port, b"GET /api/echo/x HTTP/1.1\r\nHost: x\r\nX-API-Version: 2\r\n"
+                      b"x-api-version: 3\r\nConnection: close\r\n\r\n")
+    assert b"x-backend: other" in raw.lower()
