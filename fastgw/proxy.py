@@ -139,17 +139,13 @@ class Proxy:
         ex.downstream.send_body(ex, body)
         ex.downstream.send_end(ex)
 
-    def prepare(self, ex: Exchange) -> None:
-        """Give the exchange its request id, and its client ip and trust (the peer is a
-        trusted proxy). Called by the protocol when the head is complete, so even its own
-        4xx answers carry an id."""
-        rid = None
-        for name, value in ex.headers:
-            if len(name) == 12 and name.lower() == b"x-request-id":
-                rid = value
-                break
-        if rid is not None and _SANE_REQUEST_ID.match(rid):
-            ex.request_id = rid.decode()
+    def prepare(self, ex: Exchange, client_request_id: bytes | None) -> None:
+        """Give the exchange its request id (the client's first X-Request-Id when sane,
+        which the protocol found in its own pass over the head), and its client ip and
+        trust (the peer is a trusted proxy). Called by the protocol when the head is
+        complete, so even its own 4xx answers carry an id."""
+        if client_request_id is not None and _SANE_REQUEST_ID.match(client_request_id):
+            ex.request_id = client_request_id.decode()
         else:
             ex.request_id = self.ids.next()
         snap = self.snapshot

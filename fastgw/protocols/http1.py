@@ -255,6 +255,7 @@ class HTTP1Connection(asyncio.Protocol):
         length = 0
         body_kind = BODY_NONE
         expect_continue = False
+        request_id = None
         for name, value in self.headers:
             lname = name.lower()
             if lname == b"host":
@@ -274,6 +275,9 @@ class HTTP1Connection(asyncio.Protocol):
                 if [c for c in (t.strip().lower() for t in value.split(b",")) if c] != [b"chunked"]:
                     raise _Refuse(400, "unsupported Transfer-Encoding")
                 body_kind = BODY_CHUNKED
+            elif lname == b"x-request-id":
+                if request_id is None:
+                    request_id = value
             elif lname == b"expect":
                 if value.lower() != b"100-continue":
                     raise _Refuse(417, "unsupported Expect")
@@ -303,7 +307,7 @@ class HTTP1Connection(asyncio.Protocol):
         ex = Exchange(self, parser.get_method().decode(), npath, query, hostname, host, self.headers,
                       version, parser.should_keep_alive(), self.peer_ip, body_kind, length,
                       self.loop.time())
-        self.proxy.prepare(ex)
+        self.proxy.prepare(ex, request_id)
         if body_kind != BODY_NONE:
             self.reading = ex
             self.deadline = ex.started + limits.idle_timeout
