@@ -47,4 +47,4 @@ bench-memory: $(VENV)/.installed compile
 	$(PY) benchmarks/memory.py
 
 clean:
-	rm -rf build *.egg-info fastgw/_core/*.c fastgw/_core/*.so fastgw/_core/*.html
+	rm -rf build *.egg-info; find fastgw \( -name "*.c" -o -name "*.so" -o -name "*.html" \) -delete

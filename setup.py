@@ -1,4 +1,6 @@
-"""Build the Cython hot path in fastgw/_core. Everything else is in pyproject.toml.
+"""Build the Cython hot path: the pure core (fastgw/_core) and the request path that
+drives it (the exchange, the HTTP/1 front end, the proxy, the upstream relay).
+Everything else is in pyproject.toml.
 
 FASTGW_DEBUG=1 builds with line tracing, the annotate HTML (``cython -a``) and
 ``FASTGW_DEBUG`` defined, for profiling and invariant checks.
@@ -11,16 +13,22 @@ from setuptools import Extension, setup
 
 DEBUG = os.environ.get("FASTGW_DEBUG") == "1"
 
-CORE_MODULES = ["router"]
+COMPILED_MODULES = [
+    "fastgw._core.router",
+    "fastgw.exchange",
+    "fastgw.upstream",
+    "fastgw.proxy",
+    "fastgw.protocols.http1",
+]
 
 extensions = [
     Extension(
-        f"fastgw._core.{name}",
-        [f"fastgw/_core/{name}.pyx"],
+        name,
+        [name.replace(".", "/") + ".pyx"],
         extra_compile_args=["-O2"],
         define_macros=[("CYTHON_TRACE", "1"), ("FASTGW_DEBUG", "1")] if DEBUG else [],
     )
-    for name in CORE_MODULES
+    for name in COMPILED_MODULES
 ]
 
 setup(

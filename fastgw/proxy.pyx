@@ -1,3 +1,5 @@
+# cython: boundscheck=True, wraparound=True
+# (Python semantics for indexing: this module is the request path, not the numeric core.)
 """The life of a request, whatever protocol brought it: route it, forward it upstream,
 relay the answer, log it. This is the one place that turns errors into status codes.
 
@@ -10,28 +12,24 @@ which we write ourselves; ``X-Forwarded-For/-Proto/-Host`` (the client's own onl
 peer is a trusted proxy, else replaced), ``X-Request-Id`` (kept when sane, else made) and
 ``traceparent`` (passed on when valid, else started).
 
+Compiled (Cython, declared in ``proxy.pxd``): this is the per-request path, typed so
+that its reads of the exchange, the route and the pool are C reads.
+
 May import: the standard library, orjson, fastgw.errors, fastgw.exchange, fastgw.upstream
 (the handler drives it), fastgw.accesslog; snapshot only for types.
 """
-
-from __future__ import annotations
 
 import asyncio
 import logging
 import os
 import re
 from random import getrandbits
-from typing import TYPE_CHECKING
 
 import orjson
 
 from fastgw.errors import FastGWError, UpstreamError
-from fastgw.exchange import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Exchange
-
-if TYPE_CHECKING:
-    from fastgw.accesslog import AccessLog
-    from fastgw.snapshot import Snapshot
-    from fastgw.upstream import Pool, UpstreamConnection
+from fastgw.exchange cimport BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Downstream, Exchange
+from fastgw.upstream cimport Pool, Upstream, UpstreamConnection
 
 log = logging.getLogger("fastgw")
 
@@ -63,37 +61,33 @@ _SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:@+=/-]{1,200}\Z")
 _TRACEPARENT = re.compile(rb"[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}\Z")
 
 
-class RequestIds:
+cdef class RequestIds:
     """Request ids unique per process run: a random prefix and a counter (cheaper than
     a UUID per request, and sortable within one worker)."""
 
-    __slots__ = ("prefix", "counter")
-
-    def __init__(self) -> None:
+    def __init__(self):
         self.prefix = os.urandom(6).hex()
         self.counter = 0
 
-    def next(self) -> str:
+    cpdef str next(self):
         self.counter += 1
         return f"{self.prefix}-{self.counter:x}"
 
 
-def error_body(status: int, message: str, request_id: str) -> bytes:
+def error_body(int status, str message, str request_id):
     return orjson.dumps({"error": message, "status": status, "request_id": request_id})
 
 
-class Proxy:
+cdef class Proxy:
     """Holds the current snapshot and serves exchanges against it."""
 
-    __slots__ = ("snapshot", "access_log", "ids", "draining")
-
-    def __init__(self, snapshot: Snapshot, access_log: AccessLog) -> None:
+    def __init__(self, snapshot, access_log):
         self.snapshot = snapshot
         self.access_log = access_log
         self.ids = RequestIds()
         self.draining = False
 
-    def handle(self, ex: Exchange) -> None:
+    cpdef handle(self, Exchange ex):
         """Serve ``ex``: called by the protocol when its head is complete.
 
         The common request runs to its end in callbacks, with no task: route, pick a
@@ -111,17 +105,17 @@ class Proxy:
             log.exception("request %s failed", ex.request_id)
             self._end(ex, None)
 
-    def _end(self, ex: Exchange, exc: FastGWError | None) -> None:
+    cdef _end(self, Exchange ex, exc):
         """The request failed: answer (the protocol's reason wins over the upstream's), log."""
         if ex.failure is not None:
-            exc = ex.failure  # type: ignore[assignment]
+            exc = ex.failure
         if exc is None:
             self.fail(ex, 500, "internal error")
         else:
             self.fail(ex, exc.status, str(exc))
         self.access_log.write(ex)
 
-    def fail(self, ex: Exchange, status: int, message: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    cpdef fail(self, Exchange ex, int status, str message, list extra=None):
         """Answer ``status`` with the JSON error body, or cut the connection when a
         response is already under way (a half-sent body must never look complete)."""
         if status == 499:  # the client left: nothing to answer, only to log
@@ -135,11 +129,12 @@ class Proxy:
                    (b"x-request-id", ex.request_id.encode())]
         if extra:
             headers.extend(extra)
-        ex.downstream.send_head(ex, status, headers, len(body))
-        ex.downstream.send_body(ex, body)
-        ex.downstream.send_end(ex)
+        cdef Downstream downstream = ex.downstream
+        downstream.send_head(ex, status, headers, len(body))
+        downstream.send_body(ex, body)
+        downstream.send_end(ex)
 
-    def prepare(self, ex: Exchange, client_request_id: bytes | None) -> None:
+    cpdef prepare(self, Exchange ex, client_request_id):
         """Give the exchange its request id (the client's first X-Request-Id when sane,
         which the protocol found in its own pass over the head), and its client ip and
         trust (the peer is a trusted proxy). Called by the protocol when the head is
@@ -153,7 +148,7 @@ class Proxy:
             ex.trusted_peer = True
             ex.client_ip = snap.client_ip_from(ex)
 
-    def _route_and_send(self, ex: Exchange, snap: Snapshot) -> None:
+    cdef _route_and_send(self, Exchange ex, snap):
         if ex.failure is not None:  # the protocol gave up on it already (a broken body)
             raise ex.failure
         headers = None
@@ -171,6 +166,9 @@ class Proxy:
             self.access_log.write(ex)
             return
         route = match.target
+        cdef Upstream upstream
+        cdef Pool pool
+        cdef UpstreamConnection conn
         if route is None:
             allow = ", ".join(match.allowed).encode()
             self.fail(ex, 405, "method not allowed", [(b"allow", allow)])
@@ -179,7 +177,8 @@ class Proxy:
         ex.route_name = route.name
         if route.timeout:
             ex.deadline = ex.started + route.timeout
-        pool = route.upstream.pick(ex)
+        upstream = route.upstream
+        pool = upstream.pick(ex)
         ex.upstream_addr = pool.address  # logged even when the connect fails, as nginx does
         head = self.upstream_head(ex, route.upstream_path(ex.path, match.params), pool.address)
         conn = pool.take_idle()
@@ -188,7 +187,7 @@ class Proxy:
         else:
             conn.start(ex, head, self._upstream_done)
 
-    def _upstream_done(self, ex: Exchange, conn: UpstreamConnection, error: FastGWError | None) -> None:
+    def _upstream_done(self, Exchange ex, UpstreamConnection conn, error):
         if error is None:
             self.access_log.write(ex)
         elif (isinstance(error, UpstreamError) and conn.reused and not conn.got_response_bytes
@@ -200,7 +199,7 @@ class Proxy:
         else:
             self._end(ex, error)
 
-    async def _connect_and_send(self, ex: Exchange, pool: Pool, head: bytes) -> None:
+    async def _connect_and_send(self, Exchange ex, Pool pool, bytes head):
         try:
             conn = await pool.connect()
         except FastGWError as exc:
@@ -212,7 +211,7 @@ class Proxy:
             return
         conn.start(ex, head, self._upstream_done)
 
-    def upstream_head(self, ex: Exchange, path: str, target_address: str) -> bytes:
+    cpdef bytes upstream_head(self, Exchange ex, str path, str target_address):
         """The request head for the upstream, built in one pass over the client's headers."""
         trusted = ex.trusted_peer
         target = path.encode("latin-1")
@@ -269,7 +268,7 @@ class Proxy:
         return b"".join(parts)
 
 
-def _drop_listed(parts: list[bytes], listed: list[bytes]) -> list[bytes]:
+cdef list _drop_listed(list parts, list listed):
     """Remove the header lines (4 parts each, after the 4-part request line) whose name
     the client's Connection header listed."""
     kept = parts[:4]
@@ -279,6 +278,6 @@ def _drop_listed(parts: list[bytes], listed: list[bytes]) -> list[bytes]:
     return kept
 
 
-def status_line(status: int) -> bytes:
+def status_line(int status):
     return b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, "Unknown").encode())
 

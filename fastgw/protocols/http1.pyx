@@ -1,3 +1,5 @@
+# cython: boundscheck=True, wraparound=True
+# (Python semantics for indexing: this module is the request path, not the numeric core.)
 """The HTTP/1.1 front end: an ``asyncio.Protocol`` on ``httptools.HttpRequestParser``.
 
 Theory of operation. Bytes go into llhttp; its callbacks build one ``Exchange`` per
@@ -29,73 +31,79 @@ Timeouts are deadlines checked by the worker's sweeper (``check(now)``): the req
 within ``header_timeout`` of its first byte (408 when part of it came, else a silent
 close), ``idle_timeout`` between keep-alive requests and between body reads.
 
+Compiled (Cython): a connection's state is typed, and its calls into the proxy and the
+exchange are C calls; it is the ``Downstream`` (exchange.pxd) of its exchanges.
+
 May import: the standard library, httptools, fastgw.proxy, fastgw.exchange, fastgw.errors,
 fastgw._core (path normalisation).
 """
 
-from __future__ import annotations
-
-import asyncio
 from collections import deque
-from typing import TYPE_CHECKING
 
 import httptools
 
 from fastgw._core.router import normalize_path
 from fastgw.errors import BadRequest, ClientClosedRequest, FastGWError, PayloadTooLarge, RequestTimeout
-from fastgw.exchange import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Exchange
+from fastgw.exchange cimport BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Downstream, Exchange
+from fastgw.proxy cimport Proxy
 from fastgw.proxy import error_body, status_line
 
-if TYPE_CHECKING:
-    from fastgw.server import Worker
-
-STATUS_LINES = {status: status_line(status) for status in range(100, 600)}
-NO_BODY_STATUS = frozenset((204, 304))
+cdef list STATUS_LINES = [status_line(status) for status in range(600)]
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 LINGER_SECONDS = 2.0
-LINGER_MAX_BYTES = 1024 * 1024
-MAX_PIPELINE = 16
+cdef Py_ssize_t LINGER_MAX_BYTES = 1024 * 1024
+cdef Py_ssize_t MAX_PIPELINE = 16
 WRITE_HIGH_WATER = 64 * 1024
 # What a request line holds besides its target: method, two spaces, "HTTP/1.1", CRLF,
 # with room for llhttp's longest method. Used to tell 414 from 431 while a head is cut.
-REQUEST_LINE_SLACK = 32
+cdef Py_ssize_t REQUEST_LINE_SLACK = 32
 # The errors a refusal becomes when it is answered as the response of a started exchange.
-REFUSAL_ERRORS: dict[int, type[FastGWError]] = {
-    400: BadRequest, 408: RequestTimeout, 413: PayloadTooLarge}
+REFUSAL_ERRORS = {400: BadRequest, 408: RequestTimeout, 413: PayloadTooLarge}
 
 
 class _Refuse(Exception):
     """Raised from a parser callback to stop parsing and answer ``status``."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status, message):
         self.status = status
         self.message = message
 
 
-class HTTP1Connection(asyncio.Protocol):
-    """One client connection speaking HTTP/1.x."""
+cdef class HTTP1Connection(Downstream):
+    """One client connection speaking HTTP/1.x (an asyncio protocol)."""
 
-    __slots__ = (
-        # global state
-        "worker", "proxy", "limits", "loop",
-        # per-connection state
-        "transport", "parser", "peer_ip", "queue", "current", "reading", "paused",
-        "closing", "lingering", "linger_bytes", "deadline", "in_head",
-        "head_bytes", "raw_head_bytes", "url", "headers", "chunked_out", "close_after",
-        "refusal", "held_head", "deferred",
-    )
+    # global state
+    cdef object worker, loop, limits
+    cdef Proxy proxy
+    # the limits this connection was accepted under, typed
+    cdef Py_ssize_t max_header_bytes, max_body_bytes
+    cdef double header_timeout, idle_timeout
+    # per-connection state
+    cdef public object transport
+    cdef object parser, queue, refusal
+    cdef str peer_ip
+    cdef Exchange current, reading, deferred
+    cdef bint paused, closing, lingering, in_head, chunked_out, close_after
+    cdef Py_ssize_t linger_bytes, head_bytes, raw_head_bytes
+    cdef double deadline
+    cdef bytes url, held_head
+    cdef list headers
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker):
         self.worker = worker
         self.proxy = worker.proxy
-        self.limits = worker.limits
+        limits = self.limits = worker.limits
+        self.max_header_bytes = limits.max_header_bytes
+        self.max_body_bytes = limits.max_body_bytes
+        self.header_timeout = limits.header_timeout
+        self.idle_timeout = limits.idle_timeout
         self.loop = worker.loop
-        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.transport = None
         self.parser = httptools.HttpRequestParser(self)
         self.peer_ip = ""
-        self.queue: deque[Exchange] = deque()
-        self.current: Exchange | None = None
-        self.reading: Exchange | None = None
+        self.queue = deque()
+        self.current = None
+        self.reading = None
         self.paused = False
         self.closing = False
         self.lingering = False
@@ -105,20 +113,20 @@ class HTTP1Connection(asyncio.Protocol):
         self.head_bytes = 0
         self.raw_head_bytes = 0
         self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers = []
         self.chunked_out = False
         self.close_after = False
-        self.refusal: tuple[int, str] | None = None
+        self.refusal = None
         #: a response head not yet written: it goes out with the first body bytes
         self.held_head = b""
         #: an exchange whose head completed during this feed_data: started after it, so that
         #: a refusal later in the same bytes (a broken body) is known before anything is sent
-        self.deferred: Exchange | None = None
+        self.deferred = None
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def connection_made(self, transport):
+        self.transport = transport
         connections = self.worker.connections
         if len(connections) >= self.limits.max_connections:
             # Over the limit: closed at once, no answer, no parsing (SPEC max_connections).
@@ -130,10 +138,10 @@ class HTTP1Connection(asyncio.Protocol):
         self.peer_ip = peer[0] if peer else ""
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         # The first request's head is due within header_timeout of the connection.
-        self.deadline = self.loop.time() + self.limits.header_timeout
+        self.deadline = self.loop.time() + self.header_timeout
         self.in_head = True
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, bytes data):
         if self.lingering:
             self.linger_bytes += len(data)
             if self.linger_bytes > LINGER_MAX_BYTES:
@@ -144,10 +152,10 @@ class HTTP1Connection(asyncio.Protocol):
         if self.in_head:
             if self.raw_head_bytes == 0:
                 # First byte of a head: from now on it must complete within header_timeout.
-                self.deadline = self.loop.time() + self.limits.header_timeout
+                self.deadline = self.loop.time() + self.header_timeout
             self.raw_head_bytes += len(data)
         elif self.reading is not None:
-            self.deadline = self.loop.time() + self.limits.idle_timeout
+            self.deadline = self.loop.time() + self.idle_timeout
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -161,7 +169,7 @@ class HTTP1Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self.refuse(400, f"malformed request: {_parser_reason(exc)}")
         else:
-            if self.in_head and self.raw_head_bytes > self.limits.max_header_bytes:
+            if self.in_head and self.raw_head_bytes > self.max_header_bytes:
                 # Everything since the head began is head: over the limit, whatever llhttp
                 # is still buffering of a line. llhttp hands a header over only when it is
                 # whole, so "no header yet" does not mean "still in the request line": when
@@ -171,72 +179,76 @@ class HTTP1Connection(asyncio.Protocol):
                     self.refuse(431, "request head too large")
                 else:
                     self.refuse(414, "request target too long")
-        ex = self.deferred
+        cdef Exchange ex = self.deferred
         if ex is not None:
             self.deferred = None
             if ex is self.current and not self.closing:
                 self.proxy.handle(ex)
 
-    def eof_received(self) -> bool | None:
+    def eof_received(self):
         # The client shut its side: as nginx does, that ends the connection, and a request
         # in flight is abandoned (logged 499) rather than finished for nobody.
         return None
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def connection_lost(self, exc):
         self.closing = True
         self.worker.connections.discard(self)
         if self.reading is not None:
             self.reading.detach_body()
         self.queue.clear()
-        ex = self.current
+        cdef Exchange ex = self.current
         if ex is not None:
             # The client is gone: abandon its request upstream rather than relay a
             # response nobody reads (and never pool that half-read connection).
             self.current = None
             ex.fail(ClientClosedRequest("client closed the connection"))
 
-    def pause_writing(self) -> None:
-        ex = self.current
+    def pause_writing(self):
+        cdef Exchange ex = self.current
         if ex is not None and ex.on_writable is not None:
             ex.on_writable(False)
 
-    def resume_writing(self) -> None:
-        ex = self.current
+    def resume_writing(self):
+        cdef Exchange ex = self.current
         if ex is not None and ex.on_writable is not None:
             ex.on_writable(True)
 
     # -- flow control asked by the exchange or the upstream --------------------------------
 
-    def pause_reading(self) -> None:
+    cpdef pause_reading(self):
         if not self.paused and not self.closing:
             self.paused = True
             self.transport.pause_reading()
 
-    def resume_reading(self) -> None:
+    cpdef resume_reading(self):
         if self.paused and not self.closing and len(self.queue) < MAX_PIPELINE:
             self.paused = False
             self.transport.resume_reading()
 
     # -- parser callbacks ------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
+    def on_message_begin(self):
         self.in_head = True
         self.url = b""
         self.headers = []
         self.head_bytes = 0
 
-    def on_url(self, url: bytes) -> None:
+    def on_url(self, bytes url):
         self.url += url
-        if len(self.url) > self.limits.max_header_bytes:
+        if len(self.url) > self.max_header_bytes:
             raise _Refuse(414, "request target too long")
 
-    def on_header(self, name: bytes, value: bytes) -> None:
+    def on_header(self, bytes name, bytes value):
         self.head_bytes += len(name) + len(value) + 4
-        if self.head_bytes + len(self.url) > self.limits.max_header_bytes:
+        if self.head_bytes + len(self.url) > self.max_header_bytes:
             raise _Refuse(431, "request head too large")
         self.headers.append((name, value))
 
-    def on_headers_complete(self) -> None:
+    def on_headers_complete(self):
+        cdef Py_ssize_t hosts = 0, length = 0
+        cdef int body_kind = BODY_NONE
+        cdef bint expect_continue = False
+        cdef Exchange ex
         self.in_head = False
         self.raw_head_bytes = 0
         parser = self.parser
@@ -251,10 +263,6 @@ class HTTP1Connection(asyncio.Protocol):
             # would otherwise be routed and forwarded like any request.
             raise _Refuse(405, "CONNECT is not supported")
         host = None
-        hosts = 0
-        length = 0
-        body_kind = BODY_NONE
-        expect_continue = False
         request_id = None
         for name, value in self.headers:
             lname = name.lower()
@@ -293,7 +301,7 @@ class HTTP1Connection(asyncio.Protocol):
             # Host made from it. Routed on one host and forwarded with another, a request
             # could reach a virtual host whose route policies it never passed.
             self.headers = [(n, v) for n, v in self.headers if n.lower() != b"host"]
-            self.headers.append((b"host", host))  # type: ignore[arg-type]
+            self.headers.append((b"host", host))
         path, _, query = url.partition(b"?")
         npath = normalize_path(path.decode("latin-1"))
         if npath is None:
@@ -301,8 +309,7 @@ class HTTP1Connection(asyncio.Protocol):
         hostname = _hostname(host)
         if hostname is None:
             raise _Refuse(400, "invalid Host header")
-        limits = self.limits
-        if body_kind == BODY_LENGTH and length > limits.max_body_bytes:
+        if body_kind == BODY_LENGTH and length > self.max_body_bytes:
             raise _Refuse(413, "request body too large")
         ex = Exchange(self, parser.get_method().decode(), npath, query, hostname, host, self.headers,
                       version, parser.should_keep_alive(), self.peer_ip, body_kind, length,
@@ -310,7 +317,7 @@ class HTTP1Connection(asyncio.Protocol):
         self.proxy.prepare(ex, request_id)
         if body_kind != BODY_NONE:
             self.reading = ex
-            self.deadline = ex.started + limits.idle_timeout
+            self.deadline = ex.started + self.idle_timeout
             if expect_continue:
                 self.transport.write(CONTINUE)
         if self.current is None:
@@ -322,7 +329,7 @@ class HTTP1Connection(asyncio.Protocol):
                 self.pause_reading()
 
     @staticmethod
-    def _absolute_form(url: bytes, host: bytes | None) -> tuple[bytes, bytes | None]:
+    def _absolute_form(bytes url, host):
         """``http://authority/path``: the authority replaces Host (RFC 9112 §3.2.2).
         Authority-form, asterisk-form and other schemes are refused."""
         scheme, sep, rest = url.partition(b"://")
@@ -333,38 +340,38 @@ class HTTP1Connection(asyncio.Protocol):
             raise _Refuse(400, "invalid authority in request target")
         return slash + path if slash else b"/", authority
 
-    def on_body(self, body: bytes) -> None:
-        ex = self.reading
+    def on_body(self, bytes body):
+        cdef Exchange ex = self.reading
         if ex is None:
             return
-        if ex.bytes_in + len(body) > self.limits.max_body_bytes:
+        if ex.bytes_in + len(body) > self.max_body_bytes:
             raise _Refuse(413, "request body too large")
         ex.feed_body(body)
 
-    def on_message_complete(self) -> None:
-        ex = self.reading
+    def on_message_complete(self):
+        cdef Exchange ex = self.reading
         if ex is not None:
             self.reading = None
             ex.end_body()
         self.in_head = True
-        self.deadline = self.loop.time() + self.limits.idle_timeout
+        self.deadline = self.loop.time() + self.idle_timeout
 
     # -- Downstream: what the proxy and the upstream call -----------------------------------
 
-    def send_head(self, ex: Exchange, status: int, headers: list[tuple[bytes, bytes]], length: int) -> None:
+    cpdef send_head(self, Exchange ex, int status, list headers, Py_ssize_t length):
         ex.response_started = True
         ex.status = status
         if self.closing:
             return
-        parts = [STATUS_LINES[status]]
+        cdef list parts = [STATUS_LINES[status] if 0 <= status < 600 else status_line(status)]
         for name, value in headers:
             parts += (name, b": ", value, b"\r\n")
         self.chunked_out = False
-        if status in NO_BODY_STATUS or status < 200:
+        if status == 204 or status == 304 or status < 200:
             pass
         elif length >= 0:
             parts.append(b"content-length: %d\r\n" % length)
-        elif ex.method != "HEAD":
+        elif not ex.is_head:
             if ex.version == "1.1":
                 parts.append(b"transfer-encoding: chunked\r\n")
                 self.chunked_out = True
@@ -387,15 +394,15 @@ class HTTP1Connection(asyncio.Protocol):
         # two); ``flush`` writes it after that read otherwise, so a head is never delayed.
         self.held_head = b"".join(parts)
 
-    def flush(self) -> None:
+    cpdef flush(self):
         head = self.held_head
         if head:
             self.held_head = b""
             if not self.closing:
                 self.transport.write(head)
 
-    def send_body(self, ex: Exchange, data: bytes) -> None:
-        if ex.method == "HEAD" or not data or self.closing:
+    cpdef send_body(self, Exchange ex, bytes data):
+        if ex.is_head or not data or self.closing:
             return
         ex.bytes_out += len(data)
         head = self.held_head
@@ -410,7 +417,7 @@ class HTTP1Connection(asyncio.Protocol):
         else:
             self.transport.write(data)
 
-    def send_end(self, ex: Exchange) -> None:
+    cpdef send_end(self, Exchange ex):
         head = self.held_head
         if head:
             self.held_head = b""
@@ -421,20 +428,20 @@ class HTTP1Connection(asyncio.Protocol):
             self.transport.write(head)
         self._finished(ex)
 
-    def abort(self, ex: Exchange) -> None:
+    cpdef abort(self, Exchange ex):
         self.current = None
         self.closing = True
         self.transport.close()
 
     # -- request sequencing -------------------------------------------------------------------
 
-    def _start(self, ex: Exchange) -> None:
+    cdef _start(self, Exchange ex):
         if self.closing or self.lingering:
             return  # we said we close (or the client left): no more requests on this one
         self.current = ex
         self.proxy.handle(ex)
 
-    def _finished(self, ex: Exchange) -> None:
+    cdef _finished(self, Exchange ex):
         if self.current is not ex:
             return
         self.current = None
@@ -450,12 +457,13 @@ class HTTP1Connection(asyncio.Protocol):
             self._start(self.queue.popleft())
             self.resume_reading()
         elif self.reading is None:
-            self.deadline = self.loop.time() + self.limits.idle_timeout
+            self.deadline = self.loop.time() + self.idle_timeout
 
     # -- our own answers -------------------------------------------------------------------------
 
-    def refuse(self, status: int, message: str) -> None:
+    cpdef refuse(self, int status, str message):
         """Answer ``status`` and close lingering, after the responses already owed."""
+        cdef Exchange ex
         if self.refusal is not None or self.closing:
             return
         self.refusal = (status, message)
@@ -481,8 +489,8 @@ class HTTP1Connection(asyncio.Protocol):
         if self.current is None:
             self._write_refusal()
 
-    def _write_refusal(self) -> None:
-        status, message = self.refusal  # type: ignore[misc]
+    cdef _write_refusal(self):
+        status, message = self.refusal
         rid = self.proxy.ids.next()
         body = error_body(status, message, rid)
         self.transport.write(b"".join((
@@ -492,7 +500,7 @@ class HTTP1Connection(asyncio.Protocol):
         self.proxy.access_log.write_refusal(self.peer_ip, rid, status, self.url)
         self._close_lingering()
 
-    def _close_lingering(self) -> None:
+    cdef _close_lingering(self):
         self.lingering = True
         self.in_head = False
         if self.paused:
@@ -502,19 +510,20 @@ class HTTP1Connection(asyncio.Protocol):
             self.transport.write_eof()
         self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
-    def _upgrade_requested(self) -> None:
+    cdef _upgrade_requested(self):
         # llhttp stops after a request carrying Upgrade (or CONNECT). WebSocket and h2c come
         # with their own work; until then the request is served as plain HTTP (Upgrade is
         # hop-by-hop and not forwarded) and the connection closes after it, since llhttp
         # will not parse what follows. (CONNECT never gets here: on_headers_complete
         # refuses it.)
-        ex = self.current if not self.queue else self.queue[-1]
+        cdef Exchange ex = self.current if not self.queue else self.queue[-1]
         if ex is not None:
             ex.keep_alive = False
         self.in_head = False
         self.pause_reading()
 
-    def check(self, now: float) -> None:
+    def check(self, double now):
+        cdef Exchange ex
         """Called by the sweeper: enforce header, body and idle deadlines."""
         if now < self.deadline or self.closing or self.lingering:
             return
@@ -531,22 +540,22 @@ class HTTP1Connection(asyncio.Protocol):
             else:
                 self.refuse(408, "request body not received in time")
 
-    def close_if_idle(self) -> None:
+    def close_if_idle(self):
         """Draining: close now when no request is in flight or arriving."""
         if self.current is None and not self.queue and self.reading is None and not self.raw_head_bytes:
             self.closing = True
             self.transport.close()
 
 
-def _parser_reason(exc: Exception) -> str:
+def _parser_reason(exc):
     text = str(exc) or exc.__class__.__name__
     return text.split(":", 1)[-1].strip() if "HPE_" in text else text
 
 
-_hostnames: dict[bytes, str | None] = {}
+cdef dict _hostnames = {}
 
 
-def _hostname(host: bytes | None) -> str | None:
+cdef object _hostname(host):
     """The Host header's name part, lower-cased, without port; "" when absent; None when
     it is not a host. Memoised: a gateway sees few distinct hosts (bounded all the same)."""
     if host is None:
@@ -556,10 +565,10 @@ def _hostname(host: bytes | None) -> str | None:
         name = _parse_hostname(host)
         if len(_hostnames) < 4096:
             _hostnames[host] = name
-    return name  # type: ignore[return-value]
+    return name
 
 
-def _parse_hostname(host: bytes) -> str | None:
+def _parse_hostname(bytes host):
     text = host.decode("latin-1").strip().lower()
     if text.startswith("["):
         end = text.find("]")

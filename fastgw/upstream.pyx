@@ -1,3 +1,5 @@
+# cython: boundscheck=True, wraparound=True
+# (Python semantics for indexing: this module is the request path, not the numeric core.)
 """The upstream side: an HTTP/1.1 client protocol, a keep-alive pool per target, and an
 ``Upstream`` (a named group of targets) that picks one per request.
 
@@ -16,19 +18,20 @@ The pick step is ``Upstream.pick(ex)``: smooth weighted round robin (nginx's alg
 for now; the load-balancing work replaces it with the ``_core.balancer`` picks, health and
 circuit state without touching the proxy.
 
+Compiled (Cython, declared in ``upstream.pxd``): the relay runs once per request and
+per response chunk, so its state is typed and its calls into the exchange and the
+client's protocol are C calls.
+
 May import: the standard library, httptools, fastgw.errors, fastgw.exchange.
 """
 
-from __future__ import annotations
-
 import asyncio
 import socket
-from typing import Callable
 
 import httptools
 
 from fastgw.errors import FastGWError, UpstreamError, UpstreamTimeout
-from fastgw.exchange import BODY_CHUNKED, BODY_NONE, Exchange
+from fastgw.exchange cimport BODY_CHUNKED, BODY_NONE, Downstream, Exchange
 
 # Response headers never relayed to the client: hop-by-hop ones (RFC 9110 §7.6.1), the
 # framing the downstream protocol writes itself, and the request id we set ourselves.
@@ -39,35 +42,40 @@ RESPONSE_DROP = frozenset((
 ))
 
 #: every upstream connection with a request in flight, for the deadline sweeper
-active_connections: set[UpstreamConnection] = set()
+cdef set active_connections = set()
 
 
-def check_deadlines(now: float) -> None:
+def check_deadlines(double now):
     """Fail every in-flight upstream request whose read deadline or route deadline passed."""
+    cdef UpstreamConnection conn
     expired = [conn for conn in active_connections if conn.deadline < now]
     for conn in expired:
         conn.fail(UpstreamTimeout("upstream did not answer in time"))
 
 
-class UpstreamConnection(asyncio.Protocol):
-    """One pooled HTTP/1.1 connection to a target; one request at a time."""
+cdef inline bint _maybe_dropped(bytes name):
+    """Whether a response header name can be in RESPONSE_DROP: a C test on its first
+    byte that spares the lower-casing of most names (PERF)."""
+    if len(name) == 0:
+        return False
+    cdef unsigned char c = (<const unsigned char*><const char*>name)[0] | 0x20
+    return c == b'c' or c == b'k' or c == b't' or c == b'u' or c == b'p' or c == b'x'
 
-    __slots__ = (
-        "pool", "transport", "parser", "ex", "on_done", "head", "headers", "length", "deadline",
-        "reused", "got_response_bytes", "head_received", "drop_names", "closed", "loop",
-        "body_chunked",
-    )
 
-    def __init__(self, pool: Pool) -> None:
+cdef class UpstreamConnection:
+    """One pooled HTTP/1.1 connection to a target (an asyncio protocol); one request at
+    a time."""
+
+    def __init__(self, Pool pool):
         self.pool = pool
         self.loop = pool.loop
-        self.transport: asyncio.Transport | None = None
+        self.transport = None
         self.parser = httptools.HttpResponseParser(self)
-        self.ex: Exchange | None = None
-        self.on_done: Callable[[Exchange, UpstreamConnection, FastGWError | None], None] | None = None
+        self.ex = None
+        self.on_done = None
         #: the request head last sent (kept for the one retry of a stale connection)
         self.head = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers = []
         self.length = -1
         self.deadline = 0.0
         self.reused = False
@@ -79,8 +87,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def connection_made(self, transport):
+        self.transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -88,8 +96,8 @@ class UpstreamConnection(asyncio.Protocol):
             except OSError:  # pragma: no cover - not TCP
                 pass
 
-    def data_received(self, data: bytes) -> None:
-        ex = self.ex
+    def data_received(self, bytes data):
+        cdef Exchange ex = self.ex
         if ex is None:
             # An idle pooled connection must not speak: whatever it says, it is not ours.
             self.close()
@@ -104,7 +112,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.ex is not None and self.head_received:
             ex.downstream.flush()
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def connection_lost(self, exc):
         self.closed = True
         self.pool.forget(self)
         if self.ex is None:
@@ -117,20 +125,19 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             self.fail(UpstreamError("upstream closed the connection before answering"))
 
-    def pause_writing(self) -> None:
-        ex = self.ex
+    def pause_writing(self):
+        cdef Exchange ex = self.ex
         if ex is not None:
             ex.downstream.pause_reading()
 
-    def resume_writing(self) -> None:
-        ex = self.ex
+    def resume_writing(self):
+        cdef Exchange ex = self.ex
         if ex is not None:
             ex.downstream.resume_reading()
 
     # -- the request ------------------------------------------------------------------------
 
-    def start(self, ex: Exchange, head: bytes,
-              on_done: Callable[[Exchange, UpstreamConnection, FastGWError | None], None]) -> None:
+    cpdef start(self, Exchange ex, bytes head, on_done):
         """Send the request head and stream the body; ``on_done(ex, conn, error)`` is called
         once, when the whole response went to the client (error None) or failed.
 
@@ -149,44 +156,44 @@ class UpstreamConnection(asyncio.Protocol):
         active_connections.add(self)
         ex.on_writable = self._client_writable
         ex.on_cancel = self.fail
-        self.transport.write(head)  # type: ignore[union-attr]
+        self.transport.write(head)
         if ex.body_kind != BODY_NONE:
             if ex.body_kind == BODY_CHUNKED:
                 ex.attach_body(self._write_chunk, self._write_last_chunk)
             else:
-                ex.attach_body(self.transport.write, _nothing)  # type: ignore[union-attr]
+                ex.attach_body(self.transport.write, _nothing)
 
-    def _write_chunk(self, data: bytes) -> None:
+    def _write_chunk(self, bytes data):
         if data:
-            self.transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))  # type: ignore[union-attr]
+            self.transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
 
-    def _write_last_chunk(self) -> None:
-        self.transport.write(b"0\r\n\r\n")  # type: ignore[union-attr]
+    def _write_last_chunk(self):
+        self.transport.write(b"0\r\n\r\n")
 
-    def _client_writable(self, writable: bool) -> None:
+    def _client_writable(self, bint writable):
         if self.transport is not None and not self.closed:
             if writable:
                 self.transport.resume_reading()
             else:
                 self.transport.pause_reading()
 
-    def _extend_deadline(self, ex: Exchange) -> None:
-        deadline = self.loop.time() + self.pool.read_timeout
+    cdef _extend_deadline(self, Exchange ex):
+        cdef double deadline = self.loop.time() + self.pool.read_timeout
         if ex.deadline and ex.deadline < deadline:
             deadline = ex.deadline
         self.deadline = deadline
 
-    def fail(self, error: FastGWError) -> None:
+    cpdef fail(self, error):
         """End the request in flight with ``error`` and close the connection."""
-        ex = self.ex
+        cdef Exchange ex = self.ex
         on_done = self.on_done
         self._finish()
         self.close()
         if ex is not None and on_done is not None:
             on_done(ex, self, error)
 
-    def _finish(self) -> None:
-        ex = self.ex
+    cdef _finish(self):
+        cdef Exchange ex = self.ex
         if ex is not None:
             ex.detach_body()
             ex.on_writable = None
@@ -195,7 +202,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.on_done = None
         active_connections.discard(self)
 
-    def close(self) -> None:
+    cpdef close(self):
         if not self.closed:
             self.closed = True
             self.pool.forget(self)
@@ -204,7 +211,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks -----------------------------------------------------------------
 
-    def on_header(self, name: bytes, value: bytes) -> None:
+    def on_header(self, bytes name, bytes value):
+        if not _maybe_dropped(name):
+            self.headers.append((name, value))
+            return
         lname = name.lower()
         if lname in RESPONSE_DROP:
             if lname == b"content-length":
@@ -216,11 +226,11 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.headers.append((name, value))
 
-    def on_headers_complete(self) -> None:
-        ex = self.ex
+    def on_headers_complete(self):
+        cdef Exchange ex = self.ex
         if ex is None:
             return
-        status = self.parser.get_status_code()
+        cdef int status = self.parser.get_status_code()
         if status < 200:
             # Interim answers (100 Continue, 103 Early Hints) are not relayed: we strip
             # Expect and answer 100 to the client ourselves. 101 never comes, as we strip
@@ -240,19 +250,19 @@ class UpstreamConnection(asyncio.Protocol):
             self.length = -1
         headers.append((b"x-request-id", ex.request_id.encode()))
         ex.downstream.send_head(ex, status, headers, self.length)
-        if ex.method == "HEAD":
+        if ex.is_head:
             # The parser cannot be told this response has no body; finish it here and
             # give the next request on this connection a fresh parser.
             self.parser = httptools.HttpResponseParser(self)
             self.on_message_complete()
 
-    def on_body(self, body: bytes) -> None:
-        ex = self.ex
+    def on_body(self, bytes body):
+        cdef Exchange ex = self.ex
         if ex is not None:
             ex.downstream.send_body(ex, body)
 
-    def on_message_complete(self) -> None:
-        ex = self.ex
+    def on_message_complete(self):
+        cdef Exchange ex = self.ex
         if ex is None or not self.head_received:
             return
         on_done = self.on_done
@@ -269,18 +279,15 @@ class UpstreamConnection(asyncio.Protocol):
             on_done(ex, self, None)
 
 
-def _nothing() -> None:
+def _nothing():
     pass
 
 
-class Pool:
+cdef class Pool:
     """Keep-alive connections to one target (``host:port``): at most ``keepalive`` idle."""
 
-    __slots__ = ("host", "port", "address", "weight", "keepalive", "connect_timeout",
-                 "read_timeout", "idle", "loop", "retired")
-
-    def __init__(self, host: str, port: int, weight: int, keepalive: int,
-                 connect_timeout: float, read_timeout: float) -> None:
+    def __init__(self, str host, int port, int weight, int keepalive,
+                 double connect_timeout, double read_timeout):
         self.host = host
         self.port = port
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -288,12 +295,13 @@ class Pool:
         self.keepalive = keepalive
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self.idle: list[UpstreamConnection] = []
-        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.idle = []
+        self.loop = None
         self.retired = False
 
-    def take_idle(self) -> UpstreamConnection | None:
-        idle = self.idle
+    cpdef UpstreamConnection take_idle(self):
+        cdef UpstreamConnection conn
+        cdef list idle = self.idle
         while idle:
             conn = idle.pop()  # LIFO: the warmest connection is the least likely to be closed
             if not conn.closed:
@@ -301,7 +309,7 @@ class Pool:
                 return conn
         return None
 
-    async def connect(self) -> UpstreamConnection:
+    async def connect(self):
         loop = self.loop = asyncio.get_running_loop()
         try:
             _, conn = await asyncio.wait_for(
@@ -315,19 +323,19 @@ class Pool:
             raise UpstreamError(f"connect to {self.address} failed: {exc.strerror or exc}") from None
         return conn
 
-    def release(self, conn: UpstreamConnection) -> None:
+    cpdef release(self, UpstreamConnection conn):
         if self.retired or len(self.idle) >= self.keepalive:
             conn.close()
         else:
             self.idle.append(conn)
 
-    def forget(self, conn: UpstreamConnection) -> None:
+    cpdef forget(self, UpstreamConnection conn):
         try:
             self.idle.remove(conn)
         except ValueError:
             pass
 
-    def retire(self) -> None:
+    def retire(self):
         """This pool left the config: close its idle connections, and busy ones when done."""
         self.retired = True
         idle, self.idle = self.idle, []
@@ -335,7 +343,7 @@ class Pool:
             conn.close()
 
 
-class Upstream:
+cdef class Upstream:
     """A named group of targets and the pick step.
 
     The pick is smooth weighted round robin (nginx): every pick adds each target's weight
@@ -343,30 +351,30 @@ class Upstream:
     pair goes B B A B rather than A B B B, spreading each target's turns evenly.
     """
 
-    __slots__ = ("name", "pools", "_scores", "_total", "signature")
-
-    def __init__(self, name: str, pools: list[Pool], signature: object) -> None:
+    def __init__(self, str name, list pools, signature):
         self.name = name
         self.pools = pools
         self._scores = [0] * len(pools)
-        self._total = sum(p.weight for p in pools)
+        self._total = sum([(<Pool>p).weight for p in pools])
         #: the config this was built from: a reload keeps the Upstream (and its warm
         #: pools) when the signature is unchanged
         self.signature = signature
 
-    def pick(self, ex: Exchange) -> Pool:
-        pools = self.pools
+    cpdef Pool pick(self, Exchange ex):
+        cdef list pools = self.pools
         if len(pools) == 1:
             return pools[0]
-        scores = self._scores
-        best = 0
-        for i, pool in enumerate(pools):
+        cdef list scores = self._scores
+        cdef Py_ssize_t i, best = 0
+        cdef Pool pool
+        for i in range(len(pools)):
+            pool = pools[i]
             scores[i] += pool.weight
             if scores[i] > scores[best]:
                 best = i
         scores[best] -= self._total
         return pools[best]
 
-    def retire(self) -> None:
+    def retire(self):
         for pool in self.pools:
             pool.retire()

@@ -1,0 +1,38 @@
+# C-level declarations of fastgw/exchange.pyx, cimported by the protocols, the proxy and
+# the upstream side so that their calls on an exchange are C calls, not attribute lookups.
+
+cdef enum:
+    BODY_NONE = 0
+    BODY_LENGTH = 1
+    BODY_CHUNKED = 2
+
+
+cdef class Downstream:
+    cpdef send_head(self, Exchange ex, int status, list headers, Py_ssize_t length)
+    cpdef send_body(self, Exchange ex, bytes data)
+    cpdef send_end(self, Exchange ex)
+    cpdef flush(self)
+    cpdef abort(self, Exchange ex)
+    cpdef pause_reading(self)
+    cpdef resume_reading(self)
+
+
+cdef class Exchange:
+    cdef public Downstream downstream
+    cdef public str method, path, host, version, peer_ip, client_ip, request_id
+    cdef public str route_name, upstream_addr
+    cdef public bytes query
+    cdef public object authority
+    cdef public list headers
+    cdef public bint keep_alive, trusted_peer, body_done, response_started, is_head
+    cdef public double started, deadline
+    cdef public int body_kind, status
+    cdef public Py_ssize_t body_length, body_held_bytes, bytes_in, bytes_out
+    cdef public list body_held
+    cdef public object body_sink, body_end, on_writable, failure, on_cancel
+
+    cpdef feed_body(self, bytes data)
+    cpdef end_body(self)
+    cpdef attach_body(self, sink, end)
+    cpdef detach_body(self)
+    cpdef fail(self, error)

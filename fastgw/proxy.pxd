@@ -1,0 +1,23 @@
+# C-level declarations of fastgw/proxy.pyx, cimported by the protocols.
+
+from fastgw.exchange cimport Exchange
+
+
+cdef class RequestIds:
+    cdef public str prefix
+    cdef public unsigned long long counter
+
+    cpdef str next(self)
+
+
+cdef class Proxy:
+    cdef public object snapshot, access_log
+    cdef public RequestIds ids
+    cdef public bint draining
+
+    cpdef handle(self, Exchange ex)
+    cdef _end(self, Exchange ex, exc)
+    cpdef fail(self, Exchange ex, int status, str message, list extra=*)
+    cpdef prepare(self, Exchange ex, client_request_id)
+    cdef _route_and_send(self, Exchange ex, snap)
+    cpdef bytes upstream_head(self, Exchange ex, str path, str target_address)

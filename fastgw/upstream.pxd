@@ -1,0 +1,43 @@
+# C-level declarations of fastgw/upstream.pyx, cimported by the proxy.
+
+from fastgw.exchange cimport Exchange
+
+
+cdef class UpstreamConnection:
+    cdef public Pool pool
+    cdef object loop, transport, parser, on_done, drop_names
+    cdef public Exchange ex
+    cdef public bytes head
+    cdef list headers
+    cdef Py_ssize_t length
+    cdef public double deadline
+    cdef public bint reused, got_response_bytes, head_received, closed, body_chunked
+
+    cpdef start(self, Exchange ex, bytes head, on_done)
+    cdef _extend_deadline(self, Exchange ex)
+    cpdef fail(self, error)
+    cdef _finish(self)
+    cpdef close(self)
+
+
+cdef class Pool:
+    cdef public str host, address
+    cdef public int port, weight, keepalive
+    cdef public double connect_timeout, read_timeout
+    cdef public list idle
+    cdef public object loop
+    cdef public bint retired
+
+    cpdef UpstreamConnection take_idle(self)
+    cpdef release(self, UpstreamConnection conn)
+    cpdef forget(self, UpstreamConnection conn)
+
+
+cdef class Upstream:
+    cdef public str name
+    cdef public list pools
+    cdef list _scores
+    cdef int _total
+    cdef public object signature
+
+    cpdef Pool pick(self, Exchange ex)
