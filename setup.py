@@ -15,6 +15,7 @@ DEBUG = os.environ.get("FASTGW_DEBUG") == "1"
 
 COMPILED_MODULES = [
     "fastgw._core.router",
+    "fastgw._core.wire",
     "fastgw.exchange",
     "fastgw.upstream",
     "fastgw.proxy",

@@ -23,11 +23,14 @@ import asyncio
 import logging
 import os
 import re
-from random import getrandbits
 
 import orjson
 
 from fastgw.errors import FastGWError, UpstreamError
+from fastgw._core.wire cimport (
+    H_CONNECTION, H_HOST, H_OTHER, H_TRACEPARENT, H_X_FORWARDED_FOR, H_X_FORWARDED_HOST,
+    H_X_FORWARDED_PROTO, H_FORWARDED, H_X_REAL_IP, HeadWriter, header_id, new_traceparent)
+from fastgw._core.wire import seed_trace_ids
 from fastgw.exchange cimport BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Downstream, Exchange
 from fastgw.upstream cimport Pool, Upstream, UpstreamConnection
 
@@ -46,16 +49,21 @@ REASONS = {
     503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported",
 }
 
-# Request headers never forwarded as the client sent them: hop-by-hop (RFC 9110 §7.6.1),
-# the framing we write ourselves, Expect (we answer 100-continue), and what we set.
-REQUEST_DROP = frozenset((
-    b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade",
-    b"proxy-connection", b"proxy-authorization", b"proxy-authenticate", b"content-length",
-    b"expect", b"x-request-id", b"traceparent",
-    b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-real-ip",
-))
-# Of those, the ones believed (passed on) when the peer is a trusted proxy.
-TRUSTED_FORWARDING = frozenset((b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-real-ip"))
+# Request headers forwarded as the client sent them: every field but the named ones of
+# _core.wire (H_OTHER), and Host. The named ones are hop-by-hop (RFC 9110 §7.6.1), the
+# framing we write ourselves, Expect (we answer 100-continue), and what we set; of those,
+# these are believed (passed on) when the peer is a trusted proxy:
+cdef unsigned int TRUSTED_FORWARDING_MASK = (
+    1 << H_X_FORWARDED_PROTO | 1 << H_X_FORWARDED_HOST | 1 << H_FORWARDED | 1 << H_X_REAL_IP)
+
+
+def _seed_trace_ids():
+    seed_trace_ids(os.urandom(16))
+
+
+# Each process its own trace ids: seeded now and again in every forked worker.
+_seed_trace_ids()
+os.register_at_fork(after_in_child=_seed_trace_ids)
 
 _SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:@+=/-]{1,200}\Z")
 _TRACEPARENT = re.compile(rb"[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}\Z")
@@ -212,70 +220,95 @@ cdef class Proxy:
         conn.start(ex, head, self._upstream_done)
 
     cpdef bytes upstream_head(self, Exchange ex, str path, str target_address):
-        """The request head for the upstream, built in one pass over the client's headers."""
-        trusted = ex.trusted_peer
-        target = path.encode("latin-1")
-        if ex.query:
-            target += b"?" + ex.query
-        parts = [ex.method.encode(), b" ", target, b" HTTP/1.1\r\n"]
-        xff = None
-        traceparent = None
-        connection_listed = None
-        passed_proto = passed_host = False
-        for name, value in ex.headers:
-            lname = name.lower()
-            if lname in REQUEST_DROP:
-                if lname == b"x-forwarded-for":
-                    if trusted:
-                        xff = value if xff is None else xff + b", " + value
-                elif lname == b"traceparent":
-                    traceparent = value
-                elif lname == b"connection":
-                    connection_listed = [t.strip().lower() for t in value.split(b",")]
-                elif trusted and lname in TRUSTED_FORWARDING:
-                    parts += (name, b": ", value, b"\r\n")
-                    if lname == b"x-forwarded-proto":
-                        passed_proto = True
-                    elif lname == b"x-forwarded-host":
-                        passed_host = True
-                continue
-            parts += (name, b": ", value, b"\r\n")
-        if connection_listed:
-            # Headers named by Connection are hop-by-hop too; it may come after them.
-            parts = _drop_listed(parts, connection_listed)
-        peer = ex.peer_ip.encode()
-        parts += (b"x-forwarded-for: ", peer if xff is None else xff + b", " + peer, b"\r\n")
-        if not passed_proto:
-            parts.append(b"x-forwarded-proto: http\r\n")
-        host = ex.authority
-        if host is None:
-            # An HTTP/1.0 client may send no Host; HTTP/1.1 upstream requests need one.
-            parts += (b"host: ", target_address.encode(), b"\r\n")
-        elif not passed_host:
-            parts += (b"x-forwarded-host: ", host, b"\r\n")
-        parts += (b"x-request-id: ", ex.request_id.encode(), b"\r\n")
-        if traceparent is None or not _TRACEPARENT.match(traceparent):
-            # PERF: trace ids need to be unique, not secret: the process PRNG (reseeded
-            # in every forked worker) costs no syscall, unlike os.urandom.
-            traceparent = b"00-%032x-%016x-01" % (getrandbits(128) or 1, getrandbits(64) or 1)
-        parts += (b"traceparent: ", traceparent, b"\r\n")
-        if ex.body_kind == BODY_CHUNKED:
-            parts.append(b"transfer-encoding: chunked\r\n\r\n")
-        elif ex.body_kind == BODY_LENGTH:
-            parts.append(b"content-length: %d\r\n\r\n" % ex.body_length)
-        else:
-            parts.append(b"\r\n")
-        return b"".join(parts)
+        """The request head for the upstream, built in one pass over the client's headers
+        (two when a Connection header names other headers, which are hop-by-hop too)."""
+        return _upstream_head(ex, path, target_address, None)
 
 
-cdef list _drop_listed(list parts, list listed):
-    """Remove the header lines (4 parts each, after the 4-part request line) whose name
-    the client's Connection header listed."""
-    kept = parts[:4]
-    for i in range(4, len(parts), 4):
-        if parts[i].lower() not in listed:
-            kept += parts[i:i + 4]
-    return kept
+cdef HeadWriter _head = HeadWriter()
+
+
+cdef bytes _upstream_head(Exchange ex, str path, str target_address, set listed):
+    cdef HeadWriter head = _head
+    cdef bint trusted = ex.trusted_peer, passed_proto = False, passed_host = False
+    cdef int ident
+    cdef bytes name, value
+    cdef tuple field
+    xff = None
+    traceparent = None
+    head.add(ex.method.encode())
+    head.add(b" ")
+    head.add(path.encode("latin-1"))
+    if ex.query:
+        head.add(b"?")
+        head.add(ex.query)
+    head.add(b" HTTP/1.1\r\n")
+    for field in ex.headers:
+        name = <bytes>field[0]
+        value = <bytes>field[1]
+        ident = header_id(name)
+        if listed is not None and name.lower() in listed:
+            continue
+        if ident == H_OTHER or ident == H_HOST:
+            head.add_field(name, value)
+        elif ident == H_X_FORWARDED_FOR:
+            if trusted:
+                xff = value if xff is None else xff + b", " + value
+        elif ident == H_TRACEPARENT:
+            traceparent = value
+        elif ident == H_CONNECTION:
+            if listed is None and _lists_other_fields(value):
+                head.finish()  # start over, now knowing what to leave out
+                return _upstream_head(ex, path, target_address, _connection_listed(ex.headers))
+        elif trusted and TRUSTED_FORWARDING_MASK & (1 << ident):
+            head.add_field(name, value)
+            if ident == H_X_FORWARDED_PROTO:
+                passed_proto = True
+            elif ident == H_X_FORWARDED_HOST:
+                passed_host = True
+        # else: hop-by-hop, framing, or what we set ourselves: never forwarded as sent
+    peer = ex.peer_ip.encode()
+    head.add_field(b"x-forwarded-for", peer if xff is None else xff + b", " + peer)
+    if not passed_proto:
+        head.add(b"x-forwarded-proto: http\r\n")
+    host = ex.authority
+    if host is None:
+        # An HTTP/1.0 client may send no Host; HTTP/1.1 upstream requests need one.
+        head.add_field(b"host", target_address.encode())
+    elif not passed_host:
+        head.add_field(b"x-forwarded-host", host)
+    head.add_field(b"x-request-id", ex.request_id.encode())
+    if traceparent is None or not _TRACEPARENT.match(traceparent):
+        traceparent = new_traceparent()
+    head.add_field(b"traceparent", traceparent)
+    if ex.body_kind == BODY_CHUNKED:
+        head.add(b"transfer-encoding: chunked\r\n\r\n")
+    elif ex.body_kind == BODY_LENGTH:
+        head.add(b"content-length: ")
+        head.add_decimal(ex.body_length)
+        head.add(b"\r\n\r\n")
+    else:
+        head.add(b"\r\n")
+    return head.finish()
+
+
+cdef bint _lists_other_fields(bytes connection):
+    """Whether a Connection value names fields besides keep-alive (dropped anyway)."""
+    for token in connection.split(b","):
+        token = token.strip().lower()
+        if token and token != b"keep-alive":
+            return True
+    return False
+
+
+cdef set _connection_listed(list headers):
+    """The field names (lower-case) every Connection header of the request lists."""
+    listed = set()
+    for name, value in headers:
+        if header_id(name) == H_CONNECTION:
+            listed.update(t.strip().lower() for t in value.split(b","))
+    listed.discard(b"")
+    return listed
 
 
 def status_line(int status):

@@ -30,16 +30,20 @@ import socket
 
 import httptools
 
+from fastgw._core.wire cimport (
+    H_CONNECTION, H_CONTENT_LENGTH, H_KEEP_ALIVE, H_PROXY_AUTHENTICATE, H_PROXY_AUTHORIZATION,
+    H_PROXY_CONNECTION, H_TE, H_TRAILER, H_TRANSFER_ENCODING, H_UPGRADE, H_X_REQUEST_ID,
+    header_id)
 from fastgw.errors import FastGWError, UpstreamError, UpstreamTimeout
 from fastgw.exchange cimport BODY_CHUNKED, BODY_NONE, Downstream, Exchange
 
 # Response headers never relayed to the client: hop-by-hop ones (RFC 9110 §7.6.1), the
 # framing the downstream protocol writes itself, and the request id we set ourselves.
-RESPONSE_DROP = frozenset((
-    b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade",
-    b"proxy-connection", b"proxy-authenticate", b"proxy-authorization", b"content-length",
-    b"x-request-id",
-))
+cdef unsigned int RESPONSE_DROP_MASK = (
+    1 << H_CONNECTION | 1 << H_KEEP_ALIVE | 1 << H_TE | 1 << H_TRAILER
+    | 1 << H_TRANSFER_ENCODING | 1 << H_UPGRADE | 1 << H_PROXY_CONNECTION
+    | 1 << H_PROXY_AUTHENTICATE | 1 << H_PROXY_AUTHORIZATION | 1 << H_CONTENT_LENGTH
+    | 1 << H_X_REQUEST_ID)
 
 #: every upstream connection with a request in flight, for the deadline sweeper
 cdef set active_connections = set()
@@ -51,15 +55,6 @@ def check_deadlines(double now):
     expired = [conn for conn in active_connections if conn.deadline < now]
     for conn in expired:
         conn.fail(UpstreamTimeout("upstream did not answer in time"))
-
-
-cdef inline bint _maybe_dropped(bytes name):
-    """Whether a response header name can be in RESPONSE_DROP: a C test on its first
-    byte that spares the lower-casing of most names (PERF)."""
-    if len(name) == 0:
-        return False
-    cdef unsigned char c = (<const unsigned char*><const char*>name)[0] | 0x20
-    return c == b'c' or c == b'k' or c == b't' or c == b'u' or c == b'p' or c == b'x'
 
 
 cdef class UpstreamConnection:
@@ -212,19 +207,15 @@ cdef class UpstreamConnection:
     # -- httptools callbacks -----------------------------------------------------------------
 
     def on_header(self, bytes name, bytes value):
-        if not _maybe_dropped(name):
+        cdef int ident = header_id(name)
+        if not RESPONSE_DROP_MASK & (1 << ident):
             self.headers.append((name, value))
-            return
-        lname = name.lower()
-        if lname in RESPONSE_DROP:
-            if lname == b"content-length":
-                self.length = int(value)
-            elif lname == b"transfer-encoding":
-                self.body_chunked = True
-            elif lname == b"connection":
-                self.drop_names = [t.strip().lower() for t in value.split(b",")]
-            return
-        self.headers.append((name, value))
+        elif ident == H_CONTENT_LENGTH:
+            self.length = int(value)
+        elif ident == H_TRANSFER_ENCODING:
+            self.body_chunked = True
+        elif ident == H_CONNECTION:
+            self.drop_names = [t.strip().lower() for t in value.split(b",")]
 
     def on_headers_complete(self):
         cdef Exchange ex = self.ex

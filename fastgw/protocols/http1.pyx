@@ -43,12 +43,17 @@ from collections import deque
 import httptools
 
 from fastgw._core.router import normalize_path
+from fastgw._core.wire cimport (
+    H_CONTENT_LENGTH, H_EXPECT, H_HOST, H_OTHER, H_TRANSFER_ENCODING, H_X_REQUEST_ID,
+    HeadWriter, header_id)
 from fastgw.errors import BadRequest, ClientClosedRequest, FastGWError, PayloadTooLarge, RequestTimeout
 from fastgw.exchange cimport BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Downstream, Exchange
 from fastgw.proxy cimport Proxy
 from fastgw.proxy import error_body, status_line
 
 cdef list STATUS_LINES = [status_line(status) for status in range(600)]
+# One writer builds every response head of this process (a head is built without yielding).
+cdef HeadWriter _head = HeadWriter()
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 LINGER_SECONDS = 2.0
 cdef Py_ssize_t LINGER_MAX_BYTES = 1024 * 1024
@@ -264,16 +269,19 @@ cdef class HTTP1Connection(Downstream):
             raise _Refuse(405, "CONNECT is not supported")
         host = None
         request_id = None
+        cdef int ident
         for name, value in self.headers:
-            lname = name.lower()
-            if lname == b"host":
+            ident = header_id(name)
+            if ident == H_OTHER:
+                continue
+            if ident == H_HOST:
                 hosts += 1
                 host = value
-            elif lname == b"content-length":
+            elif ident == H_CONTENT_LENGTH:
                 length = int(value)  # llhttp already refused anything but one decimal number
                 if length:
                     body_kind = BODY_LENGTH
-            elif lname == b"transfer-encoding":
+            elif ident == H_TRANSFER_ENCODING:
                 if version == "1.0":
                     raise _Refuse(400, "Transfer-Encoding in an HTTP/1.0 request")
                 # llhttp refuses a coding list not ending in chunked only after this
@@ -283,10 +291,10 @@ cdef class HTTP1Connection(Downstream):
                 if [c for c in (t.strip().lower() for t in value.split(b",")) if c] != [b"chunked"]:
                     raise _Refuse(400, "unsupported Transfer-Encoding")
                 body_kind = BODY_CHUNKED
-            elif lname == b"x-request-id":
+            elif ident == H_X_REQUEST_ID:
                 if request_id is None:
                     request_id = value
-            elif lname == b"expect":
+            elif ident == H_EXPECT:
                 if value.lower() != b"100-continue":
                     raise _Refuse(417, "unsupported Expect")
                 expect_continue = True
@@ -300,7 +308,7 @@ cdef class HTTP1Connection(Downstream):
             # RFC 9112 §3.2.2: the target's authority replaces Host, and a proxy forwards a
             # Host made from it. Routed on one host and forwarded with another, a request
             # could reach a virtual host whose route policies it never passed.
-            self.headers = [(n, v) for n, v in self.headers if n.lower() != b"host"]
+            self.headers = [(n, v) for n, v in self.headers if header_id(n) != H_HOST]
             self.headers.append((b"host", host))
         path, _, query = url.partition(b"?")
         npath = normalize_path(path.decode("latin-1"))
@@ -363,17 +371,21 @@ cdef class HTTP1Connection(Downstream):
         ex.status = status
         if self.closing:
             return
-        cdef list parts = [STATUS_LINES[status] if 0 <= status < 600 else status_line(status)]
-        for name, value in headers:
-            parts += (name, b": ", value, b"\r\n")
+        cdef HeadWriter head = _head
+        cdef tuple field
+        head.add(STATUS_LINES[status] if 0 <= status < 600 else status_line(status))
+        for field in headers:
+            head.add_field(<bytes>field[0], <bytes>field[1])
         self.chunked_out = False
         if status == 204 or status == 304 or status < 200:
             pass
         elif length >= 0:
-            parts.append(b"content-length: %d\r\n" % length)
+            head.add(b"content-length: ")
+            head.add_decimal(length)
+            head.add(b"\r\n")
         elif not ex.is_head:
             if ex.version == "1.1":
-                parts.append(b"transfer-encoding: chunked\r\n")
+                head.add(b"transfer-encoding: chunked\r\n")
                 self.chunked_out = True
             else:
                 ex.keep_alive = False  # HTTP/1.0: the close marks the end of the body
@@ -381,18 +393,18 @@ cdef class HTTP1Connection(Downstream):
         # request body was not read to its end (we cannot find the next request). A
         # refusal owed to a later pipelined request does not close here: that answer
         # follows this one on the connection (``_finished``), and it says close.
-        close = not ex.keep_alive or self.proxy.draining or ex is self.reading
+        cdef bint close = not ex.keep_alive or self.proxy.draining or ex is self.reading
         self.close_after = close
         if close:
-            parts.append(b"connection: close\r\n\r\n")
+            head.add(b"connection: close\r\n\r\n")
         elif ex.version == "1.0":
-            parts.append(b"connection: keep-alive\r\n\r\n")
+            head.add(b"connection: keep-alive\r\n\r\n")
         else:
-            parts.append(b"\r\n")
+            head.add(b"\r\n")
         # PERF: held back and written together with the first body bytes or the end, when
         # they come in the same upstream read (one send() per small response instead of
         # two); ``flush`` writes it after that read otherwise, so a head is never delayed.
-        self.held_head = b"".join(parts)
+        self.held_head = head.finish()
 
     cpdef flush(self):
         head = self.held_head

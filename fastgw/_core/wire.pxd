@@ -1,0 +1,49 @@
+# fastgw._core.wire: C-level declarations, for ``cimport`` by the request path.
+#
+# What lives here: the names of the HTTP header fields a proxy must recognise, as small
+# integers (``header_id``), a byte-string builder for message heads (``HeadWriter``), and
+# W3C trace ids from a per-process xorshift generator. Python callers read wire.pyi.
+# May cimport: Cython's own ``libc``/``cpython`` declarations only (_core is a leaf).
+
+cdef enum:
+    # Header fields by id; 0 (H_OTHER) is every field the proxy passes on untouched.
+    H_OTHER = 0
+    H_HOST = 1
+    H_CONTENT_LENGTH = 2
+    H_TRANSFER_ENCODING = 3
+    H_CONNECTION = 4
+    H_KEEP_ALIVE = 5
+    H_TE = 6
+    H_TRAILER = 7
+    H_UPGRADE = 8
+    H_PROXY_CONNECTION = 9
+    H_PROXY_AUTHORIZATION = 10
+    H_PROXY_AUTHENTICATE = 11
+    H_EXPECT = 12
+    H_X_REQUEST_ID = 13
+    H_TRACEPARENT = 14
+    H_X_FORWARDED_FOR = 15
+    H_X_FORWARDED_PROTO = 16
+    H_X_FORWARDED_HOST = 17
+    H_FORWARDED = 18
+    H_X_REAL_IP = 19
+    H_COUNT = 20
+
+
+cpdef int header_id(bytes name) noexcept
+
+
+cdef class HeadWriter:
+    cdef char* data
+    cdef Py_ssize_t length, capacity
+
+    cdef int _grow(self, Py_ssize_t more) except -1
+    cdef int add(self, bytes part) except -1
+    cdef int add_chars(self, const char* chars, Py_ssize_t n) except -1
+    cdef int add_field(self, bytes name, bytes value) except -1
+    cdef int add_decimal(self, Py_ssize_t number) except -1
+    cdef int add_hex(self, Py_ssize_t number) except -1
+    cpdef bytes finish(self)
+
+
+cpdef bytes new_traceparent()
