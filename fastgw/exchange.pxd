@@ -1,6 +1,15 @@
 # C-level declarations of fastgw/exchange.pyx, cimported by the protocols, the proxy and
 # the upstream side so that their calls on an exchange are C calls, not attribute lookups.
 
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+
+
+cdef inline double monotonic() noexcept nogil:
+    """time.monotonic() as a C call: the clock of every deadline and ``started``."""
+    cdef timespec now
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return now.tv_sec + now.tv_nsec * 1e-9
+
 cdef enum:
     BODY_NONE = 0
     BODY_LENGTH = 1
@@ -17,6 +26,11 @@ cdef class Downstream:
     cpdef resume_reading(self)
 
 
+cdef class UpstreamSide:
+    cpdef client_writable(self, bint writable)
+    cpdef cancel(self, error)
+
+
 cdef class Exchange:
     cdef public Downstream downstream
     cdef public str method, path, host, version, peer_ip, client_ip, request_id
@@ -29,10 +43,16 @@ cdef class Exchange:
     cdef public int body_kind, status
     cdef public Py_ssize_t body_length, body_held_bytes, bytes_in, bytes_out
     cdef public list body_held
-    cdef public object body_sink, body_end, on_writable, failure, on_cancel
+    cdef public object body_sink, body_end, failure
+    cdef public UpstreamSide upstream_side
 
     cpdef feed_body(self, bytes data)
     cpdef end_body(self)
     cpdef attach_body(self, sink, end)
     cpdef detach_body(self)
     cpdef fail(self, error)
+
+
+cdef Exchange new_exchange(Downstream downstream, str method, str path, bytes query, str host,
+                           object authority, list headers, str version, bint keep_alive,
+                           str peer_ip, int body_kind, Py_ssize_t body_length, double started)

@@ -124,7 +124,7 @@ class Worker:
         a few times a second: cheaper than a timer per request."""
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
-            now = self.loop.time()
+            now = time.monotonic()  # the clock of every deadline (exchange.monotonic)
             for conn in list(self.connections):
                 conn.check(now)
             upstream.check_deadlines(now)

@@ -1,9 +1,9 @@
 # C-level declarations of fastgw/upstream.pyx, cimported by the proxy.
 
-from fastgw.exchange cimport Exchange
+from fastgw.exchange cimport Exchange, UpstreamSide
 
 
-cdef class UpstreamConnection:
+cdef class UpstreamConnection(UpstreamSide):
     cdef public Pool pool
     cdef object loop, transport, parser, on_done, drop_names
     cdef public Exchange ex
@@ -14,6 +14,8 @@ cdef class UpstreamConnection:
     cdef public bint reused, got_response_bytes, head_received, closed, body_chunked
 
     cpdef start(self, Exchange ex, bytes head, on_done)
+    cpdef client_writable(self, bint writable)
+    cpdef cancel(self, error)
     cdef _extend_deadline(self, Exchange ex)
     cpdef fail(self, error)
     cdef _finish(self)

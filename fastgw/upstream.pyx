@@ -35,7 +35,7 @@ from fastgw._core.wire cimport (
     H_PROXY_CONNECTION, H_TE, H_TRAILER, H_TRANSFER_ENCODING, H_UPGRADE, H_X_REQUEST_ID,
     header_id)
 from fastgw.errors import FastGWError, UpstreamError, UpstreamTimeout
-from fastgw.exchange cimport BODY_CHUNKED, BODY_NONE, Downstream, Exchange
+from fastgw.exchange cimport BODY_CHUNKED, BODY_NONE, Downstream, Exchange, UpstreamSide, monotonic
 
 # Response headers never relayed to the client: hop-by-hop ones (RFC 9110 §7.6.1), the
 # framing the downstream protocol writes itself, and the request id we set ourselves.
@@ -57,7 +57,7 @@ def check_deadlines(double now):
         conn.fail(UpstreamTimeout("upstream did not answer in time"))
 
 
-cdef class UpstreamConnection:
+cdef class UpstreamConnection(UpstreamSide):
     """One pooled HTTP/1.1 connection to a target (an asyncio protocol); one request at
     a time."""
 
@@ -149,8 +149,7 @@ cdef class UpstreamConnection:
         self.drop_names = None
         self._extend_deadline(ex)
         active_connections.add(self)
-        ex.on_writable = self._client_writable
-        ex.on_cancel = self.fail
+        ex.upstream_side = self
         self.transport.write(head)
         if ex.body_kind != BODY_NONE:
             if ex.body_kind == BODY_CHUNKED:
@@ -165,15 +164,18 @@ cdef class UpstreamConnection:
     def _write_last_chunk(self):
         self.transport.write(b"0\r\n\r\n")
 
-    def _client_writable(self, bint writable):
+    cpdef client_writable(self, bint writable):
         if self.transport is not None and not self.closed:
             if writable:
                 self.transport.resume_reading()
             else:
                 self.transport.pause_reading()
 
+    cpdef cancel(self, error):
+        self.fail(error)
+
     cdef _extend_deadline(self, Exchange ex):
-        cdef double deadline = self.loop.time() + self.pool.read_timeout
+        cdef double deadline = monotonic() + self.pool.read_timeout
         if ex.deadline and ex.deadline < deadline:
             deadline = ex.deadline
         self.deadline = deadline
@@ -191,8 +193,7 @@ cdef class UpstreamConnection:
         cdef Exchange ex = self.ex
         if ex is not None:
             ex.detach_body()
-            ex.on_writable = None
-            ex.on_cancel = None
+            ex.upstream_side = None
         self.ex = None
         self.on_done = None
         active_connections.discard(self)

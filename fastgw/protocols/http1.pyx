@@ -47,7 +47,8 @@ from fastgw._core.wire cimport (
     H_CONTENT_LENGTH, H_EXPECT, H_HOST, H_OTHER, H_TRANSFER_ENCODING, H_X_REQUEST_ID,
     HeadWriter, header_id)
 from fastgw.errors import BadRequest, ClientClosedRequest, FastGWError, PayloadTooLarge, RequestTimeout
-from fastgw.exchange cimport BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Downstream, Exchange
+from fastgw.exchange cimport (
+    BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Downstream, Exchange, monotonic, new_exchange)
 from fastgw.proxy cimport Proxy
 from fastgw.proxy import error_body, status_line
 
@@ -143,7 +144,7 @@ cdef class HTTP1Connection(Downstream):
         self.peer_ip = peer[0] if peer else ""
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         # The first request's head is due within header_timeout of the connection.
-        self.deadline = self.loop.time() + self.header_timeout
+        self.deadline = monotonic() + self.header_timeout
         self.in_head = True
 
     def data_received(self, bytes data):
@@ -157,10 +158,10 @@ cdef class HTTP1Connection(Downstream):
         if self.in_head:
             if self.raw_head_bytes == 0:
                 # First byte of a head: from now on it must complete within header_timeout.
-                self.deadline = self.loop.time() + self.header_timeout
+                self.deadline = monotonic() + self.header_timeout
             self.raw_head_bytes += len(data)
         elif self.reading is not None:
-            self.deadline = self.loop.time() + self.idle_timeout
+            self.deadline = monotonic() + self.idle_timeout
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -210,13 +211,13 @@ cdef class HTTP1Connection(Downstream):
 
     def pause_writing(self):
         cdef Exchange ex = self.current
-        if ex is not None and ex.on_writable is not None:
-            ex.on_writable(False)
+        if ex is not None and ex.upstream_side is not None:
+            ex.upstream_side.client_writable(False)
 
     def resume_writing(self):
         cdef Exchange ex = self.current
-        if ex is not None and ex.on_writable is not None:
-            ex.on_writable(True)
+        if ex is not None and ex.upstream_side is not None:
+            ex.upstream_side.client_writable(True)
 
     # -- flow control asked by the exchange or the upstream --------------------------------
 
@@ -319,9 +320,9 @@ cdef class HTTP1Connection(Downstream):
             raise _Refuse(400, "invalid Host header")
         if body_kind == BODY_LENGTH and length > self.max_body_bytes:
             raise _Refuse(413, "request body too large")
-        ex = Exchange(self, parser.get_method().decode(), npath, query, hostname, host, self.headers,
+        ex = new_exchange(self, parser.get_method().decode(), npath, query, hostname, host, self.headers,
                       version, parser.should_keep_alive(), self.peer_ip, body_kind, length,
-                      self.loop.time())
+                      monotonic())
         self.proxy.prepare(ex, request_id)
         if body_kind != BODY_NONE:
             self.reading = ex
@@ -362,7 +363,7 @@ cdef class HTTP1Connection(Downstream):
             self.reading = None
             ex.end_body()
         self.in_head = True
-        self.deadline = self.loop.time() + self.idle_timeout
+        self.deadline = monotonic() + self.idle_timeout
 
     # -- Downstream: what the proxy and the upstream call -----------------------------------
 
@@ -469,7 +470,7 @@ cdef class HTTP1Connection(Downstream):
             self._start(self.queue.popleft())
             self.resume_reading()
         elif self.reading is None:
-            self.deadline = self.loop.time() + self.idle_timeout
+            self.deadline = monotonic() + self.idle_timeout
 
     # -- our own answers -------------------------------------------------------------------------
 
