@@ -11,7 +11,7 @@ cdef class RequestIds:
 
 
 cdef class Proxy:
-    cdef public object snapshot, access_log
+    cdef public object snapshot, access_log, loop
     cdef public RequestIds ids
     cdef public bint draining
 
@@ -20,4 +20,5 @@ cdef class Proxy:
     cpdef fail(self, Exchange ex, int status, str message, list extra=*)
     cpdef prepare(self, Exchange ex, client_request_id)
     cdef _route_and_send(self, Exchange ex, snap)
+    cdef object _loop(self)
     cpdef bytes upstream_head(self, Exchange ex, str path, str target_address)

@@ -94,6 +94,7 @@ cdef class Proxy:
         self.access_log = access_log
         self.ids = RequestIds()
         self.draining = False
+        self.loop = None
 
     cpdef handle(self, Exchange ex):
         """Serve ``ex``: called by the protocol when its head is complete.
@@ -191,7 +192,7 @@ cdef class Proxy:
         head = self.upstream_head(ex, route.upstream_path(ex.path, match.params), pool.address)
         conn = pool.take_idle()
         if conn is None:
-            asyncio.get_running_loop().create_task(self._connect_and_send(ex, pool, head))
+            self._loop().create_task(self._connect_and_send(ex, pool, head))
         else:
             conn.start(ex, head, self._upstream_done)
 
@@ -203,9 +204,15 @@ cdef class Proxy:
             # A pooled connection the upstream closed while idle fails before any byte
             # comes back. That request never reached the application: send it again on a
             # new connection, once (a new connection is never "reused"), as nginx does.
-            asyncio.get_running_loop().create_task(self._connect_and_send(ex, conn.pool, conn.head))
+            self._loop().create_task(self._connect_and_send(ex, conn.pool, conn.head))
         else:
             self._end(ex, error)
+
+    cdef object _loop(self):
+        # PERF: asyncio.get_running_loop() makes a getpid() system call each time.
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+        return self.loop
 
     async def _connect_and_send(self, Exchange ex, Pool pool, bytes head):
         try:

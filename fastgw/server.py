@@ -127,7 +127,7 @@ class Worker:
             now = time.monotonic()  # the clock of every deadline (exchange.monotonic)
             for conn in list(self.connections):
                 conn.check(now)
-            upstream.check_deadlines(now)
+            upstream.sweep(now)
             self.access_log.flush()
 
     def reload(self) -> None:

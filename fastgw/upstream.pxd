@@ -5,13 +5,14 @@ from fastgw.exchange cimport Exchange, UpstreamSide
 
 cdef class UpstreamConnection(UpstreamSide):
     cdef public Pool pool
-    cdef object loop, transport, parser, on_done, drop_names
+    cdef object transport, parser, on_done, drop_names
     cdef public Exchange ex
     cdef public bytes head
     cdef list headers
     cdef Py_ssize_t length
     cdef public double deadline
     cdef public bint reused, got_response_bytes, head_received, closed, body_chunked
+    cdef public bint pooled  # in its pool's idle list
 
     cpdef start(self, Exchange ex, bytes head, on_done)
     cpdef client_writable(self, bint writable)
@@ -29,10 +30,12 @@ cdef class Pool:
     cdef public list idle
     cdef public object loop
     cdef public bint retired
+    cdef public Py_ssize_t low_water  # fewest idle since the last trim
 
     cpdef UpstreamConnection take_idle(self)
     cpdef release(self, UpstreamConnection conn)
     cpdef forget(self, UpstreamConnection conn)
+    cpdef trim(self)
 
 
 cdef class Upstream:

@@ -11,7 +11,7 @@ It never holds a whole body. It reports the end through a callback: the response
 or it failed with an ``UpstreamError`` / ``UpstreamTimeout`` that the proxy maps to a status.
 
 Timeouts are not timers per request: each busy connection carries a ``deadline`` and
-the worker's sweeper calls ``check_deadlines`` a few times a second (as nginx keeps an
+the worker's sweeper calls ``sweep`` a few times a second (as nginx keeps an
 ordered set of timers rather than one per read).
 
 The pick step is ``Upstream.pick(ex)``: smooth weighted round robin (nginx's algorithm)
@@ -47,14 +47,40 @@ cdef unsigned int RESPONSE_DROP_MASK = (
 
 #: every upstream connection with a request in flight, for the deadline sweeper
 cdef set active_connections = set()
+#: every connect under way, for the deadline sweeper
+cdef set connecting = set()
+#: every pool holding more idle connections than its keepalive, for the sweeper
+cdef set over_cap = set()
 
 
-def check_deadlines(double now):
-    """Fail every in-flight upstream request whose read deadline or route deadline passed."""
+cdef class Connecting:
+    """A connect under way: the task awaiting it and when it must give up."""
+    cdef object task
+    cdef double deadline
+    cdef bint expired
+
+    def __init__(self, task, double deadline):
+        self.task = task
+        self.deadline = deadline
+        self.expired = False
+
+
+def sweep(double now):
+    """Called by the worker's sweeper a few times a second: fail every in-flight upstream
+    request whose read deadline or route deadline passed, cancel every connect past its
+    connect_timeout, and trim the pools over their keepalive."""
     cdef UpstreamConnection conn
+    cdef Connecting pending
+    cdef Pool pool
+    for pool in list(over_cap):
+        pool.trim()
     expired = [conn for conn in active_connections if conn.deadline < now]
     for conn in expired:
         conn.fail(UpstreamTimeout("upstream did not answer in time"))
+    late = [pending for pending in connecting if pending.deadline < now and not pending.expired]
+    for pending in late:
+        pending.expired = True
+        pending.task.cancel()
 
 
 cdef class UpstreamConnection(UpstreamSide):
@@ -63,7 +89,6 @@ cdef class UpstreamConnection(UpstreamSide):
 
     def __init__(self, Pool pool):
         self.pool = pool
-        self.loop = pool.loop
         self.transport = None
         self.parser = httptools.HttpResponseParser(self)
         self.ex = None
@@ -78,6 +103,7 @@ cdef class UpstreamConnection(UpstreamSide):
         self.head_received = False
         self.drop_names: list[bytes] | None = None
         self.closed = False
+        self.pooled = False
         self.body_chunked = False
 
     # -- asyncio.Protocol -------------------------------------------------------------------
@@ -290,49 +316,91 @@ cdef class Pool:
         self.idle = []
         self.loop = None
         self.retired = False
+        self.low_water = 0
 
     cpdef UpstreamConnection take_idle(self):
         cdef UpstreamConnection conn
         cdef list idle = self.idle
         while idle:
             conn = idle.pop()  # LIFO: the warmest connection is the least likely to be closed
+            conn.pooled = False
+            if len(idle) < self.low_water:
+                self.low_water = len(idle)
             if not conn.closed:
                 conn.reused = True
                 return conn
         return None
 
     async def connect(self):
-        loop = self.loop = asyncio.get_running_loop()
+        """A new connection to the target, within ``connect_timeout``: called in a task,
+        which the sweeper cancels when the deadline passes (PERF: ``asyncio.wait_for``
+        would add a second task and a timer to every connect)."""
+        loop = self.loop
+        if loop is None:
+            loop = self.loop = asyncio.get_running_loop()
+        cdef Connecting pending = Connecting(asyncio.current_task(loop),
+                                             monotonic() + self.connect_timeout)
+        connecting.add(pending)
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port),
-                self.connect_timeout)
-        except asyncio.TimeoutError:
+            _, conn = await loop.create_connection(self._new_connection, self.host, self.port)
+        except asyncio.CancelledError:
+            if not pending.expired:
+                raise
+            pending.task.uncancel()
             raise UpstreamTimeout(f"connect to {self.address} timed out") from None
         except ConnectionRefusedError:
             raise UpstreamError(f"connect to {self.address} refused") from None
         except OSError as exc:
             raise UpstreamError(f"connect to {self.address} failed: {exc.strerror or exc}") from None
+        finally:
+            connecting.discard(pending)
         return conn
 
+    def _new_connection(self):
+        return UpstreamConnection(self)
+
     cpdef release(self, UpstreamConnection conn):
-        if self.retired or len(self.idle) >= self.keepalive:
+        if self.retired or self.keepalive <= 0 or self.loop is None:
             conn.close()
-        else:
-            self.idle.append(conn)
+            return
+        conn.pooled = True
+        self.idle.append(conn)
+        if len(self.idle) > self.keepalive:
+            # Over the cap: the sweeper closes what stays unused (``trim``), not we, now.
+            # Under load the responses of one moment release connections that the
+            # requests of the next take again; closing them at once and opening new ones
+            # for those requests (nginx's way) cost a connect for one request in six at
+            # 200 concurrent clients, and the backend as many accepts (PERF).
+            over_cap.add(self)
+
+    cpdef trim(self):
+        """Close the least recently used idle connections beyond ``keepalive`` that
+        stayed unused since the last trim (the sweeper calls it a few times a second)."""
+        cdef Py_ssize_t excess = min(len(self.idle), self.low_water) - self.keepalive
+        cdef UpstreamConnection conn
+        if excess > 0:
+            stale = self.idle[:excess]
+            del self.idle[:excess]
+            for conn in stale:
+                conn.pooled = False
+                conn.close()
+        self.low_water = len(self.idle)
+        if self.low_water <= self.keepalive:
+            over_cap.discard(self)
 
     cpdef forget(self, UpstreamConnection conn):
-        try:
+        if conn.pooled:
+            conn.pooled = False
             self.idle.remove(conn)
-        except ValueError:
-            pass
 
     def retire(self):
         """This pool left the config: close its idle connections, and busy ones when done."""
         self.retired = True
         idle, self.idle = self.idle, []
         for conn in idle:
+            (<UpstreamConnection>conn).pooled = False
             conn.close()
+        over_cap.discard(self)
 
 
 cdef class Upstream:

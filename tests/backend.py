@@ -39,6 +39,8 @@ class Backend:
         self.address = f"127.0.0.1:{self.port}"
         self.requests = 0
         self.connections = 0
+        #: connections open now (accepted and not yet closed by either side)
+        self.open = 0
         self.seen: list[dict] = []
         self.lock = threading.Lock()
         self.closed = False
@@ -65,6 +67,7 @@ class Backend:
                 return
             with self.lock:
                 self.connections += 1
+                self.open += 1
                 self.clients.append(client)
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
@@ -98,6 +101,8 @@ class Backend:
             return
         finally:
             client.close()
+            with self.lock:
+                self.open -= 1
 
     @staticmethod
     def _next(conn: h11.Connection, client: socket.socket):

@@ -12,6 +12,7 @@ import re
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -536,6 +537,31 @@ def test_keepalive_zero_keeps_no_upstream_connection(make_backend, gateway):
         for _ in range(5):
             assert c.get("/echo").status_code == 200
     assert backend.connections == 5  # one upstream connection per request, none pooled
+
+
+def test_idle_connections_beyond_keepalive_are_closed_once_unused(make_backend, gateway):
+    """keepalive = 2: a burst of 8 concurrent requests opens 8 upstream connections; once
+    they stay unused, the sweeper closes all but the 2 most recently used (and the next
+    requests reuse those two, opening nothing)."""
+    backend = make_backend("trim")
+    toml, port = config_for(backend, upstream_extra="keepalive = 2\n")
+    gw = gateway(toml, port)
+
+    def fetch(_):
+        with httpx.Client(base_url=gw.url) as c:
+            return c.get("/slow?ms=300").status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(fetch, range(8))) == [200] * 8
+    assert backend.connections == 8
+    deadline = time.monotonic() + 5
+    while backend.open > 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert backend.open == 2
+    with httpx.Client(base_url=gw.url) as c:
+        for _ in range(3):
+            assert c.get("/echo").status_code == 200
+    assert backend.connections == 8  # the two kept were reused
 
 
 def test_connect_timeout_is_504(gateway):
