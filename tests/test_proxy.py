@@ -322,6 +322,34 @@ def test_slow_client_reading_does_not_break_the_stream(world):
     assert head.startswith(b"HTTP/1.1 200") and len(body) == 4_000_000
 
 
+ONE_ONE = b"GET /chunked?n=2&size=4 HTTP/1.1\r\nHost: x\r\n\r\n"
+ONE_ZERO = b"GET /chunked?n=2&size=4 HTTP/1.0\r\n\r\n"
+
+
+@pytest.mark.parametrize("reads", [
+    [ONE_ONE + ONE_ZERO],                  # pipelined in the same bytes
+    [ONE_ONE + ONE_ZERO[:-2], b"\r\n"],    # the second head ends in the next read
+    [ONE_ONE, ONE_ZERO],                   # each in its own read
+])
+def test_each_request_has_its_own_version(world, reads):
+    """HTTP/1.1 is read from the request line of a head that begins the bytes read, as a
+    shortcut; an HTTP/1.0 request after an HTTP/1.1 one with the same line otherwise is
+    still HTTP/1.0: served without Host, without chunking, and closed after."""
+    with socket.create_connection(("127.0.0.1", world["gw"].port), timeout=5) as sock:
+        for data in reads:
+            sock.sendall(data)
+            time.sleep(0.1)
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    assert raw.count(b"HTTP/1.1 200") == 2, raw
+    first, _, last = raw.partition(b"HTTP/1.1 200")[2].partition(b"HTTP/1.1 200")
+    assert b"transfer-encoding: chunked" in first.lower()
+    head, _, body = last.partition(b"\r\n\r\n")
+    assert b"connection: close" in head.lower() and b"transfer-encoding" not in head.lower()
+    assert body == b"aaaabbbb"
+
+
 def test_http10_client(world):
     raw = raw_request(world["gw"].port, b"GET /chunked?n=2&size=4 HTTP/1.0\r\n\r\n")
     head, _, body = raw.partition(b"\r\n\r\n")

@@ -39,8 +39,20 @@ NAMES = {name: ident for name, ident in _NAMES}
 
 cdef enum:
     _LONGEST = 19  # len(b"proxy-authorization")
-cdef tuple _BY_LENGTH = tuple(
-    tuple((name, ident) for name, ident in _NAMES if len(name) == n) for n in range(_LONGEST + 1))
+    _COUNT = 19
+
+# The same table as C arrays, for header_id.
+cdef const char* _NAME_CHARS[_COUNT]
+cdef Py_ssize_t _NAME_LENGTHS[_COUNT]
+cdef int _NAME_IDS[_COUNT]
+cdef list _keep_alive = []  # the bytes objects _NAME_CHARS points into
+if len(_NAMES) != _COUNT or max(len(n) for n, _ in _NAMES) != _LONGEST:
+    raise ImportError("wire: _COUNT and _LONGEST must match the _NAMES table")
+for _i, (_name, _ident) in enumerate(_NAMES):
+    _keep_alive.append(_name)
+    _NAME_CHARS[_i] = PyBytes_AS_STRING(_name)
+    _NAME_LENGTHS[_i] = len(_name)
+    _NAME_IDS[_i] = _ident
 
 
 cpdef int header_id(bytes name) noexcept:
@@ -57,9 +69,9 @@ cpdef int header_id(bytes name) noexcept:
         if 65 <= c <= 90:  # A-Z
             c += 32
         lowered[i] = c
-    for entry in <tuple>_BY_LENGTH[n]:
-        if memcmp(lowered, PyBytes_AS_STRING(<bytes>(<tuple>entry)[0]), n) == 0:
-            return <int>(<tuple>entry)[1]
+    for i in range(_COUNT):
+        if _NAME_LENGTHS[i] == n and memcmp(lowered, _NAME_CHARS[i], n) == 0:
+            return _NAME_IDS[i]
     return H_OTHER
 
 
