@@ -18,6 +18,7 @@ cdef enum:
 
 cdef class Downstream:
     cpdef send_head(self, Exchange ex, int status, list headers, Py_ssize_t length)
+    cpdef send_head_lines(self, Exchange ex, int status, bytes lines, Py_ssize_t length)
     cpdef send_body(self, Exchange ex, bytes data)
     cpdef send_end(self, Exchange ex)
     cpdef flush(self)

@@ -37,6 +37,16 @@ cdef class Downstream:
         (the protocol chooses chunked or close-delimited framing)."""
         raise NotImplementedError
 
+    cpdef send_head_lines(self, Exchange ex, int status, bytes lines, Py_ssize_t length):
+        """``send_head`` with the fields as ``name: value`` CRLF lines, as an HTTP/1
+        upstream sent them; this default splits them for ``send_head``."""
+        headers = []
+        for line in lines.split(b"\r\n"):
+            if line:
+                name, _, value = line.partition(b": ")
+                headers.append((name, value))
+        self.send_head(ex, status, headers, length)
+
     cpdef send_body(self, Exchange ex, bytes data):
         raise NotImplementedError
 

@@ -10,6 +10,10 @@ cdef class UpstreamConnection(UpstreamSide):
     cdef public bytes head
     cdef list headers
     cdef Py_ssize_t length
+    # the response-head shortcut: llhttp was fed this response (so it reads on), the
+    # body bytes still to relay (-1: none, or llhttp's), the upstream keeps the connection
+    cdef bint parser_fed, keep_alive
+    cdef Py_ssize_t relay_left
     cdef public double deadline
     cdef public bint reused, got_response_bytes, head_received, closed, body_chunked
     cdef public bint pooled  # in its pool's idle list
@@ -20,6 +24,8 @@ cdef class UpstreamConnection(UpstreamSide):
     cdef _extend_deadline(self, Exchange ex)
     cpdef fail(self, error)
     cdef _finish(self)
+    cdef _relay(self, Exchange ex, bytes data, Py_ssize_t start)
+    cdef _complete(self, bint keep_alive)
     cpdef close(self)
 
 

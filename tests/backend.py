@@ -12,6 +12,7 @@ Endpoints (any method):
   /reset              closes the connection without answering
   /garbage            answers bytes that are not HTTP
   /truncate?bytes=N   promises Content-Length N*2, sends N bytes, closes
+  /extra              answers "ok" with Content-Length 2, then more bytes; closes 1 s later
   /count              how many requests this backend saw, and connections opened
 Every response carries ``x-backend: <name>``.
 """
@@ -186,6 +187,10 @@ class Backend:
         if path == "/truncate":
             size = int(q.get("bytes", "1000"))
             send(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % (size * 2) + b"t" * size)
+            return False
+        if path == "/extra":
+            send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nforged")
+            time.sleep(1)
             return False
         if path == "/count":
             with self.lock:

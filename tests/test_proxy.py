@@ -350,6 +350,21 @@ def test_each_request_has_its_own_version(world, reads):
     assert body == b"aaaabbbb"
 
 
+def test_bytes_beyond_content_length_are_dropped_with_the_connection(make_backend, gateway):
+    """An upstream that sends more than its Content-Length (here a forged second response
+    in the same bytes): the client gets what was announced and nothing of the rest, and
+    the next request is served on a connection of its own."""
+    backend = make_backend("extra")
+    toml, port = config_for(backend)
+    gw = gateway(toml, port)
+    with httpx.Client(base_url=gw.url) as c:
+        first = c.get("/extra")
+        assert (first.status_code, first.content) == (200, b"ok")
+        second = c.get("/echo/next")
+        assert second.status_code == 200 and second.json()["path"] == "/echo/next"
+    assert backend.connections == 2
+
+
 def test_http10_client(world):
     raw = raw_request(world["gw"].port, b"GET /chunked?n=2&size=4 HTTP/1.0\r\n\r\n")
     head, _, body = raw.partition(b"\r\n\r\n")

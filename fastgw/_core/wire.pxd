@@ -31,6 +31,7 @@ cdef enum:
 
 
 cpdef int header_id(bytes name) noexcept
+cdef int header_id_chars(const char* name, Py_ssize_t n) noexcept
 
 
 cdef class HeadWriter:
@@ -43,7 +44,21 @@ cdef class HeadWriter:
     cdef int add_field(self, bytes name, bytes value) except -1
     cdef int add_decimal(self, Py_ssize_t number) except -1
     cdef int add_hex(self, Py_ssize_t number) except -1
+    cdef void reset(self) noexcept
     cpdef bytes finish(self)
+
+
+ctypedef struct ResponseHead:
+    int status
+    Py_ssize_t content_length
+    Py_ssize_t head_end         # bytes of the head, its blank line included
+    bint keep_alive             # the upstream keeps the connection open after it
+    bint close                  # Connection: close
+    bint keep_alive_asked       # Connection: keep-alive
+
+
+cdef int scan_response_head(bytes data, unsigned int drop_mask, HeadWriter fields,
+                            ResponseHead* out) except -1
 
 
 cpdef bytes new_traceparent()

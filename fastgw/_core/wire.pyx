@@ -57,10 +57,13 @@ for _i, (_name, _ident) in enumerate(_NAMES):
 
 cpdef int header_id(bytes name) noexcept:
     """The id of a header field name (H_* in wire.pxd), any case; 0 for any other name."""
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(name)
+    return header_id_chars(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
+
+
+cdef int header_id_chars(const char* name, Py_ssize_t n) noexcept:
     if n == 0 or n > _LONGEST:
         return H_OTHER
-    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(name)
+    cdef const unsigned char* p = <const unsigned char*>name
     cdef unsigned char lowered[_LONGEST]
     cdef Py_ssize_t i
     cdef unsigned char c
@@ -147,6 +150,9 @@ cdef class HeadWriter:
                 break
         return self.add_chars(digits + i, 24 - i)
 
+    cdef inline void reset(self) noexcept:
+        self.length = 0
+
     cpdef bytes finish(self):
         """The bytes written since the last finish."""
         cdef bytes out = PyBytes_FromStringAndSize(self.data, self.length)
@@ -167,6 +173,164 @@ cdef class HeadWriter:
         if number < 0:
             raise ValueError("negative number")
         self.add_hex(number)
+
+
+# -- response heads -----------------------------------------------------------------------
+
+# RFC 9110 tchar: the bytes of a field name.
+cdef bint _TCHAR[256]
+for _c in range(256):
+    _TCHAR[_c] = chr(_c).isascii() and (chr(_c).isalnum() or chr(_c) in "!#$%&'*+-.^_`|~")
+
+
+cdef inline bint _value_byte(unsigned char c) noexcept:
+    # field-value and reason-phrase bytes: HTAB, SP, VCHAR, obs-text
+    return c == 9 or 32 <= c <= 126 or c >= 128
+
+
+cdef bint _lower_equals(const char* p, Py_ssize_t n, const char* lower) noexcept:
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    for i in range(n):
+        c = <unsigned char>p[i]
+        if 65 <= c <= 90:
+            c += 32
+        if c != <unsigned char>lower[i] or lower[i] == 0:
+            return False
+    return lower[n] == 0
+
+
+cdef int _connection_tokens(const char* p, Py_ssize_t n, ResponseHead* out) noexcept:
+    """Note "close" and "keep-alive" in a Connection value; 0 when it names anything else."""
+    cdef Py_ssize_t i = 0, start, end
+    while i <= n:
+        start = i
+        while i < n and p[i] != 44:  # ","
+            i += 1
+        end = i
+        while start < end and (p[start] == 32 or p[start] == 9):
+            start += 1
+        while end > start and (p[end - 1] == 32 or p[end - 1] == 9):
+            end -= 1
+        if end > start:
+            if _lower_equals(p + start, end - start, b"close"):
+                out.close = True
+            elif _lower_equals(p + start, end - start, b"keep-alive"):
+                out.keep_alive_asked = True
+            else:
+                return 0
+        i += 1
+    return 1
+
+
+cdef int scan_response_head(bytes data, unsigned int drop_mask, HeadWriter fields,
+                            ResponseHead* out) except -1:
+    """Read a whole response head at the start of ``data`` when it is of the plainest kind:
+    HTTP/1.x, a final status other than 204 and 304, one Content-Length and no
+    Transfer-Encoding, a Connection header naming at most close and keep-alive, every
+    line well formed by RFC 9112 with CRLF endings. Its fields, less those whose id is in
+    ``drop_mask``, go into ``fields`` as ``name: value`` lines. Returns 1 and fills
+    ``out``; returns 0 for anything else, ``fields`` untouched, and the caller's general
+    parser (llhttp) reads the response instead. This shortcut accepts only heads that
+    llhttp reads the same way (tests/core/test_wire.py checks it against httptools)."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data), i, name_start, name_end, value_start, value_end
+    cdef Py_ssize_t length = -1, count = 0
+    cdef int status, ident
+    if n < 17 or memcmp(p, b"HTTP/1.", 7) != 0 or (p[7] != 48 and p[7] != 49) or p[8] != 32:
+        return 0
+    if not (48 <= p[9] <= 57 and 48 <= p[10] <= 57 and 48 <= p[11] <= 57) or p[12] != 32:
+        return 0
+    status = (p[9] - 48) * 100 + (p[10] - 48) * 10 + (p[11] - 48)
+    if status < 200 or status > 599 or status == 204 or status == 304:
+        return 0
+    out.close = False
+    out.keep_alive_asked = False
+    i = 13
+    while i < n and p[i] != 13:
+        if not _value_byte(p[i]):
+            return 0
+        i += 1
+    if i + 1 >= n or p[i + 1] != 10:
+        return 0
+    i += 2
+    fields.reset()
+    while True:
+        if i + 1 >= n:
+            fields.reset()
+            return 0  # the head is not all here
+        if p[i] == 13:
+            if p[i + 1] != 10:
+                fields.reset()
+                return 0
+            i += 2
+            break
+        count += 1
+        if count > 100:
+            fields.reset()
+            return 0
+        name_start = i
+        while i < n and _TCHAR[p[i]]:
+            i += 1
+        name_end = i
+        if name_end == name_start or i >= n or p[i] != 58:  # ":"
+            fields.reset()
+            return 0
+        i += 1
+        while i < n and (p[i] == 32 or p[i] == 9):
+            i += 1
+        value_start = i
+        while i < n and p[i] != 13:
+            if not _value_byte(p[i]):
+                fields.reset()
+                return 0
+            i += 1
+        if i + 1 >= n or p[i + 1] != 10:
+            fields.reset()
+            return 0
+        value_end = i  # trailing whitespace kept, as llhttp keeps it
+        i += 2
+        ident = header_id_chars(<const char*>p + name_start, name_end - name_start)
+        if ident == H_CONTENT_LENGTH:
+            if length >= 0 or value_end == value_start or value_end - value_start > 18:
+                fields.reset()
+                return 0
+            length = 0
+            for j in range(value_start, value_end):
+                if not 48 <= p[j] <= 57:
+                    fields.reset()
+                    return 0
+                length = length * 10 + (p[j] - 48)
+        elif ident == H_TRANSFER_ENCODING:
+            fields.reset()
+            return 0
+        elif ident == H_CONNECTION:
+            if not _connection_tokens(<const char*>p + value_start, value_end - value_start, out):
+                fields.reset()
+                return 0
+        if not drop_mask & (1u << ident):
+            fields.add_chars(<const char*>p + name_start, name_end - name_start)
+            fields.add_chars(b": ", 2)
+            fields.add_chars(<const char*>p + value_start, value_end - value_start)
+            fields.add_chars(b"\r\n", 2)
+    if length < 0:
+        fields.reset()
+        return 0
+    out.status = status
+    out.content_length = length
+    out.head_end = i
+    out.keep_alive = not out.close and (p[7] == 49 or out.keep_alive_asked)
+    return 1
+
+
+def scan_response(bytes data, unsigned int drop_mask=0):
+    """``scan_response_head`` for Python callers (the tests): None when it declines, else
+    (status, field lines, content length, head length, keep-alive)."""
+    cdef ResponseHead head
+    cdef HeadWriter fields = HeadWriter()
+    if not scan_response_head(data, drop_mask, fields, &head):
+        return None
+    return head.status, fields.finish(), head.content_length, head.head_end, head.keep_alive
 
 
 # -- trace ids ----------------------------------------------------------------------------

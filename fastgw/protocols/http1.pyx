@@ -412,6 +412,21 @@ cdef class HTTP1Connection(Downstream):
         head.add(STATUS_LINES[status] if 0 <= status < 600 else status_line(status))
         for field in headers:
             head.add_field(<bytes>field[0], <bytes>field[1])
+        self._end_head(ex, status, length)
+
+    cpdef send_head_lines(self, Exchange ex, int status, bytes lines, Py_ssize_t length):
+        ex.response_started = True
+        ex.status = status
+        if self.closing:
+            return
+        cdef HeadWriter head = _head
+        head.add(STATUS_LINES[status] if 0 <= status < 600 else status_line(status))
+        head.add(lines)
+        self._end_head(ex, status, length)
+
+    cdef _end_head(self, Exchange ex, int status, Py_ssize_t length):
+        """The framing and connection lines after the fields, then the head is held."""
+        cdef HeadWriter head = _head
         self.chunked_out = False
         if status == 204 or status == 304 or status < 200:
             pass

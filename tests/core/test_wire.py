@@ -143,3 +143,177 @@ def test_forked_workers_get_their_own_trace_ids():
     a, b = child_ids(), child_ids()
     assert TRACEPARENT.match(a) and TRACEPARENT.match(b)
     assert a != b
+
+
+# -- the response-head shortcut against llhttp (httptools) ------------------------------------
+
+from fastgw._core.wire import scan_response  # noqa: E402
+
+import httptools  # noqa: E402
+
+# The drop mask of the upstream side: hop-by-hop fields, the framing, x-request-id.
+DROP = {b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+        b"proxy-connection", b"proxy-authenticate", b"proxy-authorization", b"content-length",
+        b"x-request-id"}
+DROP_MASK = sum(1 << NAMES[name] for name in DROP)
+
+
+class LLHTTP:
+    """What httptools makes of a response: status, fields, keep-alive, or an error."""
+
+    def __init__(self, data: bytes) -> None:
+        self.fields: list[tuple[bytes, bytes]] = []
+        self.status = 0
+        self.complete = False
+        self.error = None
+        self.keep_alive = None
+        parser = httptools.HttpResponseParser(self)
+        self.parser = parser
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.error = exc
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()
+
+
+def check_against_llhttp(data: bytes) -> bool:
+    """Whenever the shortcut reads a head, llhttp reads the same head; True if it read."""
+    got = scan_response(data, DROP_MASK)
+    if got is None:
+        return False
+    status, lines, length, head_end, keep_alive = got
+    ref = LLHTTP(data[:head_end] + b"x" * length)
+    assert ref.error is None, (data, ref.error)
+    assert ref.complete and ref.status == status
+    kept = [(n, v) for n, v in ref.fields if n.lower() not in DROP]
+    assert lines == b"".join(n + b": " + v + b"\r\n" for n, v in kept)
+    lengths = [v for n, v in ref.fields if n.lower() == b"content-length"]
+    assert len(lengths) == 1 and int(lengths[0]) == length
+    assert keep_alive == ref.keep_alive
+    return True
+
+
+def test_shortcut_reads_a_plain_response():
+    data = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 5\r\nConnection: keep-alive\r\n"
+            b"X-Request-Id: theirs\r\nX-Empty:\r\nX-Spaces:  a b  \r\n\r\nhello")
+    assert scan_response(data, DROP_MASK) == (
+        200, b"Server: nginx\r\nX-Empty: \r\nX-Spaces: a b  \r\n", 5, len(data) - 5, True)
+    assert check_against_llhttp(data)
+
+
+@pytest.mark.parametrize("data, keep_alive", [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", True),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", False),
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", False),
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\nConnection: Keep-Alive\r\n\r\n", True),
+    (b"HTTP/1.1 503 \r\nContent-Length: 2\r\nconnection: keep-alive, close\r\n\r\nno", False),
+])
+def test_shortcut_keep_alive(data, keep_alive):
+    assert scan_response(data, DROP_MASK)[4] is keep_alive
+    assert check_against_llhttp(data)
+
+
+@pytest.mark.parametrize("data", [
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",   # chunked: llhttp's
+    b"HTTP/1.1 200 OK\r\nServer: x\r\n\r\n",                              # close-delimited
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+    b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close, x-secret\r\n\r\nx",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n",                          # cut head
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\nX: y\r\n\r\nx",               # bare LF
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n folded\r\n\r\nx",          # obs-fold
+    b"HTTP/1.1 200 OK\r\nContent-Length : 1\r\n\r\nx",                    # space before colon
+    b"HTTP/1.1 200 OK\r\nX: a\x00b\r\nContent-Length: 1\r\n\r\nx",        # NUL
+    b"HTTP/1.1 200 OK\r\nX: a\rb\r\nContent-Length: 1\r\n\r\nx",          # bare CR
+    b"HTTP/1.1 200 OK\r\nContent-Length: +1\r\n\r\nx",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1 1\r\n\r\nx",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1234567890123456789\r\n\r\n",
+    b"HTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 20 OK\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200OK\r\nContent-Length: 0\r\n\r\n",
+    b"http/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\n: empty name\r\nContent-Length: 0\r\n\r\n",
+])
+def test_shortcut_declines_what_it_does_not_read(data):
+    assert scan_response(data, DROP_MASK) is None
+
+
+_FIELD_NAMES = st.sampled_from([
+    b"Server", b"Content-Length", b"content-length", b"Transfer-Encoding", b"Connection",
+    b"Keep-Alive", b"X-Request-Id", b"Set-Cookie", b"X-A", b"Upgrade", b"Trailer", b"TE", b""])
+_FIELD_VALUES = st.one_of(
+    st.sampled_from([b"0", b"12", b"007", b"close", b"keep-alive", b"Keep-Alive, Close",
+                     b"chunked", b" padded ", b"", b"a\tb", b"\xff\xfe", b"1,2"]),
+    st.binary(max_size=12))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    version=st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/1.2", b"HTTP/2.0", b"HTTP/1.1 "]),
+    status=st.sampled_from([b"200", b"201", b"404", b"503", b"204", b"304", b"101", b"999", b"20x"]),
+    reason=st.sampled_from([b" OK", b" ", b"", b" Not\tFound", b" \x80caf\xe9"]),
+    fields=st.lists(st.tuples(_FIELD_NAMES, st.sampled_from([b": ", b":", b" : ", b":\t"]),
+                              _FIELD_VALUES, st.sampled_from([b"\r\n", b"\n", b"\r\n "])),
+                    max_size=8),
+    body=st.binary(max_size=20),
+)
+def test_shortcut_agrees_with_llhttp_on_generated_heads(version, status, reason, fields, body):
+    head = version + b" " + status + reason + b"\r\n"
+    head += b"".join(n + sep + v + end for n, sep, v, end in fields)
+    check_against_llhttp(head + b"\r\n" + body)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.data())
+def test_shortcut_agrees_with_llhttp_on_mutated_heads(data):
+    base = bytearray(b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 3\r\n"
+                     b"Connection: keep-alive\r\nX-A: b\r\n\r\nabc")
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(base) - 1))
+        how = data.draw(st.sampled_from(["replace", "insert", "delete"]))
+        byte = data.draw(st.sampled_from([0, 9, 10, 13, 32, 44, 48, 58, 65, 97, 127, 255]))
+        if how == "replace":
+            base[at] = byte
+        elif how == "insert":
+            base.insert(at, byte)
+        else:
+            del base[at]
+    check_against_llhttp(bytes(base))
+
+
+def test_the_comparisons_above_see_both_outcomes():
+    """The property tests compare only when the shortcut reads; make sure that it reads
+    often, and declines often, on heads drawn the same way (seeded, so reproducible)."""
+    import random
+
+    rng = random.Random(7)
+    read = declined = 0
+    for _ in range(3000):
+        base = bytearray(b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 3\r\n"
+                         b"Connection: keep-alive\r\nX-A: b\r\n\r\nabc")
+        for _ in range(rng.randint(1, 2)):
+            at = rng.randrange(len(base))
+            byte = rng.choice([0, 9, 10, 13, 32, 44, 48, 58, 65, 97, 127, 255])
+            how = rng.choice(["replace", "insert", "delete"])
+            if how == "replace":
+                base[at] = byte
+            elif how == "insert":
+                base.insert(at, byte)
+            else:
+                del base[at]
+        if check_against_llhttp(bytes(base)):
+            read += 1
+        else:
+            declined += 1
+    assert read > 500 and declined > 500, (read, declined)
