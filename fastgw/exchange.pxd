@@ -49,6 +49,7 @@ cdef class Exchange:
 
     cpdef feed_body(self, bytes data)
     cpdef end_body(self)
+    cpdef list take_held_body(self)
     cpdef attach_body(self, sink, end)
     cpdef detach_body(self)
     cpdef fail(self, error)

@@ -113,6 +113,16 @@ cdef class Exchange:
         if self.body_end is not None:
             self.body_end()
 
+    cpdef list take_held_body(self):
+        """The chunks held so far, handed over to be sent with the request head (the
+        rest streams through ``attach_body``)."""
+        held = self.body_held
+        if held:
+            self.body_held = []
+            self.body_held_bytes = 0
+            self.downstream.resume_reading()
+        return held
+
     cpdef attach_body(self, sink, end):
         """Send the held chunks to ``sink`` and stream the rest; ``end`` runs once the
         whole body went through."""

@@ -218,12 +218,24 @@ cdef class UpstreamConnection(UpstreamSide):
         self._extend_deadline(ex)
         active_connections.add(self)
         ex.upstream_side = self
-        self.transport.write(head)
-        if ex.body_kind != BODY_NONE:
+        if ex.body_kind == BODY_NONE:
+            self.transport.write(head)
+            return
+        # PERF: the body that came with the head (all of a small one) goes with it, in
+        # one write; the rest streams as it comes.
+        cdef list parts = [head]
+        cdef bytes chunk
+        for chunk in ex.take_held_body():
             if ex.body_kind == BODY_CHUNKED:
-                ex.attach_body(self._write_chunk, self._write_last_chunk)
+                if chunk:
+                    parts += (b"%x\r\n" % len(chunk), chunk, b"\r\n")
             else:
-                ex.attach_body(self.transport.write, _nothing)
+                parts.append(chunk)
+        self.transport.writelines(parts)
+        if ex.body_kind == BODY_CHUNKED:
+            ex.attach_body(self._write_chunk, self._write_last_chunk)
+        else:
+            ex.attach_body(self.transport.write, _nothing)
 
     def _write_chunk(self, bytes data):
         if data:
