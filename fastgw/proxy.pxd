@@ -1,6 +1,7 @@
 # C-level declarations of fastgw/proxy.pyx, cimported by the protocols.
 
 from fastgw.exchange cimport Exchange
+from fastgw.upstream cimport ResponseListener, UpstreamConnection
 
 
 cdef class RequestIds:
@@ -10,7 +11,7 @@ cdef class RequestIds:
     cpdef str next(self)
 
 
-cdef class Proxy:
+cdef class Proxy(ResponseListener):
     cdef public object snapshot, access_log, loop
     cdef public RequestIds ids
     cdef public bint draining
@@ -22,3 +23,4 @@ cdef class Proxy:
     cdef _route_and_send(self, Exchange ex, snap)
     cdef object _loop(self)
     cpdef bytes upstream_head(self, Exchange ex, str path, str target_address)
+    cpdef upstream_done(self, Exchange ex, UpstreamConnection conn, error)

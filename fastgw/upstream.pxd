@@ -3,9 +3,14 @@
 from fastgw.exchange cimport Exchange, UpstreamSide
 
 
+cdef class ResponseListener:
+    cpdef upstream_done(self, Exchange ex, UpstreamConnection conn, error)
+
+
 cdef class UpstreamConnection(UpstreamSide):
     cdef public Pool pool
-    cdef object transport, parser, on_done, drop_names
+    cdef object transport, parser, drop_names
+    cdef ResponseListener on_done
     cdef public Exchange ex
     cdef public bytes head
     cdef list headers
@@ -18,7 +23,7 @@ cdef class UpstreamConnection(UpstreamSide):
     cdef public bint reused, got_response_bytes, head_received, closed, body_chunked
     cdef public bint pooled  # in its pool's idle list
 
-    cpdef start(self, Exchange ex, bytes head, on_done)
+    cpdef start(self, Exchange ex, bytes head, ResponseListener on_done)
     cpdef client_writable(self, bint writable)
     cpdef cancel(self, error)
     cdef _extend_deadline(self, Exchange ex)

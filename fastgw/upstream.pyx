@@ -87,6 +87,14 @@ def sweep(double now):
         pending.task.cancel()
 
 
+cdef class ResponseListener:
+    """Who is told when an upstream request ends (the proxy)."""
+
+    cpdef upstream_done(self, Exchange ex, UpstreamConnection conn, error):
+        """The response went whole to the client (``error`` None), or it failed."""
+        raise NotImplementedError
+
+
 cdef class UpstreamConnection(UpstreamSide):
     """One pooled HTTP/1.1 connection to a target (an asyncio protocol); one request at
     a time."""
@@ -198,9 +206,10 @@ cdef class UpstreamConnection(UpstreamSide):
 
     # -- the request ------------------------------------------------------------------------
 
-    cpdef start(self, Exchange ex, bytes head, on_done):
-        """Send the request head and stream the body; ``on_done(ex, conn, error)`` is called
-        once, when the whole response went to the client (error None) or failed.
+    cpdef start(self, Exchange ex, bytes head, ResponseListener on_done):
+        """Send the request head and stream the body; ``on_done.upstream_done(ex, conn,
+        error)`` is called once, when the whole response went to the client (error None)
+        or failed.
 
         A callback rather than a future: the common request finishes with no task, no
         future and no await (PERF)."""
@@ -263,11 +272,11 @@ cdef class UpstreamConnection(UpstreamSide):
     cpdef fail(self, error):
         """End the request in flight with ``error`` and close the connection."""
         cdef Exchange ex = self.ex
-        on_done = self.on_done
+        cdef ResponseListener on_done = self.on_done
         self._finish()
         self.close()
         if ex is not None and on_done is not None:
-            on_done(ex, self, error)
+            on_done.upstream_done(ex, self, error)
 
     cdef _finish(self):
         cdef Exchange ex = self.ex
@@ -342,7 +351,7 @@ cdef class UpstreamConnection(UpstreamSide):
     cdef _complete(self, bint keep_alive):
         """The whole response went to the client: pool the connection or close it."""
         cdef Exchange ex = self.ex
-        on_done = self.on_done
+        cdef ResponseListener on_done = self.on_done
         # Reusable only when both sides finished cleanly: an upstream that answered before
         # reading our whole body may still be reading it.
         cdef bint reusable = ex.body_done and keep_alive and not self.closed
@@ -353,7 +362,7 @@ cdef class UpstreamConnection(UpstreamSide):
         else:
             self.close()
         if on_done is not None:
-            on_done(ex, self, None)
+            on_done.upstream_done(ex, self, None)
 
 
 def _nothing():

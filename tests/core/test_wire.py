@@ -1,8 +1,11 @@
 """Tests of fastgw._core.wire against plain Python written another way: header ids
-(any case, every name, near misses), the head writer (against ``b"".join``), and trace
-ids (format, never zero, distinct, reseeded per process).
+(any case, every name, near misses), the head writer (against ``b"".join``), trace
+ids (format, never zero, distinct, reseeded per process); and the response-head
+shortcut against llhttp itself (httptools), on examples, generated and mutated heads.
+Also the proxy's request ids, formatted in C the same way.
 
-May import: fastgw._core, pytest, hypothesis, the standard library.
+May import: fastgw._core, fastgw.proxy (request ids), httptools (the reference parser),
+pytest, hypothesis, the standard library.
 """
 
 from __future__ import annotations
@@ -10,11 +13,12 @@ from __future__ import annotations
 import os
 import re
 
+import httptools
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastgw._core.wire import NAMES, HeadWriter, header_id, new_traceparent, seed_trace_ids
+from fastgw._core.wire import NAMES, HeadWriter, header_id, new_traceparent, scan_response, seed_trace_ids
 
 # The names every module of the request path relies on, written out again here.
 EXPECTED_NAMES = {
@@ -146,10 +150,6 @@ def test_forked_workers_get_their_own_trace_ids():
 
 
 # -- the response-head shortcut against llhttp (httptools) ------------------------------------
-
-from fastgw._core.wire import scan_response  # noqa: E402
-
-import httptools  # noqa: E402
 
 # The drop mask of the upstream side: hop-by-hop fields, the framing, x-request-id.
 DROP = {b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade",
@@ -317,3 +317,14 @@ def test_the_comparisons_above_see_both_outcomes():
         else:
             declined += 1
     assert read > 500 and declined > 500, (read, declined)
+
+
+def test_request_ids_count_in_hex_after_a_process_prefix():
+    """The proxy's request ids (formatted in C): prefix, "-", the counter in hex."""
+    from fastgw.proxy import RequestIds
+
+    ids = RequestIds()
+    assert re.fullmatch(r"[0-9a-f]{12}", ids.prefix)
+    assert [ids.next() for _ in range(17)][-2:] == [f"{ids.prefix}-10", f"{ids.prefix}-11"]
+    ids.counter = 2**64 - 2
+    assert ids.next() == f"{ids.prefix}-{2**64 - 1:x}"
