@@ -255,6 +255,7 @@ cdef bytes _upstream_head(Exchange ex, str path, str target_address, set listed)
     cdef tuple field
     xff = None
     traceparent = None
+    head.reset()  # whatever a build that raised may have left
     head.add(ex.method.encode())
     head.add(b" ")
     head.add(path.encode("latin-1"))
@@ -263,8 +264,8 @@ cdef bytes _upstream_head(Exchange ex, str path, str target_address, set listed)
         head.add(ex.query)
     head.add(b" HTTP/1.1\r\n")
     for field in ex.headers:
-        name = <bytes>field[0]
-        value = <bytes>field[1]
+        name = <bytes?>field[0]
+        value = <bytes?>field[1]
         ident = header_id(name)
         if listed is not None and name.lower() in listed:
             continue

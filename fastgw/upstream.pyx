@@ -10,9 +10,13 @@ arrives (status and headers once, then each body chunk), with backpressure both 
 It never holds a whole body. It reports the end through a callback: the response is complete,
 or it failed with an ``UpstreamError`` / ``UpstreamTimeout`` that the proxy maps to a status.
 
-Timeouts are not timers per request: each busy connection carries a ``deadline`` and
-the worker's sweeper calls ``sweep`` a few times a second (as nginx keeps an
-ordered set of timers rather than one per read).
+Timeouts are not timers per request: each busy connection and each connect under way
+carries a ``deadline``, and the worker's sweeper calls ``sweep`` a few times a second (as
+nginx keeps an ordered set of timers rather than one per read). The same sweep closes the
+idle connections a pool holds beyond its ``keepalive`` once they stay unused (``trim``).
+
+The plainest responses are read by ``_core.wire.scan_response_head`` and relayed without a
+parser callback per field (``_relay``); llhttp (httptools) reads every other response.
 
 The pick step is ``Upstream.pick(ex)``: smooth weighted round robin (nginx's algorithm)
 for now; the load-balancing work replaces it with the ``_core.balancer`` picks, health and

@@ -408,10 +408,11 @@ cdef class HTTP1Connection(Downstream):
         if self.closing:
             return
         cdef HeadWriter head = _head
+        head.reset()  # whatever a build that raised may have left
         cdef tuple field
         head.add(STATUS_LINES[status] if 0 <= status < 600 else status_line(status))
         for field in headers:
-            head.add_field(<bytes>field[0], <bytes>field[1])
+            head.add_field(<bytes?>field[0], <bytes?>field[1])
         self._end_head(ex, status, length)
 
     cpdef send_head_lines(self, Exchange ex, int status, bytes lines, Py_ssize_t length):
@@ -420,6 +421,7 @@ cdef class HTTP1Connection(Downstream):
         if self.closing:
             return
         cdef HeadWriter head = _head
+        head.reset()  # whatever a build that raised may have left
         head.add(STATUS_LINES[status] if 0 <= status < 600 else status_line(status))
         head.add(lines)
         self._end_head(ex, status, length)
