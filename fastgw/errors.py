@@ -1,7 +1,7 @@
 """fastgw's exception tree.
 
 Every error that can end a request carries the HTTP ``status`` it maps to (h11's
-``error_status_hint`` idea); ``proxy.py`` is the one place that turns them into
+``error_status_hint`` idea); ``proxy.pyx`` is the one place that turns them into
 responses. ``ConfigError`` carries every problem found in a config file at once.
 
 May import: the standard library only.

@@ -486,10 +486,8 @@ def test_access_log_line_has_exactly_the_fields_and_right_values(backend, gatewa
 
 
 def test_access_log_names_the_target_a_failed_connect_tried(backend, gateway):
-    """KNOWN BUG (upstream.py/proxy.py, reported): ``upstream_addr`` is set only once a
-    connection is made (UpstreamConnection.start), so a 502 for a refused connect logs
-    ``"upstream": null``, when that address is what an operator needs (nginx logs
-    $upstream_addr for failed tries too)."""
+    """A 502 for a refused connect logs the address it tried (as nginx logs
+    $upstream_addr for failed tries too): the proxy notes it before connecting."""
     dead = free_port()
     toml, port = config_for(backend, routes=f'[[routes]]\nname = "dead"\npaths = ["/*"]\nupstream = "gone"\n')
     toml += f'\n[upstreams.gone]\ntargets = ["127.0.0.1:{dead}"]\n'
