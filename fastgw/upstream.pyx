@@ -244,6 +244,11 @@ cdef class UpstreamConnection(UpstreamSide):
                     parts += (b"%x\r\n" % len(chunk), chunk, b"\r\n")
             else:
                 parts.append(chunk)
+        if ex.body_done:  # all of it came with the head: nothing to stream
+            if ex.body_kind == BODY_CHUNKED:
+                parts.append(b"0\r\n\r\n")
+            self.transport.writelines(parts)
+            return
         self.transport.writelines(parts)
         if ex.body_kind == BODY_CHUNKED:
             ex.attach_body(self._write_chunk, self._write_last_chunk)
