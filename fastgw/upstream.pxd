@@ -28,6 +28,7 @@ cdef class UpstreamConnection(UpstreamSide):
     cpdef cancel(self, error)
     cdef _extend_deadline(self, Exchange ex)
     cpdef fail(self, error)
+    cdef _reset_response(self)
     cdef _finish(self)
     cdef _relay(self, Exchange ex, bytes data, Py_ssize_t start)
     cdef _complete(self, bint keep_alive)

@@ -111,18 +111,22 @@ cdef class UpstreamConnection(UpstreamSide):
         self.on_done = None
         #: the request head last sent (kept for the one retry of a stale connection)
         self.head = b""
-        self.headers = []
-        self.length = -1
         self.deadline = 0.0
         self.reused = False
-        self.got_response_bytes = False
-        self.head_received = False
-        self.drop_names = None
         self.closed = False
         self.pooled = False
-        self.body_chunked = False
-        self.parser_fed = False
         self.keep_alive = False
+        self._reset_response()
+
+    cdef _reset_response(self):
+        """Nothing of a response read yet."""
+        self.headers = []
+        self.length = -1
+        self.head_received = False
+        self.got_response_bytes = False
+        self.body_chunked = False
+        self.drop_names = None
+        self.parser_fed = False
         self.relay_left = -1
 
     # -- asyncio.Protocol -------------------------------------------------------------------
@@ -220,14 +224,7 @@ cdef class UpstreamConnection(UpstreamSide):
         self.ex = ex
         self.on_done = on_done
         self.head = head
-        self.headers = []
-        self.length = -1
-        self.head_received = False
-        self.got_response_bytes = False
-        self.body_chunked = False
-        self.drop_names = None
-        self.parser_fed = False
-        self.relay_left = -1
+        self._reset_response()
         self._extend_deadline(ex)
         active_connections.add(self)
         ex.upstream_side = self

@@ -403,28 +403,29 @@ cdef class HTTP1Connection(Downstream):
     # -- Downstream: what the proxy and the upstream call -----------------------------------
 
     cpdef send_head(self, Exchange ex, int status, list headers, Py_ssize_t length):
-        ex.response_started = True
-        ex.status = status
-        if self.closing:
-            return
-        cdef HeadWriter head = _head
-        head.reset()  # whatever a build that raised may have left
+        cdef HeadWriter head = self._begin_head(ex, status)
         cdef tuple field
-        head.add(STATUS_LINES[status] if 0 <= status < 600 else status_line(status))
-        for field in headers:
-            head.add_field(<bytes?>field[0], <bytes?>field[1])
-        self._end_head(ex, status, length)
+        if head is not None:
+            for field in headers:
+                head.add_field(<bytes?>field[0], <bytes?>field[1])
+            self._end_head(ex, status, length)
 
     cpdef send_head_lines(self, Exchange ex, int status, bytes lines, Py_ssize_t length):
+        cdef HeadWriter head = self._begin_head(ex, status)
+        if head is not None:
+            head.add(lines)
+            self._end_head(ex, status, length)
+
+    cdef HeadWriter _begin_head(self, Exchange ex, int status):
+        """The response starts: its status line written, or None when we are closing."""
         ex.response_started = True
         ex.status = status
         if self.closing:
-            return
+            return None
         cdef HeadWriter head = _head
         head.reset()  # whatever a build that raised may have left
         head.add(STATUS_LINES[status] if 0 <= status < 600 else status_line(status))
-        head.add(lines)
-        self._end_head(ex, status, length)
+        return head
 
     cdef _end_head(self, Exchange ex, int status, Py_ssize_t length):
         """The framing and connection lines after the fields, then the head is held."""
