@@ -3,9 +3,9 @@
 """The HTTP/1.1 front end: an ``asyncio.Protocol`` on ``httptools.HttpRequestParser``.
 
 Theory of operation. Bytes go into llhttp; its callbacks build one ``Exchange`` per
-request head. The first exchange runs at once (``Proxy.handle`` as a task); pipelined
-ones wait in ``queue`` and start, in order, when the one before has sent its whole
-response, so responses leave in request order. Request body chunks go into the exchange
+request head. The first exchange runs once the bytes read are parsed (``Proxy.handle``,
+in callbacks, no task); pipelined ones wait in ``queue`` and start, in order, when the
+one before has sent its whole response, so responses leave in request order. Request body chunks go into the exchange
 whose body is being read (``reading``); the exchange streams them upstream or holds a
 bounded amount.
 
