@@ -27,6 +27,7 @@ import re
 import orjson
 
 from fastgw.errors import FastGWError, UpstreamError
+from fastgw._core.router cimport RouteMatch
 from fastgw._core.wire cimport (
     H_CONNECTION, H_HOST, H_OTHER, H_TRACEPARENT, H_X_FORWARDED_FOR, H_X_FORWARDED_HOST,
     H_X_FORWARDED_PROTO, H_FORWARDED, H_X_REAL_IP, HeadWriter, header_id, new_traceparent)
@@ -181,7 +182,7 @@ cdef class Proxy(ResponseListener):
                 key = wanted.get(name.lower())
                 if key is not None and key not in headers:
                     headers[key] = value.decode("latin-1")
-        match = snap.router.match(ex.method, ex.host, ex.path, headers)
+        cdef RouteMatch match = snap.router.match(ex.method, ex.host, ex.path, headers)
         if match is None:
             self.fail(ex, 404, "no route")
             self.access_log.write(ex)
