@@ -125,10 +125,13 @@ class Worker:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             now = time.monotonic()  # the clock of every deadline (exchange.monotonic)
-            for conn in list(self.connections):
-                conn.check(now)
-            upstream.sweep(now)
-            self.access_log.flush()
+            try:
+                for conn in list(self.connections):
+                    conn.check(now)
+                upstream.sweep(now)
+                self.access_log.flush()
+            except Exception:  # a bug of ours must not stop every timeout of the worker
+                log.exception("sweep failed")
 
     def reload(self) -> None:
         """SIGHUP: load and compile the file off the event loop, then swap on it.
