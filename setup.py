@@ -16,6 +16,7 @@ DEBUG = os.environ.get("FASTGW_DEBUG") == "1"
 COMPILED_MODULES = [
     "fastgw._core.router",
     "fastgw._core.wire",
+    "fastgw._core.balancer",
     "fastgw.exchange",
     "fastgw.upstream",
     "fastgw.proxy",

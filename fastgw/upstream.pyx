@@ -482,7 +482,7 @@ cdef class Upstream:
 
     The pick is smooth weighted round robin (nginx): every pick adds each target's weight
     to its running score, takes the highest, and subtracts the total from it, so a 1:3
-    pair goes B B A B rather than A B B B, spreading each target's turns evenly.
+    pair goes B A B B rather than A B B B, spreading each target's turns evenly.
     """
 
     def __init__(self, str name, list pools, signature):
