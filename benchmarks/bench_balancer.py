@@ -9,10 +9,9 @@ May import: fastgw._core, tests.core.reference_balancer, pytest, the standard li
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
+from benchmarks.timing import best_of
 from fastgw._core.balancer import HashRing, SmoothWeighted
 from tests.core import reference_balancer as ref
 
@@ -60,15 +59,6 @@ def test_native(benchmark, case):
 def test_reference(benchmark, case):
     benchmark.group = f"balancer, {case}, 200 picks"
     benchmark(CASES[case][1])
-
-
-def best_of(fn, repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -14,10 +14,9 @@ May import: fastgw._core, tests.core.reference_router, pytest, the standard libr
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
+from benchmarks.timing import best_of
 from fastgw._core.router import Router, Rule
 from tests.core.reference_router import ReferenceRouter
 
@@ -107,22 +106,6 @@ def test_reference(benchmark, n):
         benchmark.pedantic(run, args=(reference, requests), rounds=3, iterations=1)
     else:
         benchmark(run, reference, requests)
-
-
-def best_of(fn, repeat: int, budget: float) -> float:
-    """The fastest of ``repeat`` timed calls (the least disturbed one), stopping early
-    once ``budget`` seconds are spent."""
-    best = float("inf")
-    spent = 0.0
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        took = time.perf_counter() - start
-        best = min(best, took)
-        spent += took
-        if spent > budget:
-            break
-    return best
 
 
 @pytest.mark.parametrize("n", SIZES)

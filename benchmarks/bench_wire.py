@@ -14,11 +14,10 @@ May import: fastgw._core, httptools, pytest, the standard library.
 
 from __future__ import annotations
 
-import time
-
 import httptools
 import pytest
 
+from benchmarks.timing import best_of
 from fastgw._core.wire import NAMES, scan_response
 
 MIN_SPEEDUP = 3.0
@@ -68,15 +67,6 @@ def test_same_fields(kind):
     got = scan_response(head, DROP_MASK)
     assert got is not None and got[3] == len(head)
     assert got[1] == LLHTTPPath().read(head)
-
-
-def best_of(fn, repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 @pytest.mark.parametrize("kind", sorted(HEADS))
