@@ -118,6 +118,8 @@ class UpstreamConfig:
     name: str
     targets: tuple[Target, ...]
     balance: str = "round_robin"
+    #: what consistent_hash hashes: "ip", "path", "header:<lower-case name>", "cookie:NAME", "query:NAME"
+    hash_on: str = "ip"
     keepalive: int = 64
     connect_timeout: float = 2.0
     read_timeout: float = 30.0
@@ -596,10 +598,28 @@ _SERVER_KEYS = (
 )
 _SERVER_LATER = ("tls",)
 _LOG_KEYS = ("access", "format")
-_UPSTREAM_KEYS = ("targets", "balance", "keepalive", "connect_timeout", "read_timeout")
-_UPSTREAM_LATER = ("hash_on", "retries", "health_check", "circuit_breaker")
-_BALANCE = ("round_robin",)
-_BALANCE_LATER = ("least_conn", "consistent_hash", "random")
+_UPSTREAM_KEYS = ("targets", "balance", "hash_on", "keepalive", "connect_timeout", "read_timeout")
+_UPSTREAM_LATER = ("retries", "health_check", "circuit_breaker")
+_BALANCE = ("round_robin", "least_conn", "consistent_hash", "random")
+_HASH_ON = ("ip", "path")
+_HASH_ON_NAMED = ("header", "cookie", "query")
+
+
+def _hash_on(value: Any) -> str:
+    """``ip``, ``path``, or ``header:NAME`` / ``cookie:NAME`` / ``query:NAME``."""
+    value = _string(value)
+    if value in _HASH_ON:
+        return value
+    kind, sep, name = value.partition(":")
+    if sep and kind in _HASH_ON_NAMED:
+        if not name:
+            raise ValueError(f"{_q(value)} names no {kind}")
+        if kind == "header":
+            if not _TOKEN.fullmatch(name):
+                raise ValueError(f"{_q(name)} is not a header name")
+            return f"header:{name.lower()}"
+        return value
+    raise ValueError(f'expected "ip", "path", "header:NAME", "cookie:NAME" or "query:NAME", got {_q(value)}')
 _TARGET_KEYS = ("address", "weight")
 _ROUTE_KEYS = (
     "name",
@@ -720,10 +740,15 @@ class _Builder:
         d = UpstreamConfig(name, ())
         place.check_unknown(_UPSTREAM_KEYS, _UPSTREAM_LATER)
         targets = _unique(place.get_items("targets", required=True, nonempty="target"), _target, "target")
+        balance = place.get_choice("balance", d.balance, _BALANCE)
+        hash_on = place.get("hash_on", _hash_on, d.hash_on)
+        if "hash_on" in place.value and balance != "consistent_hash":
+            place.key("hash_on").error('applies only to balance = "consistent_hash"')
         return UpstreamConfig(
             name=name,
             targets=targets,
-            balance=place.get_choice("balance", d.balance, _BALANCE, _BALANCE_LATER),
+            balance=balance,
+            hash_on=hash_on,
             keepalive=place.get_int("keepalive", d.keepalive, minimum=0),
             connect_timeout=place.get_duration("connect_timeout", d.connect_timeout),
             read_timeout=place.get_duration("read_timeout", d.read_timeout),

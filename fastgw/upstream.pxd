@@ -42,6 +42,7 @@ cdef class Pool:
     cdef public list idle
     cdef public object loop
     cdef public bint retired
+    cdef public Py_ssize_t in_flight  # requests under way on its connections
     cdef public Py_ssize_t low_water  # fewest idle since the last trim
 
     cpdef UpstreamConnection take_idle(self)
@@ -53,8 +54,12 @@ cdef class Pool:
 cdef class Upstream:
     cdef public str name
     cdef public list pools
-    cdef list _scores
-    cdef int _total
+    cdef public str balance
+    cdef object round_robin, least_conn, two_choices, ring
+    cdef str hash_kind
+    cdef bytes hash_name
     cdef public object signature
 
     cpdef Pool pick(self, Exchange ex)
+    cdef list _in_flight(self)
+    cdef object _hash_key(self, Exchange ex)

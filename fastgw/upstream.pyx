@@ -30,10 +30,12 @@ May import: the standard library, httptools, fastgw.errors, fastgw.exchange.
 """
 
 import asyncio
+import os
 import socket
 
 import httptools
 
+from fastgw._core.balancer cimport HashRing, LeastConnections, SmoothWeighted, TwoChoices
 from fastgw._core.wire cimport (
     H_CONNECTION, H_CONTENT_LENGTH, H_KEEP_ALIVE, H_PROXY_AUTHENTICATE, H_PROXY_AUTHORIZATION,
     H_PROXY_CONNECTION, H_TE, H_TRAILER, H_TRANSFER_ENCODING, H_UPGRADE, H_X_REQUEST_ID,
@@ -224,6 +226,7 @@ cdef class UpstreamConnection(UpstreamSide):
         self.ex = ex
         self.on_done = on_done
         self.head = head
+        self.pool.in_flight += 1
         self._reset_response()
         self._extend_deadline(ex)
         active_connections.add(self)
@@ -289,6 +292,7 @@ cdef class UpstreamConnection(UpstreamSide):
         if ex is not None:
             ex.detach_body()
             ex.upstream_side = None
+            self.pool.in_flight -= 1
         self.ex = None
         self.on_done = None
         self.relay_left = -1
@@ -390,6 +394,7 @@ cdef class Pool:
         self.idle = []
         self.loop = None
         self.retired = False
+        self.in_flight = 0
         self.low_water = 0
 
     cpdef UpstreamConnection take_idle(self):
@@ -478,18 +483,29 @@ cdef class Pool:
 
 
 cdef class Upstream:
-    """A named group of targets and the pick step.
+    """A named group of targets and the pick step (``balance``), by ``_core.balancer``:
 
-    The pick is smooth weighted round robin (nginx): every pick adds each target's weight
-    to its running score, takes the highest, and subtracts the total from it, so a 1:3
-    pair goes B A B B rather than A B B B, spreading each target's turns evenly.
+    - ``round_robin``: smooth weighted round robin (nginx's: a 1:3 pair goes B A B B);
+    - ``least_conn``: the fewest requests in flight per unit of weight, equals in turn;
+    - ``random``: two targets drawn at random, the less loaded of the two;
+    - ``consistent_hash``: a ring keyed by ``hash_on`` (the client address, the path, a
+      header, a cookie or a query parameter); a request without the key is picked by
+      round robin.
     """
 
-    def __init__(self, str name, list pools, signature):
+    def __init__(self, str name, list pools, signature, str balance="round_robin", str hash_on="ip"):
         self.name = name
         self.pools = pools
-        self._scores = [0] * len(pools)
-        self._total = sum([(<Pool>p).weight for p in pools])
+        weights = [(<Pool>p).weight for p in pools]
+        self.balance = balance
+        self.round_robin = SmoothWeighted(weights)
+        self.least_conn = LeastConnections(weights) if balance == "least_conn" else None
+        self.two_choices = TwoChoices(weights, os.urandom(16)) if balance == "random" else None
+        self.ring = None
+        if balance == "consistent_hash":
+            self.ring = HashRing([((<Pool>p).address.encode(), (<Pool>p).weight) for p in pools])
+        self.hash_kind, _, name_part = hash_on.partition(":")
+        self.hash_name = name_part.encode("latin-1")
         #: the config this was built from: a reload keeps the Upstream (and its warm
         #: pools) when the signature is unchanged
         self.signature = signature
@@ -498,17 +514,57 @@ cdef class Upstream:
         cdef list pools = self.pools
         if len(pools) == 1:
             return pools[0]
-        cdef list scores = self._scores
-        cdef Py_ssize_t i, best = 0
-        cdef Pool pool
-        for i in range(len(pools)):
-            pool = pools[i]
-            scores[i] += pool.weight
-            if scores[i] > scores[best]:
-                best = i
-        scores[best] -= self._total
-        return pools[best]
+        cdef Py_ssize_t i
+        if self.ring is not None:
+            key = self._hash_key(ex)
+            if key is not None:
+                return pools[(<HashRing>self.ring).pick(key)]
+        elif self.least_conn is not None:
+            return pools[(<LeastConnections>self.least_conn).pick(self._in_flight())]
+        elif self.two_choices is not None:
+            return pools[(<TwoChoices>self.two_choices).pick(self._in_flight())]
+        return pools[(<SmoothWeighted>self.round_robin).pick()]
+
+    cdef list _in_flight(self):
+        return [(<Pool>p).in_flight for p in self.pools]
+
+    cdef object _hash_key(self, Exchange ex):
+        """The bytes ``hash_on`` names in this request, or None when it has none."""
+        kind = self.hash_kind
+        if kind == "ip":
+            return ex.client_ip.encode()
+        if kind == "path":
+            return ex.path.encode("latin-1")
+        if kind == "query":
+            return _query_value(ex.query, self.hash_name)
+        cdef bytes name, value
+        for name, value in ex.headers:
+            if kind == "header" and name.lower() == self.hash_name:
+                return value
+            if kind == "cookie" and name.lower() == b"cookie":
+                found = _cookie_value(value, self.hash_name)
+                if found is not None:
+                    return found
+        return None
 
     def retire(self):
         for pool in self.pools:
             pool.retire()
+
+
+cdef object _query_value(bytes query, bytes name):
+    """The raw value of the first ``name=`` in a query string (``a=1&b=2``), or None."""
+    for pair in query.split(b"&"):
+        key, sep, value = pair.partition(b"=")
+        if key == name and sep:
+            return value
+    return None
+
+
+cdef object _cookie_value(bytes cookie, bytes name):
+    """The value of cookie ``name`` in a Cookie header (``a=1; b=2``), or None."""
+    for pair in cookie.split(b";"):
+        key, sep, value = pair.strip().partition(b"=")
+        if key == name and sep:
+            return value
+    return None

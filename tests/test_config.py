@@ -701,19 +701,40 @@ def test_server_tls_not_supported_yet():
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("hash_on", '"ip"'), ("retries", "1"), ("health_check", "{}"), ("circuit_breaker", "{ failures = 5 }")],
+    [("retries", "1"), ("health_check", "{}"), ("circuit_breaker", "{ failures = 5 }")],
 )
 def test_upstream_keys_not_supported_yet(key, value):
     text = f'[upstreams.users]\ntargets = ["h:1"]\n{key} = {value}\n'
     assert only_error(text) == f'fastgw.toml: upstreams.users: "{key}" is not supported yet'
 
 
-@pytest.mark.parametrize("balance", ["least_conn", "consistent_hash", "random"])
-def test_balance_not_supported_yet(balance):
+@pytest.mark.parametrize("balance", ["round_robin", "least_conn", "consistent_hash", "random"])
+def test_every_balance_is_accepted(balance):
     text = f'[upstreams.users]\ntargets = ["h:1"]\nbalance = "{balance}"\n'
-    assert only_error(text) == (
-        f'fastgw.toml: upstreams.users.balance: "{balance}" is not supported yet (accepted now: "round_robin")'
-    )
+    up = parse_config(text, "fastgw.toml").upstreams[0]
+    assert (up.balance, up.hash_on) == (balance, "ip")
+
+
+@pytest.mark.parametrize(("hash_on", "kept"), [
+    ("ip", "ip"), ("path", "path"), ("header:X-User", "header:x-user"),
+    ("cookie:session", "cookie:session"), ("query:user", "query:user"),
+])
+def test_hash_on_is_accepted(hash_on, kept):
+    text = f'[upstreams.users]\ntargets = ["h:1"]\nbalance = "consistent_hash"\nhash_on = "{hash_on}"\n'
+    assert parse_config(text, "fastgw.toml").upstreams[0].hash_on == kept
+
+
+@pytest.mark.parametrize(("balance", "hash_on", "error"), [
+    ("consistent_hash", '"body"',
+     'upstreams.users.hash_on: expected "ip", "path", "header:NAME", "cookie:NAME" or "query:NAME", got "body"'),
+    ("consistent_hash", '"header:"', 'upstreams.users.hash_on: "header:" names no header'),
+    ("consistent_hash", '"header:a b"', 'upstreams.users.hash_on: "a b" is not a header name'),
+    ("consistent_hash", "1", "upstreams.users.hash_on: expected a string, got integer 1"),
+    ("round_robin", '"ip"', 'upstreams.users.hash_on: applies only to balance = "consistent_hash"'),
+])
+def test_bad_hash_on(balance, hash_on, error):
+    text = f'[upstreams.users]\ntargets = ["h:1"]\nbalance = "{balance}"\nhash_on = {hash_on}\n'
+    assert only_error(text) == f"fastgw.toml: {error}"
 
 
 @pytest.mark.parametrize(

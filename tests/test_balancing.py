@@ -1,0 +1,112 @@
+"""End to end through a real gateway process: the pick step of an upstream with several
+targets (``balance``, ``hash_on``), against real backends on 127.0.0.1 that say who
+answered (``x-backend``).
+
+May import: tests.backend, tests.conftest, httpx, pytest, the standard library.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+
+
+def upstream_config(backends, port: int, extra: str, server: str = "") -> str:
+    targets = ", ".join(f'"{b.address}"' for b in backends)
+    return (f'[server]\nlisten = ["127.0.0.1:{port}"]\n{server}\n[log]\naccess = "off"\n\n'
+            f'[upstreams.app]\ntargets = [{targets}]\n{extra}\n'
+            f'[[routes]]\nname = "all"\npaths = ["/*"]\nupstream = "app"\n')
+
+
+@pytest.fixture
+def three(make_backend):
+    return [make_backend(f"b{i}") for i in range(3)]
+
+
+def who(client: httpx.Client, path: str = "/echo", **kwargs) -> str:
+    r = client.get(path, **kwargs)
+    assert r.status_code == 200, r.text
+    return r.headers["x-backend"]
+
+
+def test_round_robin_spreads_by_weight(make_backend, gateway):
+    a, b = make_backend("a"), make_backend("b")
+    port = free_port()
+    toml = upstream_config([], port, "").replace(
+        "targets = []", f'targets = [{{ address = "{a.address}", weight = 1 }}, {{ address = "{b.address}", weight = 3 }}]')
+    gw = gateway(toml, port)
+    with httpx.Client(base_url=gw.url) as c:
+        assert Counter(who(c) for _ in range(40)) == {"a": 10, "b": 30}
+
+
+@pytest.mark.parametrize(("hash_on", "send"), [
+    ("header:X-User", lambda user: {"headers": {"x-user": user}}),
+    ("cookie:session", lambda user: {"headers": {"cookie": f"theme=dark; session={user}"}}),
+    ("query:user", lambda user: {"params": {"user": user}}),
+    ("path", None),
+])
+def test_consistent_hash_keeps_a_key_on_one_target(three, gateway, hash_on, send):
+    port = free_port()
+    gw = gateway(upstream_config(three, port, f'balance = "consistent_hash"\nhash_on = "{hash_on}"\n'), port)
+    owners = {}
+    with httpx.Client(base_url=gw.url) as c:
+        for user in (f"user-{i}" for i in range(30)):
+            if send is None:
+                seen = {who(c, f"/echo/{user}") for _ in range(3)}
+            else:
+                seen = {who(c, **send(user)) for _ in range(3)}
+            assert len(seen) == 1, (user, seen)  # always the same target
+            owners[user] = seen.pop()
+    assert len(set(owners.values())) == 3  # and the keys spread over all of them
+
+
+def test_consistent_hash_without_the_key_falls_back_to_round_robin(three, gateway):
+    port = free_port()
+    gw = gateway(upstream_config(three, port, 'balance = "consistent_hash"\nhash_on = "header:x-user"\n'), port)
+    with httpx.Client(base_url=gw.url) as c:
+        assert Counter(who(c) for _ in range(9)) == {"b0": 3, "b1": 3, "b2": 3}
+
+
+def test_consistent_hash_on_ip_believes_only_trusted_proxies(three, gateway):
+    port = free_port()
+    ring = 'balance = "consistent_hash"\nhash_on = "ip"\n'
+    trusting = gateway(upstream_config(three, port, ring, server='trusted_proxies = ["127.0.0.1/32"]'), port)
+    with httpx.Client(base_url=trusting.url) as c:
+        direct = {who(c) for _ in range(5)}
+        assert len(direct) == 1  # one client address, one target
+        spread = {who(c, headers={"x-forwarded-for": f"198.51.100.{i}"}) for i in range(40)}
+        assert len(spread) == 3  # the clients behind the trusted proxy spread
+    port2 = free_port()
+    wary = gateway(upstream_config(three, port2, ring), port2)
+    with httpx.Client(base_url=wary.url) as c:
+        assert len({who(c, headers={"x-forwarded-for": f"198.51.100.{i}"}) for i in range(20)}) == 1
+
+
+def test_least_conn_avoids_the_busy_target(make_backend, gateway):
+    a, b = make_backend("a"), make_backend("b")
+    port = free_port()
+    gw = gateway(upstream_config([a, b], port, 'balance = "least_conn"\n'), port)
+    with httpx.Client(base_url=gw.url) as c:
+        assert who(c) == "a"  # equals take turns: a first, then b
+        assert who(c) == "b"
+        slow = threading.Thread(target=lambda: httpx.get(f"{gw.url}/slow?ms=1500", timeout=5))
+        slow.start()  # a's turn: it goes to a and keeps it busy
+        deadline = time.monotonic() + 3
+        while a.requests < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [who(c) for _ in range(6)] == ["b"] * 6
+        slow.join()
+
+
+def test_random_uses_every_target(three, gateway):
+    port = free_port()
+    gw = gateway(upstream_config(three, port, 'balance = "random"\n'), port)
+    with httpx.Client(base_url=gw.url) as c:
+        counts = Counter(who(c) for _ in range(60))
+    assert set(counts) == {"b0", "b1", "b2"}
