@@ -140,6 +140,10 @@ class RouteConfig:
     strip_prefix: str | None = None
     rewrite: str | None = None
     timeout: float | None = None
+    #: (upstream, percent of the traffic) canaries; the route's upstream takes the rest
+    split: tuple[tuple[str, int], ...] = ()
+    #: (lower-case header, value, upstream): a request whose header equals value goes there
+    match_split: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -632,12 +636,12 @@ _ROUTE_KEYS = (
     "strip_prefix",
     "rewrite",
     "timeout",
+    "split",
+    "match_split",
 )
 _ROUTE_LATER = (
     "max_concurrent",
     "websocket",
-    "split",
-    "match_split",
     "auth",
     "acl",
     "ip",
@@ -793,7 +797,51 @@ class _Builder:
             strip_prefix=strip_prefix,
             rewrite=rewrite,
             timeout=place.get_duration("timeout", None),
+            split=self._split(place, upstream_names),
+            match_split=self._match_split(place, upstream_names),
         )
+
+    @staticmethod
+    def _split_upstream(item: Place, upstream_names: tuple[str, ...] | None) -> str | None:
+        upstream = item.get_str("upstream")
+        if upstream is not None and upstream_names is not None and upstream not in upstream_names:
+            item.error(f"upstream {_q(upstream)} is not defined{_did_you_mean(upstream, upstream_names)}")
+            return None
+        return upstream
+
+    def _split(self, place: Place, upstream_names: tuple[str, ...] | None) -> tuple[tuple[str, int], ...]:
+        """``split = [{ upstream = "v2", weight = 10 }]``: weights are percents, 100 at most in all."""
+        result = []
+        for item in place.get_items("split"):
+            if item.convert(_table) is None:
+                continue
+            item.check_unknown(("upstream", "weight"))
+            upstream = self._split_upstream(item, upstream_names)
+            weight = item.get("weight", _integer(1))
+            if weight is not None and weight > 100:
+                item.key("weight").error(f"is a percent of the traffic, at most 100, got {weight}")
+            elif upstream is not None and weight is not None:
+                result.append((upstream, weight))
+        if sum(w for _, w in result) > 100:
+            place.key("split").error(f"weights add up to {sum(w for _, w in result)}%, more than 100%")
+        return tuple(result)
+
+    def _match_split(self, place: Place, upstream_names: tuple[str, ...] | None) -> tuple[tuple[str, str, str], ...]:
+        """``match_split = [{ header = "x-canary", value = "1", upstream = "v2" }]``, first match wins."""
+        result = []
+        for item in place.get_items("match_split"):
+            if item.convert(_table) is None:
+                continue
+            item.check_unknown(("header", "value", "upstream"))
+            header = item.get_str("header")
+            if header is not None and not _TOKEN.fullmatch(header):
+                item.key("header").error(f"{_q(header)} is not a valid header name")
+                header = None
+            value = item.get_str("value")
+            upstream = self._split_upstream(item, upstream_names)
+            if header is not None and value is not None and upstream is not None:
+                result.append((header.lower(), value, upstream))
+        return tuple(result)
 
     @staticmethod
     def _route_upstream(place: Place, upstream_names: tuple[str, ...] | None) -> str | None:

@@ -199,7 +199,7 @@ cdef class Proxy(ResponseListener):
         ex.route_name = route.name
         if route.timeout:
             ex.deadline = ex.started + route.timeout
-        upstream = route.upstream
+        upstream = route.pick_upstream(ex.headers) if route.splits else route.upstream
         pool = upstream.pick(ex)
         ex.upstream_addr = pool.address  # logged even when the connect fails, as nginx does
         head = self.upstream_head(ex, route.upstream_path(ex.path, match.params), pool.address)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 from typing import TYPE_CHECKING
 
+from fastgw._core.balancer import SmoothWeighted
 from fastgw._core.errors import RouteError
 from fastgw._core.router import Router, Rule
 from fastgw.errors import ConfigError
@@ -28,16 +29,41 @@ if TYPE_CHECKING:
 class Route:
     """A route as a request sees it: where it goes and how its path is rewritten."""
 
-    __slots__ = ("name", "index", "upstream", "strip_prefix", "rewrite", "timeout", "config")
+    __slots__ = ("name", "index", "upstream", "strip_prefix", "rewrite", "timeout", "config",
+                 "splits", "_match_split", "_split_upstreams", "_split")
 
-    def __init__(self, config: RouteConfig, upstream: Upstream) -> None:
+    def __init__(self, config: RouteConfig, upstreams: dict[str, Upstream]) -> None:
         self.name = config.name
         self.index = config.index
-        self.upstream = upstream
+        self.upstream = upstreams[config.upstream]
         self.strip_prefix = config.strip_prefix
         self.rewrite = _split_template(config.rewrite) if config.rewrite else None
         self.timeout = config.timeout or 0.0
         self.config = config
+        #: (lower-case header name, value, upstream) as bytes: the first that matches wins
+        self._match_split = tuple((header.encode("latin-1"), value.encode("latin-1"), upstreams[name])
+                                  for header, value, name in config.match_split)
+        # The split: the route's upstream takes what the canaries leave (smooth weighted
+        # round robin over percents, so 10 is exactly 1 request in 10).
+        shares = [(self.upstream, 100 - sum(w for _, w in config.split))]
+        shares += [(upstreams[name], weight) for name, weight in config.split]
+        shares = [(up, w) for up, w in shares if w > 0]
+        self._split_upstreams = [up for up, _ in shares]
+        self._split = SmoothWeighted([w for _, w in shares]) if config.split else None
+        #: the route sends some requests elsewhere than ``upstream``: ask ``pick_upstream``
+        self.splits = bool(config.split or config.match_split)
+
+    def pick_upstream(self, headers: list[tuple[bytes, bytes]]) -> Upstream:
+        """The upstream for a request with these headers: ``match_split``, then ``split``."""
+        for header, value, upstream in self._match_split:
+            for name, sent in headers:
+                if name.lower() == header:
+                    if sent == value:
+                        return upstream
+                    break  # the first such header decides
+        if self._split is not None:
+            return self._split_upstreams[self._split.pick()]
+        return self.upstream
 
     def upstream_path(self, path: str, params: dict[str, str]) -> str:
         """The path sent upstream: the normalised request path, with ``strip_prefix`` or
@@ -145,7 +171,7 @@ def compile_snapshot(config: Config, previous: Snapshot | None = None) -> Snapsh
     """Build the snapshot, or raise ``ConfigError`` listing every route pattern the router
     refuses (config.py has already checked everything else)."""
     upstreams = {up.name: build_upstream(up, previous) for up in config.upstreams}
-    routes = tuple(Route(rc, upstreams[rc.upstream]) for rc in config.routes)
+    routes = tuple(Route(rc, upstreams) for rc in config.routes)
     rules = [
         Rule(route, rc.paths, rc.methods, rc.hosts, rc.headers, rc.priority)
         for route, rc in zip(routes, config.routes)

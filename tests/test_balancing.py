@@ -110,3 +110,35 @@ def test_random_uses_every_target(three, gateway):
     with httpx.Client(base_url=gw.url) as c:
         counts = Counter(who(c) for _ in range(60))
     assert set(counts) == {"b0", "b1", "b2"}
+
+
+def split_config(main, canary, port: int, route_extra: str) -> str:
+    return (f'[server]\nlisten = ["127.0.0.1:{port}"]\n[log]\naccess = "off"\n\n'
+            f'[upstreams.main]\ntargets = ["{main.address}"]\n'
+            f'[upstreams.canary]\ntargets = ["{canary.address}"]\n'
+            f'[[routes]]\nname = "all"\npaths = ["/*"]\nupstream = "main"\nstrip_prefix = "/api"\n'
+            f'{route_extra}\n')
+
+
+def test_split_sends_its_percent_to_the_canary(make_backend, gateway):
+    main, canary = make_backend("main"), make_backend("canary")
+    port = free_port()
+    gw = gateway(split_config(main, canary, port, 'split = [{ upstream = "canary", weight = 25 }]'), port)
+    with httpx.Client(base_url=gw.url) as c:
+        assert Counter(who(c, "/api/echo") for _ in range(100)) == {"main": 75, "canary": 25}
+        r = c.get("/api/echo/x")
+    assert r.json()["path"] == "/echo/x"  # the route's rewriting holds on either upstream
+
+
+def test_match_split_by_header_wins_over_split(make_backend, gateway):
+    main, canary = make_backend("main"), make_backend("canary")
+    port = free_port()
+    extra = ('split = [{ upstream = "canary", weight = 50 }]\n'
+             'match_split = [{ header = "X-Canary", value = "no", upstream = "main" },'
+             ' { header = "X-Beta", value = "1", upstream = "canary" }]')
+    gw = gateway(split_config(main, canary, port, extra), port)
+    with httpx.Client(base_url=gw.url) as c:
+        assert {who(c, "/api/echo", headers={"x-canary": "no"}) for _ in range(10)} == {"main"}
+        assert {who(c, "/api/echo", headers={"x-beta": "1"}) for _ in range(10)} == {"canary"}
+        # a value that does not match leaves the request to the split
+        assert Counter(who(c, "/api/echo", headers={"x-beta": "2"}) for _ in range(10)) == {"main": 5, "canary": 5}

@@ -742,8 +742,6 @@ def test_bad_hash_on(balance, hash_on, error):
     [
         ("max_concurrent", "0"),
         ("websocket", '"proxy"'),
-        ("split", '[{ upstream = "users", weight = 10 }]'),
-        ("match_split", '[{ header = "x-canary", value = "1", upstream = "users" }]'),
         ("auth", '{ methods = ["key"] }'),
         ("acl", '{ allow_groups = ["admin"] }'),
         ("ip", '{ allow = ["10.0.0.0/8"] }'),
@@ -961,3 +959,37 @@ def test_route_patterns_are_judged_by_the_router_among_the_other_errors():
         'fastgw.toml: routes[1] "r2".hosts[0]: "a.*.com" is not a host name (use e.g. "api.example.com" '
         'or "*.example.com")',
     ]
+
+
+TWO_UPSTREAMS = '[upstreams.users]\ntargets = ["h:1"]\n[upstreams.v2]\ntargets = ["h:2"]\n[[routes]]\n' + BASE
+
+
+def test_split_and_match_split_are_read():
+    text = TWO_UPSTREAMS + ('split = [{ upstream = "v2", weight = 10 }]\n'
+                            'match_split = [{ header = "X-Canary", value = "1", upstream = "v2" }]\n')
+    r = parse_config(text, "fastgw.toml").routes[0]
+    assert r.split == (("v2", 10),)
+    assert r.match_split == (("x-canary", "1", "v2"),)
+
+
+def test_bad_splits_are_all_reported():
+    text = TWO_UPSTREAMS + (
+        'split = [{ upstream = "user", weight = 10 }, { upstream = "v2", weight = 101 }, { upstream = "v2" },'
+        ' { upstream = "v2", weight = 0 }]\n'
+        'match_split = [{ header = "a b", value = "1", upstream = "v2", extra = 1 }, { header = "x", upstream = "v2" }]\n')
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "fastgw.toml")
+    assert info.value.errors == [
+        'fastgw.toml: routes[0] "r".split[0]: upstream "user" is not defined (did you mean "users"?)',
+        'fastgw.toml: routes[0] "r".split[1].weight: is a percent of the traffic, at most 100, got 101',
+        'fastgw.toml: routes[0] "r".split[2]: missing required key "weight"',
+        'fastgw.toml: routes[0] "r".split[3].weight: must be at least 1, got 0',
+        'fastgw.toml: routes[0] "r".match_split[0]: unknown key "extra"',
+        'fastgw.toml: routes[0] "r".match_split[0].header: "a b" is not a valid header name',
+        'fastgw.toml: routes[0] "r".match_split[1]: missing required key "value"',
+    ]
+
+
+def test_split_weights_add_up_to_100_at_most():
+    text = TWO_UPSTREAMS + 'split = [{ upstream = "v2", weight = 60 }, { upstream = "users", weight = 50 }]\n'
+    assert only_error(text) == 'fastgw.toml: routes[0] "r".split: weights add up to 110%, more than 100%'
