@@ -120,6 +120,9 @@ class UpstreamConfig:
     balance: str = "round_robin"
     #: what consistent_hash hashes: "ip", "path", "header:<lower-case name>", "cookie:NAME", "query:NAME"
     hash_on: str = "ip"
+    #: further targets a request may try: after a failed connect, or a 502/503 to an
+    #: idempotent request without a body
+    retries: int = 1
     keepalive: int = 64
     connect_timeout: float = 2.0
     read_timeout: float = 30.0
@@ -602,8 +605,8 @@ _SERVER_KEYS = (
 )
 _SERVER_LATER = ("tls",)
 _LOG_KEYS = ("access", "format")
-_UPSTREAM_KEYS = ("targets", "balance", "hash_on", "keepalive", "connect_timeout", "read_timeout")
-_UPSTREAM_LATER = ("retries", "health_check", "circuit_breaker")
+_UPSTREAM_KEYS = ("targets", "balance", "hash_on", "retries", "keepalive", "connect_timeout", "read_timeout")
+_UPSTREAM_LATER = ("health_check", "circuit_breaker")
 _BALANCE = ("round_robin", "least_conn", "consistent_hash", "random")
 _HASH_ON = ("ip", "path")
 _HASH_ON_NAMED = ("header", "cookie", "query")
@@ -753,6 +756,7 @@ class _Builder:
             targets=targets,
             balance=balance,
             hash_on=hash_on,
+            retries=place.get_int("retries", d.retries, minimum=0),
             keepalive=place.get_int("keepalive", d.keepalive, minimum=0),
             connect_timeout=place.get_duration("connect_timeout", d.connect_timeout),
             read_timeout=place.get_duration("read_timeout", d.read_timeout),

@@ -55,6 +55,15 @@ class UpstreamError(FastGWError):
     status = 502
 
 
+class UpstreamRetryable(UpstreamError):
+    """The upstream answered 502 or 503 to a request that may go to another target: the
+    response is dropped unread and the proxy retries (``retries``)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"upstream answered {status}")
+        self.answered = status
+
+
 class UpstreamTimeout(FastGWError):
     """The upstream did not answer within its timeout (or the route deadline passed)."""
 

@@ -1,7 +1,7 @@
 # C-level declarations of fastgw/proxy.pyx, cimported by the protocols.
 
 from fastgw.exchange cimport Exchange
-from fastgw.upstream cimport ResponseListener, UpstreamConnection
+from fastgw.upstream cimport Pool, ResponseListener, UpstreamConnection
 
 
 cdef class RequestIds:
@@ -21,6 +21,9 @@ cdef class Proxy(ResponseListener):
     cpdef fail(self, Exchange ex, int status, str message, list extra=*)
     cpdef prepare(self, Exchange ex, client_request_id)
     cdef _route_and_send(self, Exchange ex, snap)
+    cdef _send(self, Exchange ex, Pool pool)
+    cdef bint _retry(self, Exchange ex, Pool failed)
+    cpdef bint retry_status(self, Exchange ex, int status)
     cdef object _loop(self)
     cpdef bytes upstream_head(self, Exchange ex, str path, str target_address)
     cpdef upstream_done(self, Exchange ex, UpstreamConnection conn, error)

@@ -26,7 +26,7 @@ import re
 
 import orjson
 
-from fastgw.errors import FastGWError, UpstreamError
+from fastgw.errors import FastGWError, UpstreamError, UpstreamRetryable
 from fastgw._core.router cimport RouteMatch
 from fastgw._core.wire cimport (
     H_CONNECTION, H_HOST, H_OTHER, H_TRACEPARENT, H_X_FORWARDED_FOR, H_X_FORWARDED_HOST,
@@ -66,6 +66,9 @@ def _seed_trace_ids():
 # Each process its own trace ids: seeded now and again in every forked worker.
 _seed_trace_ids()
 os.register_at_fork(after_in_child=_seed_trace_ids)
+
+# Methods a retry may send again after a 502/503 (RFC 9110 §9.2.2).
+IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
 
 _SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:@+=/-]{1,200}\Z")
 _TRACEPARENT = re.compile(rb"[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}\Z")
@@ -200,18 +203,53 @@ cdef class Proxy(ResponseListener):
         if route.timeout:
             ex.deadline = ex.started + route.timeout
         upstream = route.pick_upstream(ex.headers) if route.splits else route.upstream
-        pool = upstream.pick(ex)
+        ex.upstream = upstream
+        ex.upstream_path = route.upstream_path(ex.path, match.params)
+        self._send(ex, upstream.pick(ex))
+
+    cdef _send(self, Exchange ex, Pool pool):
+        """Send ``ex`` to ``pool``'s target: on an idle pooled connection, or a new one."""
         ex.upstream_addr = pool.address  # logged even when the connect fails, as nginx does
-        head = self.upstream_head(ex, route.upstream_path(ex.path, match.params), pool.address)
-        conn = pool.take_idle()
+        head = self.upstream_head(ex, ex.upstream_path, pool.address)
+        cdef UpstreamConnection conn = pool.take_idle()
         if conn is None:
             self._loop().create_task(self._connect_and_send(ex, pool, head))
         else:
             conn.start(ex, head, self)
 
+    cdef bint _retry(self, Exchange ex, Pool failed):
+        """Send ``ex`` to another target after ``failed`` failed it, if ``retries`` allows
+        and one is left; False otherwise (the failure is the answer)."""
+        if ex.failure is not None or ex.response_started or ex.upstream is None:
+            return False
+        cdef Upstream upstream = ex.upstream
+        tried = ex.tried
+        if tried is None:
+            tried = ex.tried = []
+        tried.append(failed)
+        if len(tried) > upstream.retries:
+            return False
+        pool = upstream.pick(ex, tried)
+        if pool is None:
+            return False
+        self._send(ex, pool)
+        return True
+
+    cpdef bint retry_status(self, Exchange ex, int status):
+        """A 502/503 is worth another target for an idempotent request without a body
+        (one with a body was streamed upstream and not kept), when one is left."""
+        if ex.body_kind != BODY_NONE or ex.method not in IDEMPOTENT or ex.upstream is None:
+            return False
+        cdef Upstream upstream = ex.upstream
+        tried = ex.tried
+        n = 1 if tried is None else len(tried) + 1
+        return n <= upstream.retries and len(upstream.pools) > n
+
     cpdef upstream_done(self, Exchange ex, UpstreamConnection conn, error):
         if error is None:
             self.access_log.write(ex)
+        elif isinstance(error, UpstreamRetryable) and self._retry(ex, conn.pool):
+            pass
         elif (isinstance(error, UpstreamError) and conn.reused and not conn.got_response_bytes
               and ex.body_kind == BODY_NONE and not ex.response_started and ex.failure is None):
             # A pooled connection the upstream closed while idle fails before any byte
@@ -231,7 +269,9 @@ cdef class Proxy(ResponseListener):
         try:
             conn = await pool.connect()
         except FastGWError as exc:
-            self._end(ex, exc)
+            # Nothing of the request went anywhere: any method may try another target.
+            if not self._retry(ex, pool):
+                self._end(ex, exc)
             return
         if ex.failure is not None:  # the client gave up (or broke a limit) while we connected
             pool.release(conn)

@@ -153,7 +153,7 @@ class Snapshot:
 
 def _upstream_signature(up: UpstreamConfig) -> tuple:
     return (tuple((t.host, t.port, t.weight) for t in up.targets), up.balance, up.hash_on,
-            up.keepalive, up.connect_timeout, up.read_timeout)
+            up.retries, up.keepalive, up.connect_timeout, up.read_timeout)
 
 
 def build_upstream(up: UpstreamConfig, previous: Snapshot | None = None) -> Upstream:
@@ -164,7 +164,7 @@ def build_upstream(up: UpstreamConfig, previous: Snapshot | None = None) -> Upst
             return old
     pools = [Pool(t.host, t.port, t.weight, up.keepalive, up.connect_timeout, up.read_timeout)
              for t in up.targets]
-    return Upstream(up.name, pools, signature, up.balance, up.hash_on)
+    return Upstream(up.name, pools, signature, up.balance, up.hash_on, up.retries)
 
 
 def compile_snapshot(config: Config, previous: Snapshot | None = None) -> Snapshot:

@@ -5,6 +5,7 @@ from fastgw.exchange cimport Exchange, UpstreamSide
 
 cdef class ResponseListener:
     cpdef upstream_done(self, Exchange ex, UpstreamConnection conn, error)
+    cpdef bint retry_status(self, Exchange ex, int status)
 
 
 cdef class UpstreamConnection(UpstreamSide):
@@ -30,6 +31,7 @@ cdef class UpstreamConnection(UpstreamSide):
     cpdef fail(self, error)
     cdef _reset_response(self)
     cdef _finish(self)
+    cdef bint _retrying(self, Exchange ex, int status)
     cdef _relay(self, Exchange ex, bytes data, Py_ssize_t start)
     cdef _complete(self, bint keep_alive)
     cpdef close(self)
@@ -55,11 +57,12 @@ cdef class Upstream:
     cdef public str name
     cdef public list pools
     cdef public str balance
+    cdef public int retries
     cdef object round_robin, least_conn, two_choices, ring
     cdef str hash_kind
     cdef bytes hash_name
     cdef public object signature
 
-    cpdef Pool pick(self, Exchange ex)
+    cpdef Pool pick(self, Exchange ex, list tried=*)
     cdef list _in_flight(self)
     cdef object _hash_key(self, Exchange ex)

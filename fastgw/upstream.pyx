@@ -40,7 +40,7 @@ from fastgw._core.wire cimport (
     H_CONNECTION, H_CONTENT_LENGTH, H_KEEP_ALIVE, H_PROXY_AUTHENTICATE, H_PROXY_AUTHORIZATION,
     H_PROXY_CONNECTION, H_TE, H_TRAILER, H_TRANSFER_ENCODING, H_UPGRADE, H_X_REQUEST_ID,
     HeadWriter, ResponseHead, header_id, scan_response_head)
-from fastgw.errors import FastGWError, UpstreamError, UpstreamTimeout
+from fastgw.errors import FastGWError, UpstreamError, UpstreamRetryable, UpstreamTimeout
 from fastgw.exchange cimport BODY_CHUNKED, BODY_NONE, Downstream, Exchange, UpstreamSide, monotonic
 
 # Response headers never relayed to the client: hop-by-hop ones (RFC 9110 §7.6.1), the
@@ -100,6 +100,10 @@ cdef class ResponseListener:
         """The response went whole to the client (``error`` None), or it failed."""
         raise NotImplementedError
 
+    cpdef bint retry_status(self, Exchange ex, int status):
+        """Whether a response with ``status`` is dropped for a try on another target."""
+        return False
+
 
 cdef class UpstreamConnection(UpstreamSide):
     """One pooled HTTP/1.1 connection to a target (an asyncio protocol); one request at
@@ -158,6 +162,8 @@ cdef class UpstreamConnection(UpstreamSide):
             # PERF: the plainest responses (one Content-Length, nothing unusual) are read
             # by a C shortcut that llhttp agrees with, and their fields relayed as lines:
             # no callback per field. Anything else is llhttp's, below.
+            if self._retrying(ex, head.status):
+                return
             self.head_received = True
             self.length = head.content_length
             self.keep_alive = head.keep_alive
@@ -174,6 +180,15 @@ cdef class UpstreamConnection(UpstreamSide):
                 return
         if self.ex is not None and self.head_received:
             ex.downstream.flush()
+
+    cdef bint _retrying(self, Exchange ex, int status):
+        """A 502 or 503 the proxy would rather try elsewhere: dropped unread, with the
+        connection (its body is not read), and reported as ``UpstreamRetryable``."""
+        if (status == 502 or status == 503) and self.on_done is not None \
+                and self.on_done.retry_status(ex, status):
+            self.fail(UpstreamRetryable(status))
+            return True
+        return False
 
     cdef _relay(self, Exchange ex, bytes data, Py_ssize_t start):
         """Relay the body bytes of ``data`` from ``start``, of a response whose head the
@@ -332,6 +347,8 @@ cdef class UpstreamConnection(UpstreamSide):
             self.headers = []
             self.length = -1
             self.body_chunked = False
+            return
+        if self._retrying(ex, status):
             return
         self.head_received = True
         headers = self.headers
@@ -493,8 +510,10 @@ cdef class Upstream:
       round robin.
     """
 
-    def __init__(self, str name, list pools, signature, str balance="round_robin", str hash_on="ip"):
+    def __init__(self, str name, list pools, signature, str balance="round_robin", str hash_on="ip",
+                 int retries=1):
         self.name = name
+        self.retries = retries
         self.pools = pools
         weights = [(<Pool>p).weight for p in pools]
         self.balance = balance
@@ -510,20 +529,26 @@ cdef class Upstream:
         #: pools) when the signature is unchanged
         self.signature = signature
 
-    cpdef Pool pick(self, Exchange ex):
+    cpdef Pool pick(self, Exchange ex, list tried=None):
+        """The target for ``ex``, never one in ``tried``; None when every one was tried."""
         cdef list pools = self.pools
-        if len(pools) == 1:
+        if len(pools) == 1 and not tried:
             return pools[0]
+        up = None
+        if tried:
+            up = bytes([p not in tried for p in pools])
+            if not any(up):
+                return None
         cdef Py_ssize_t i
         if self.ring is not None:
             key = self._hash_key(ex)
             if key is not None:
-                return pools[(<HashRing>self.ring).pick(key)]
+                return pools[(<HashRing>self.ring).pick(key, up)]
         elif self.least_conn is not None:
-            return pools[(<LeastConnections>self.least_conn).pick(self._in_flight())]
+            return pools[(<LeastConnections>self.least_conn).pick(self._in_flight(), up)]
         elif self.two_choices is not None:
-            return pools[(<TwoChoices>self.two_choices).pick(self._in_flight())]
-        return pools[(<SmoothWeighted>self.round_robin).pick()]
+            return pools[(<TwoChoices>self.two_choices).pick(self._in_flight(), up)]
+        return pools[(<SmoothWeighted>self.round_robin).pick(up)]
 
     cdef list _in_flight(self):
         return [(<Pool>p).in_flight for p in self.pools]

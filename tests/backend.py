@@ -12,6 +12,7 @@ Endpoints (any method):
   /reset              closes the connection without answering
   /garbage            answers bytes that are not HTTP
   /truncate?bytes=N   promises Content-Length N*2, sends N bytes, closes
+  /flaky              answers ``flaky_status`` (an attribute, 200 unless a test sets it)
   /extra              answers "ok" with Content-Length 2, then more bytes; closes 1 s later
   /count              how many requests this backend saw, and connections opened
 Every response carries ``x-backend: <name>``.
@@ -42,6 +43,8 @@ class Backend:
         self.connections = 0
         #: connections open now (accepted and not yet closed by either side)
         self.open = 0
+        #: what /flaky answers
+        self.flaky_status = 200
         self.seen: list[dict] = []
         self.lock = threading.Lock()
         self.closed = False
@@ -188,6 +191,8 @@ class Backend:
             size = int(q.get("bytes", "1000"))
             send(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % (size * 2) + b"t" * size)
             return False
+        if path == "/flaky":
+            return reply(self.flaky_status, b'{"backend": "%s"}' % self.name.encode())
         if path == "/extra":
             send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nforged")
             time.sleep(1)

@@ -142,3 +142,52 @@ def test_match_split_by_header_wins_over_split(make_backend, gateway):
         assert {who(c, "/api/echo", headers={"x-beta": "1"}) for _ in range(10)} == {"canary"}
         # a value that does not match leaves the request to the split
         assert Counter(who(c, "/api/echo", headers={"x-beta": "2"}) for _ in range(10)) == {"main": 5, "canary": 5}
+
+
+def test_a_failed_connect_is_retried_on_another_target(make_backend, gateway):
+    live = make_backend("live")
+    dead = free_port()  # nothing listens there
+    port = free_port()
+    toml = upstream_config([live], port, "").replace(
+        f'targets = ["{live.address}"]', f'targets = ["127.0.0.1:{dead}", "{live.address}"]')
+    gw = gateway(toml, port)
+    with httpx.Client(base_url=gw.url) as c:
+        assert {who(c) for _ in range(6)} == {"live"}  # round robin sends half to the dead one
+        r = c.post("/echo", content=b"x" * 1000)  # any method: nothing of it went anywhere
+        assert r.status_code == 200 and r.headers["x-backend"] == "live"
+
+
+def test_retries_zero_answers_the_failure(make_backend, gateway):
+    live = make_backend("live")
+    dead = free_port()
+    port = free_port()
+    toml = upstream_config([live], port, "retries = 0\n").replace(
+        f'targets = ["{live.address}"]', f'targets = ["127.0.0.1:{dead}", "{live.address}"]')
+    gw = gateway(toml, port)
+    with httpx.Client(base_url=gw.url) as c:
+        assert Counter(c.get("/echo").status_code for _ in range(6)) == {502: 3, 200: 3}
+
+
+def test_502_and_503_are_retried_for_idempotent_requests_without_a_body(make_backend, gateway):
+    sick, well = make_backend("sick"), make_backend("well")
+    sick.flaky_status = 503
+    port = free_port()
+    gw = gateway(upstream_config([sick, well], port, "retries = 1\n"), port)
+    with httpx.Client(base_url=gw.url) as c:
+        assert {c.get("/flaky").status_code for _ in range(6)} == {200}
+        assert {c.delete("/flaky").status_code for _ in range(4)} == {200}
+        # POST is not idempotent, and a body is not kept: the 503 is the answer
+        posts = Counter(c.post("/flaky", content=b"{}").status_code for _ in range(6))
+        assert posts == {503: 3, 200: 3}
+    assert sick.requests >= 5  # the sick one was asked, and its answers dropped
+
+
+def test_when_every_target_fails_the_last_answer_stands(make_backend, gateway):
+    a, b = make_backend("a"), make_backend("b")
+    a.flaky_status = b.flaky_status = 502
+    port = free_port()
+    gw = gateway(upstream_config([a, b], port, "retries = 3\n"), port)
+    with httpx.Client(base_url=gw.url) as c:
+        r = c.get("/flaky")
+    assert r.status_code == 502 and r.json()["backend"] in ("a", "b")  # the upstream's own answer
+    assert a.requests + b.requests == 2  # each target once, not four tries

@@ -701,7 +701,7 @@ def test_server_tls_not_supported_yet():
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("retries", "1"), ("health_check", "{}"), ("circuit_breaker", "{ failures = 5 }")],
+    [("health_check", "{}"), ("circuit_breaker", "{ failures = 5 }")],
 )
 def test_upstream_keys_not_supported_yet(key, value):
     text = f'[upstreams.users]\ntargets = ["h:1"]\n{key} = {value}\n'
@@ -786,7 +786,7 @@ def test_every_error_is_reported_at_once():
 
     [upstreams.users]
     targets = ["127.0.0.1:9001", "127.0.0.1:99999"]
-    retries = 1
+    circuit_breaker = { failures = 5 }
 
     [upstreams.orders]
     targets = ["127.0.0.1:9003"]
@@ -818,7 +818,7 @@ def test_every_error_is_reported_at_once():
         'fastgw.toml: server.max_connections: expected an integer, got string "many"',
         'fastgw.toml: server.header_timeout: "10 seconds" is not a duration (use e.g. "250ms", "5s", "2m", "1h")',
         'fastgw.toml: log.format: expected "json", got string "text"',
-        'fastgw.toml: upstreams.users: "retries" is not supported yet',
+        'fastgw.toml: upstreams.users: "circuit_breaker" is not supported yet',
         'fastgw.toml: upstreams.users.targets[1]: "127.0.0.1:99999" is not host:port (port > 65535)',
         'fastgw.toml: routes[0] "users": "strip_prefix" and "rewrite" cannot be used together',
         'fastgw.toml: routes[0] "users".methods[1]: "GETT" is not an HTTP method (did you mean "GET"?)',
