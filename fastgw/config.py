@@ -123,6 +123,8 @@ class UpstreamConfig:
     #: further targets a request may try: after a failed connect, or a 502/503 to an
     #: idempotent request without a body
     retries: int = 1
+    #: (consecutive failures that open a target's circuit, seconds before a trial), or None
+    circuit_breaker: tuple[int, float] | None = None
     keepalive: int = 64
     connect_timeout: float = 2.0
     read_timeout: float = 30.0
@@ -605,8 +607,9 @@ _SERVER_KEYS = (
 )
 _SERVER_LATER = ("tls",)
 _LOG_KEYS = ("access", "format")
-_UPSTREAM_KEYS = ("targets", "balance", "hash_on", "retries", "keepalive", "connect_timeout", "read_timeout")
-_UPSTREAM_LATER = ("health_check", "circuit_breaker")
+_UPSTREAM_KEYS = ("targets", "balance", "hash_on", "retries", "keepalive", "connect_timeout", "read_timeout",
+                  "circuit_breaker")
+_UPSTREAM_LATER = ("health_check",)
 _BALANCE = ("round_robin", "least_conn", "consistent_hash", "random")
 _HASH_ON = ("ip", "path")
 _HASH_ON_NAMED = ("header", "cookie", "query")
@@ -757,6 +760,7 @@ class _Builder:
             balance=balance,
             hash_on=hash_on,
             retries=place.get_int("retries", d.retries, minimum=0),
+            circuit_breaker=self._circuit_breaker(place),
             keepalive=place.get_int("keepalive", d.keepalive, minimum=0),
             connect_timeout=place.get_duration("connect_timeout", d.connect_timeout),
             read_timeout=place.get_duration("read_timeout", d.read_timeout),
@@ -804,6 +808,16 @@ class _Builder:
             split=self._split(place, upstream_names),
             match_split=self._match_split(place, upstream_names),
         )
+
+    @staticmethod
+    def _circuit_breaker(place: Place) -> tuple[int, float] | None:
+        table = place.get_table("circuit_breaker")
+        if table is None:
+            return None
+        table.check_unknown(("failures", "cooldown"))
+        failures = table.get_int("failures", 5, minimum=1)
+        cooldown = table.get_duration("cooldown", 30.0)
+        return (failures, cooldown)
 
     @staticmethod
     def _split_upstream(item: Place, upstream_names: tuple[str, ...] | None) -> str | None:

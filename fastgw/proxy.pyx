@@ -32,7 +32,7 @@ from fastgw._core.wire cimport (
     H_CONNECTION, H_HOST, H_OTHER, H_TRACEPARENT, H_X_FORWARDED_FOR, H_X_FORWARDED_HOST,
     H_X_FORWARDED_PROTO, H_FORWARDED, H_X_REAL_IP, HeadWriter, header_id, new_traceparent)
 from fastgw._core.wire import seed_trace_ids
-from fastgw.exchange cimport BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Downstream, Exchange
+from fastgw.exchange cimport BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Downstream, Exchange, monotonic
 from fastgw.upstream cimport Pool, ResponseListener, Upstream, UpstreamConnection
 from cpython.unicode cimport PyUnicode_FromFormat
 
@@ -205,7 +205,14 @@ cdef class Proxy(ResponseListener):
         upstream = route.pick_upstream(ex.headers) if route.splits else route.upstream
         ex.upstream = upstream
         ex.upstream_path = route.upstream_path(ex.path, match.params)
-        self._send(ex, upstream.pick(ex))
+        pool = upstream.pick(ex)
+        if pool is None:  # every target's circuit is open
+            retry_after = str(upstream.retry_after(monotonic())).encode()
+            self.fail(ex, 503, f"no target of upstream {upstream.name!r} can take requests now",
+                      [(b"retry-after", retry_after)])
+            self.access_log.write(ex)
+            return
+        self._send(ex, pool)
 
     cdef _send(self, Exchange ex, Pool pool):
         """Send ``ex`` to ``pool``'s target: on an idle pooled connection, or a new one."""
@@ -246,18 +253,24 @@ cdef class Proxy(ResponseListener):
         return n <= upstream.retries and len(upstream.pools) > n
 
     cpdef upstream_done(self, Exchange ex, UpstreamConnection conn, error):
+        cdef Pool pool = conn.pool
         if error is None:
+            pool.record(ex.status < 500)
             self.access_log.write(ex)
-        elif isinstance(error, UpstreamRetryable) and self._retry(ex, conn.pool):
-            pass
         elif (isinstance(error, UpstreamError) and conn.reused and not conn.got_response_bytes
               and ex.body_kind == BODY_NONE and not ex.response_started and ex.failure is None):
             # A pooled connection the upstream closed while idle fails before any byte
             # comes back. That request never reached the application: send it again on a
             # new connection, once (a new connection is never "reused"), as nginx does.
-            self._loop().create_task(self._connect_and_send(ex, conn.pool, conn.head))
-        else:
+            # (Not the target's failure: its circuit hears nothing of it.)
+            self._loop().create_task(self._connect_and_send(ex, pool, conn.head))
+        elif ex.failure is not None:  # the client left or broke a limit: no verdict
+            pool.undecided()
             self._end(ex, error)
+        else:
+            pool.record(False)
+            if not (isinstance(error, UpstreamRetryable) and self._retry(ex, pool)):
+                self._end(ex, error)
 
     cdef object _loop(self):
         # PERF: asyncio.get_running_loop() makes a getpid() system call each time.
@@ -270,6 +283,7 @@ cdef class Proxy(ResponseListener):
             conn = await pool.connect()
         except FastGWError as exc:
             # Nothing of the request went anywhere: any method may try another target.
+            pool.record(False)
             if not self._retry(ex, pool):
                 self._end(ex, exc)
             return

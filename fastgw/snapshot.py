@@ -153,7 +153,7 @@ class Snapshot:
 
 def _upstream_signature(up: UpstreamConfig) -> tuple:
     return (tuple((t.host, t.port, t.weight) for t in up.targets), up.balance, up.hash_on,
-            up.retries, up.keepalive, up.connect_timeout, up.read_timeout)
+            up.retries, up.circuit_breaker, up.keepalive, up.connect_timeout, up.read_timeout)
 
 
 def build_upstream(up: UpstreamConfig, previous: Snapshot | None = None) -> Upstream:
@@ -164,6 +164,9 @@ def build_upstream(up: UpstreamConfig, previous: Snapshot | None = None) -> Upst
             return old
     pools = [Pool(t.host, t.port, t.weight, up.keepalive, up.connect_timeout, up.read_timeout)
              for t in up.targets]
+    if up.circuit_breaker is not None:
+        for pool in pools:
+            pool.breaker_failures, pool.breaker_cooldown = up.circuit_breaker
     return Upstream(up.name, pools, signature, up.balance, up.hash_on, up.retries)
 
 

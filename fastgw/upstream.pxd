@@ -46,7 +46,15 @@ cdef class Pool:
     cdef public bint retired
     cdef public Py_ssize_t in_flight  # requests under way on its connections
     cdef public Py_ssize_t low_water  # fewest idle since the last trim
+    # the circuit breaker (off while breaker_failures is 0): consecutive failures, the
+    # state (CIRCUIT_CLOSED, CIRCUIT_OPEN, CIRCUIT_TRIAL), when an open one may try again
+    cdef public int breaker_failures, failures, circuit
+    cdef public double breaker_cooldown, open_until
 
+    cpdef bint available(self, double now)
+    cdef _taken(self)
+    cpdef record(self, bint ok)
+    cpdef undecided(self)
     cpdef UpstreamConnection take_idle(self)
     cpdef release(self, UpstreamConnection conn)
     cpdef forget(self, UpstreamConnection conn)
@@ -59,10 +67,12 @@ cdef class Upstream:
     cdef public str balance
     cdef public int retries
     cdef object round_robin, least_conn, two_choices, ring
+    cdef public bint breakers  # some target has a circuit breaker
     cdef str hash_kind
     cdef bytes hash_name
     cdef public object signature
 
     cpdef Pool pick(self, Exchange ex, list tried=*)
+    cpdef int retry_after(self, double now)
     cdef list _in_flight(self)
     cdef object _hash_key(self, Exchange ex)

@@ -30,6 +30,7 @@ May import: the standard library, httptools, fastgw.errors, fastgw.exchange.
 """
 
 import asyncio
+import logging
 import os
 import socket
 
@@ -54,6 +55,13 @@ cdef unsigned int RESPONSE_DROP_MASK = (
 # The response fields the shortcut relays, for every connection of this process (a
 # head is read and handed on without yielding).
 cdef HeadWriter _fields = HeadWriter()
+
+log = logging.getLogger("fastgw")
+
+cdef enum:
+    CIRCUIT_CLOSED = 0
+    CIRCUIT_OPEN = 1
+    CIRCUIT_TRIAL = 2  # one request decides: closed again, or open for another cooldown
 
 #: every upstream connection with a request in flight, for the deadline sweeper
 cdef set active_connections = set()
@@ -412,7 +420,52 @@ cdef class Pool:
         self.loop = None
         self.retired = False
         self.in_flight = 0
+        self.breaker_failures = 0
+        self.breaker_cooldown = 0.0
+        self.failures = 0
+        self.circuit = CIRCUIT_CLOSED
+        self.open_until = 0.0
         self.low_water = 0
+
+    # -- the circuit breaker ------------------------------------------------------------
+
+    cpdef bint available(self, double now):
+        """Whether the circuit lets a request through now: closed, or open with its
+        cooldown over (that request is the trial)."""
+        if self.circuit == CIRCUIT_CLOSED:
+            return True
+        return self.circuit == CIRCUIT_OPEN and now >= self.open_until
+
+    cdef _taken(self):
+        if self.circuit == CIRCUIT_OPEN:
+            self.circuit = CIRCUIT_TRIAL
+            log.info("upstream target %s: cooldown over, one trial request", self.address)
+
+    cpdef record(self, bint ok):
+        """The outcome of a request this target served: an answer below 500 (``ok``), or a
+        5xx, a failed connect, a reset or a timeout."""
+        if self.breaker_failures == 0:
+            return
+        if ok:
+            self.failures = 0
+            if self.circuit != CIRCUIT_CLOSED:
+                self.circuit = CIRCUIT_CLOSED
+                log.info("upstream target %s: circuit closed", self.address)
+            return
+        self.failures += 1
+        if self.circuit == CIRCUIT_TRIAL or (
+                self.circuit == CIRCUIT_CLOSED and self.failures >= self.breaker_failures):
+            self.circuit = CIRCUIT_OPEN
+            self.open_until = monotonic() + self.breaker_cooldown
+            log.warning("upstream target %s: circuit open after %d consecutive failures, for %gs",
+                        self.address, self.failures, self.breaker_cooldown)
+
+    cpdef undecided(self):
+        """A request ended with no verdict on the target (the client left): a trial it was
+        is owed again."""
+        if self.circuit == CIRCUIT_TRIAL:
+            self.circuit = CIRCUIT_OPEN
+            self.open_until = monotonic()
 
     cpdef UpstreamConnection take_idle(self):
         cdef UpstreamConnection conn
@@ -528,27 +581,41 @@ cdef class Upstream:
         #: the config this was built from: a reload keeps the Upstream (and its warm
         #: pools) when the signature is unchanged
         self.signature = signature
+        self.breakers = any([(<Pool>p).breaker_failures > 0 for p in pools])
 
     cpdef Pool pick(self, Exchange ex, list tried=None):
-        """The target for ``ex``, never one in ``tried``; None when every one was tried."""
+        """The target for ``ex``, never one in ``tried`` nor one whose circuit is open;
+        None when no target is left."""
         cdef list pools = self.pools
-        if len(pools) == 1 and not tried:
+        if len(pools) == 1 and not tried and not self.breakers:
             return pools[0]
         up = None
-        if tried:
-            up = bytes([p not in tried for p in pools])
+        cdef double now
+        cdef Pool pool
+        if tried or self.breakers:
+            now = monotonic()
+            up = bytes([(not tried or p not in tried) and (<Pool>p).available(now) for p in pools])
             if not any(up):
                 return None
-        cdef Py_ssize_t i
+        cdef Py_ssize_t index = -1
         if self.ring is not None:
             key = self._hash_key(ex)
             if key is not None:
-                return pools[(<HashRing>self.ring).pick(key, up)]
+                index = (<HashRing>self.ring).pick(key, up)
         elif self.least_conn is not None:
-            return pools[(<LeastConnections>self.least_conn).pick(self._in_flight(), up)]
+            index = (<LeastConnections>self.least_conn).pick(self._in_flight(), up)
         elif self.two_choices is not None:
-            return pools[(<TwoChoices>self.two_choices).pick(self._in_flight(), up)]
-        return pools[(<SmoothWeighted>self.round_robin).pick(up)]
+            index = (<TwoChoices>self.two_choices).pick(self._in_flight(), up)
+        if index < 0:
+            index = (<SmoothWeighted>self.round_robin).pick(up)
+        pool = pools[index]
+        pool._taken()
+        return pool
+
+    cpdef int retry_after(self, double now):
+        """Seconds until a target's cooldown is over (for Retry-After), at least 1."""
+        soonest = min([(<Pool>p).open_until for p in self.pools])
+        return max(1, <int>(soonest - now + 0.999))
 
     cdef list _in_flight(self):
         return [(<Pool>p).in_flight for p in self.pools]

@@ -191,3 +191,41 @@ def test_when_every_target_fails_the_last_answer_stands(make_backend, gateway):
         r = c.get("/flaky")
     assert r.status_code == 502 and r.json()["backend"] in ("a", "b")  # the upstream's own answer
     assert a.requests + b.requests == 2  # each target once, not four tries
+
+
+def breaker(failures: int = 2, cooldown: str = "1s") -> str:
+    return f"retries = 0\n[upstreams.app.circuit_breaker]\nfailures = {failures}\ncooldown = \"{cooldown}\"\n"
+
+
+def test_circuit_opens_after_consecutive_failures_and_a_trial_closes_it(make_backend, gateway):
+    sick, well = make_backend("sick"), make_backend("well")
+    sick.flaky_status = 500
+    port = free_port()
+    gw = gateway(upstream_config([sick, well], port, breaker()), port)
+    with httpx.Client(base_url=gw.url) as c:
+        first = [c.get("/flaky").status_code for _ in range(4)]
+        assert first == [500, 200, 500, 200]  # round robin, until sick has failed twice
+        asked = sick.requests
+        assert {c.get("/flaky").status_code for _ in range(10)} == {200}  # open: all to well
+        assert sick.requests == asked
+        time.sleep(1.1)  # the cooldown: one trial goes to sick, fails, and opens it again
+        trial = [c.get("/flaky").status_code for _ in range(6)]
+        assert trial.count(500) == 1 and sick.requests == asked + 1
+        sick.flaky_status = 200
+        time.sleep(1.1)  # the next trial succeeds: closed, round robin again
+        backends = [who(c, "/flaky") for _ in range(6)]
+        assert backends.count("sick") == 3
+
+
+def test_every_circuit_open_is_503_with_retry_after(make_backend, gateway):
+    a, b = make_backend("a"), make_backend("b")
+    a.flaky_status = b.flaky_status = 503
+    port = free_port()
+    gw = gateway(upstream_config([a, b], port, breaker(failures=1, cooldown="30s")), port)
+    with httpx.Client(base_url=gw.url) as c:
+        assert [c.get("/flaky").status_code for _ in range(2)] == [503, 503]  # the targets' own
+        r = c.get("/flaky")
+    assert r.status_code == 503
+    assert r.headers["content-type"] == "application/json"
+    assert 28 <= int(r.headers["retry-after"]) <= 30
+    assert "can take requests" in r.json()["error"] and a.requests + b.requests == 2

@@ -701,7 +701,7 @@ def test_server_tls_not_supported_yet():
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("health_check", "{}"), ("circuit_breaker", "{ failures = 5 }")],
+    [("health_check", "{}")],
 )
 def test_upstream_keys_not_supported_yet(key, value):
     text = f'[upstreams.users]\ntargets = ["h:1"]\n{key} = {value}\n'
@@ -786,7 +786,7 @@ def test_every_error_is_reported_at_once():
 
     [upstreams.users]
     targets = ["127.0.0.1:9001", "127.0.0.1:99999"]
-    circuit_breaker = { failures = 5 }
+    health_check = { path = "/healthz" }
 
     [upstreams.orders]
     targets = ["127.0.0.1:9003"]
@@ -818,7 +818,7 @@ def test_every_error_is_reported_at_once():
         'fastgw.toml: server.max_connections: expected an integer, got string "many"',
         'fastgw.toml: server.header_timeout: "10 seconds" is not a duration (use e.g. "250ms", "5s", "2m", "1h")',
         'fastgw.toml: log.format: expected "json", got string "text"',
-        'fastgw.toml: upstreams.users: "circuit_breaker" is not supported yet',
+        'fastgw.toml: upstreams.users: "health_check" is not supported yet',
         'fastgw.toml: upstreams.users.targets[1]: "127.0.0.1:99999" is not host:port (port > 65535)',
         'fastgw.toml: routes[0] "users": "strip_prefix" and "rewrite" cannot be used together',
         'fastgw.toml: routes[0] "users".methods[1]: "GETT" is not an HTTP method (did you mean "GET"?)',
@@ -993,3 +993,22 @@ def test_bad_splits_are_all_reported():
 def test_split_weights_add_up_to_100_at_most():
     text = TWO_UPSTREAMS + 'split = [{ upstream = "v2", weight = 60 }, { upstream = "users", weight = 50 }]\n'
     assert only_error(text) == 'fastgw.toml: routes[0] "r".split: weights add up to 110%, more than 100%'
+
+
+def test_circuit_breaker_is_read_with_defaults():
+    text = '[upstreams.users]\ntargets = ["h:1"]\n[upstreams.users.circuit_breaker]\nfailures = 3\n'
+    assert parse_config(text, "fastgw.toml").upstreams[0].circuit_breaker == (3, 30.0)
+    plain = '[upstreams.users]\ntargets = ["h:1"]\n'
+    assert parse_config(plain, "fastgw.toml").upstreams[0].circuit_breaker is None
+
+
+def test_bad_circuit_breaker_is_reported():
+    text = ('[upstreams.users]\ntargets = ["h:1"]\n[upstreams.users.circuit_breaker]\n'
+            'failures = 0\ncooldown = "0s"\nfailure = 3\n')
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "fastgw.toml")
+    assert info.value.errors == [
+        'fastgw.toml: upstreams.users.circuit_breaker: unknown key "failure" (did you mean "failures"?)',
+        "fastgw.toml: upstreams.users.circuit_breaker.failures: must be at least 1, got 0",
+        'fastgw.toml: upstreams.users.circuit_breaker.cooldown: a duration must be greater than 0, got "0s"',
+    ]
