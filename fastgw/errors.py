@@ -61,7 +61,8 @@ class UpstreamRetryable(UpstreamError):
 
     def __init__(self, status: int) -> None:
         super().__init__(f"upstream answered {status}")
-        self.answered = status
+        #: when no other target is left after all, the client gets that status
+        self.status = status
 
 
 class UpstreamTimeout(FastGWError):

@@ -289,6 +289,7 @@ cdef class Proxy(ResponseListener):
             return
         if ex.failure is not None:  # the client gave up (or broke a limit) while we connected
             pool.release(conn)
+            pool.undecided()
             self._end(ex, None)
             return
         conn.start(ex, head, self)

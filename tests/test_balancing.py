@@ -229,3 +229,18 @@ def test_every_circuit_open_is_503_with_retry_after(make_backend, gateway):
     assert r.headers["content-type"] == "application/json"
     assert 28 <= int(r.headers["retry-after"]) <= 30
     assert "can take requests" in r.json()["error"] and a.requests + b.requests == 2
+
+
+def test_a_dropped_503_with_no_target_left_is_still_a_503(make_backend, gateway):
+    """A 503 dropped for a retry, when the other target's circuit is open after all: the
+    client gets 503, not a 502 of ours."""
+    a, b = make_backend("a"), make_backend("b")
+    b.flaky_status = 500
+    port = free_port()
+    extra = "retries = 1\n[upstreams.app.circuit_breaker]\nfailures = 1\ncooldown = \"30s\"\n"
+    gw = gateway(upstream_config([a, b], port, extra), port)
+    with httpx.Client(base_url=gw.url) as c:
+        assert [c.get("/flaky").status_code for _ in range(2)] == [200, 500]  # b's circuit opens
+        a.flaky_status = 503
+        r = c.get("/flaky")  # a answers 503: dropped for a retry, but no target is left
+    assert r.status_code == 503 and r.json()["error"] == "upstream answered 503"
