@@ -447,8 +447,8 @@ class Place:
     def get_str(self, name: str, default: Any = _REQUIRED) -> Any:
         return self.get(name, _string, default)
 
-    def get_choice(self, name: str, default: str, accepted: Iterable[str], later: Iterable[str] = ()) -> str:
-        return self.get(name, _choice(tuple(accepted), tuple(later)), default)
+    def get_choice(self, name: str, default: str, accepted: Iterable[str]) -> str:
+        return self.get(name, _choice(tuple(accepted)), default)
 
     def get_duration(self, name: str, default: Any = _REQUIRED) -> Any:
         return self.get(name, parse_duration, default)
@@ -568,17 +568,14 @@ def _at_least(convert: Convert, minimum: int) -> Convert:
     return checked
 
 
-def _choice(accepted: tuple[str, ...], later: tuple[str, ...] = ()) -> Convert:
-    """One of ``accepted``; one of ``later`` is "not supported yet"."""
-    every = accepted + later
+def _choice(accepted: tuple[str, ...]) -> Convert:
+    """One of ``accepted``."""
 
     def convert(value: Any) -> str:
         if isinstance(value, str) and value in accepted:
             return value
-        if isinstance(value, str) and value in later:
-            raise ValueError(f"{_q(value)} is not supported yet (accepted now: {_list(accepted)})")
-        what = _list(every) if len(every) == 1 else f"one of {_list(every)}"
-        hint = _did_you_mean(value, every) if isinstance(value, str) else ""
+        what = _list(accepted) if len(accepted) == 1 else f"one of {_list(accepted)}"
+        hint = _did_you_mean(value, accepted) if isinstance(value, str) else ""
         raise ValueError(_expected(what, value) + hint)
 
     return convert

@@ -68,6 +68,7 @@ cdef class Upstream:
     cdef public int retries
     cdef object round_robin, least_conn, two_choices, ring
     cdef public bint breakers  # some target has a circuit breaker
+    cdef list _counts          # reused by _in_flight
     cdef str hash_kind
     cdef bytes hash_name
     cdef public object signature
@@ -75,4 +76,5 @@ cdef class Upstream:
     cpdef Pool pick(self, Exchange ex, list tried=*)
     cpdef int retry_after(self, double now)
     cdef list _in_flight(self)
+    cdef bint _some_circuit_not_closed(self)
     cdef object _hash_key(self, Exchange ex)

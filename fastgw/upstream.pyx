@@ -264,12 +264,12 @@ cdef class UpstreamConnection(UpstreamSide):
         for chunk in ex.take_held_body():
             if ex.body_kind == BODY_CHUNKED:
                 if chunk:
-                    parts += (b"%x\r\n" % len(chunk), chunk, b"\r\n")
+                    parts += _framed_chunk(chunk)
             else:
                 parts.append(chunk)
         if ex.body_done:  # all of it came with the head: nothing to stream
             if ex.body_kind == BODY_CHUNKED:
-                parts.append(b"0\r\n\r\n")
+                parts.append(LAST_CHUNK)
             self.transport.writelines(parts)
             return
         self.transport.writelines(parts)
@@ -280,10 +280,10 @@ cdef class UpstreamConnection(UpstreamSide):
 
     def _write_chunk(self, bytes data):
         if data:
-            self.transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+            self.transport.writelines(_framed_chunk(data))
 
     def _write_last_chunk(self):
-        self.transport.write(b"0\r\n\r\n")
+        self.transport.write(LAST_CHUNK)
 
     cpdef client_writable(self, bint writable):
         if self.transport is not None and not self.closed:
@@ -398,6 +398,14 @@ cdef class UpstreamConnection(UpstreamSide):
             self.close()
         if on_done is not None:
             on_done.upstream_done(ex, self, None)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+cdef inline tuple _framed_chunk(bytes data):
+    """A request body chunk in HTTP/1.1 chunked framing, as parts to write."""
+    return (b"%x\r\n" % len(data), data, b"\r\n")
 
 
 def _nothing():
@@ -582,6 +590,7 @@ cdef class Upstream:
         #: pools) when the signature is unchanged
         self.signature = signature
         self.breakers = any([(<Pool>p).breaker_failures > 0 for p in pools])
+        self._counts = [0] * len(pools)
 
     cpdef Pool pick(self, Exchange ex, list tried=None):
         """The target for ``ex``, never one in ``tried`` nor one whose circuit is open;
@@ -592,7 +601,7 @@ cdef class Upstream:
         up = None
         cdef double now
         cdef Pool pool
-        if tried or self.breakers:
+        if tried or (self.breakers and self._some_circuit_not_closed()):
             now = monotonic()
             up = bytes([(not tried or p not in tried) and (<Pool>p).available(now) for p in pools])
             if not any(up):
@@ -618,7 +627,20 @@ cdef class Upstream:
         return max(1, <int>(soonest - now + 0.999))
 
     cdef list _in_flight(self):
-        return [(<Pool>p).in_flight for p in self.pools]
+        """The in-flight count of each target, in a list kept for it (no list per pick)."""
+        cdef list counts = self._counts
+        cdef Py_ssize_t i
+        for i in range(len(self.pools)):
+            counts[i] = (<Pool>self.pools[i]).in_flight
+        return counts
+
+    cdef bint _some_circuit_not_closed(self):
+        # PERF: a C pass over the targets; the mask is built only when one is open or on trial
+        cdef Pool pool
+        for pool in self.pools:
+            if pool.circuit != CIRCUIT_CLOSED:
+                return True
+        return False
 
     cdef object _hash_key(self, Exchange ex):
         """The bytes ``hash_on`` names in this request, or None when it has none."""
