@@ -17,6 +17,7 @@ COMPILED_MODULES = [
     "fastgw._core.router",
     "fastgw._core.wire",
     "fastgw._core.balancer",
+    "fastgw._core.targets",
     "fastgw.exchange",
     "fastgw.upstream",
     "fastgw.proxy",
