@@ -112,6 +112,17 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """``[upstreams.NAME.health_check]``: active checks. Durations are seconds."""
+
+    path: str = "/"
+    interval: float = 5.0
+    timeout: float = 1.0
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 3
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     """``[upstreams.NAME]``. Timeouts are seconds."""
 
@@ -125,6 +136,8 @@ class UpstreamConfig:
     retries: int = 1
     #: (consecutive failures that open a target's circuit, seconds before a trial), or None
     circuit_breaker: tuple[int, float] | None = None
+    #: active checks, or None
+    health_check: HealthCheck | None = None
     keepalive: int = 64
     connect_timeout: float = 2.0
     read_timeout: float = 30.0
@@ -605,8 +618,10 @@ _SERVER_KEYS = (
 _SERVER_LATER = ("tls",)
 _LOG_KEYS = ("access", "format")
 _UPSTREAM_KEYS = ("targets", "balance", "hash_on", "retries", "keepalive", "connect_timeout", "read_timeout",
-                  "circuit_breaker")
-_UPSTREAM_LATER = ("health_check",)
+                  "circuit_breaker", "health_check")
+_HEALTH_CHECK_KEYS = ("path", "interval", "timeout", "healthy_threshold", "unhealthy_threshold")
+#: the streaks the shared state counts saturate at 65,535; a threshold is far below
+_THRESHOLD_MAX = 1000
 _BALANCE = ("round_robin", "least_conn", "consistent_hash", "random")
 _HASH_ON = ("ip", "path")
 _HASH_ON_NAMED = ("header", "cookie", "query")
@@ -745,7 +760,7 @@ class _Builder:
 
     def upstream(self, name: str, place: Place) -> UpstreamConfig:
         d = UpstreamConfig(name, ())
-        place.check_unknown(_UPSTREAM_KEYS, _UPSTREAM_LATER)
+        place.check_unknown(_UPSTREAM_KEYS)
         targets = _unique(place.get_items("targets", required=True, nonempty="target"), _target, "target")
         balance = place.get_choice("balance", d.balance, _BALANCE)
         hash_on = place.get("hash_on", _hash_on, d.hash_on)
@@ -758,6 +773,7 @@ class _Builder:
             hash_on=hash_on,
             retries=place.get_int("retries", d.retries, minimum=0),
             circuit_breaker=self._circuit_breaker(place),
+            health_check=self._health_check(place),
             keepalive=place.get_int("keepalive", d.keepalive, minimum=0),
             connect_timeout=place.get_duration("connect_timeout", d.connect_timeout),
             read_timeout=place.get_duration("read_timeout", d.read_timeout),
@@ -815,6 +831,25 @@ class _Builder:
         failures = table.get_int("failures", 5, minimum=1)
         cooldown = table.get_duration("cooldown", 30.0)
         return (failures, cooldown)
+
+    @staticmethod
+    def _health_check(place: Place) -> HealthCheck | None:
+        table = place.get_table("health_check")
+        if table is None:
+            return None
+        d = HealthCheck()
+        table.check_unknown(_HEALTH_CHECK_KEYS)
+        interval = table.get_duration("interval", d.interval)
+        timeout = table.get_duration("timeout", d.timeout)
+        if interval is not None and timeout is not None and timeout >= interval:
+            # One check at a time per target: the next is due only once the last is over.
+            table.key("timeout").error(f"must be shorter than interval ({_q(table.value.get('interval', '5s'))})")
+        thresholds = [table.get_int(name, getattr(d, name), minimum=1)
+                      for name in ("healthy_threshold", "unhealthy_threshold")]
+        for name, value in zip(("healthy_threshold", "unhealthy_threshold"), thresholds):
+            if value is not None and value > _THRESHOLD_MAX:
+                table.key(name).error(f"must be at most {_THRESHOLD_MAX}, got {value}")
+        return HealthCheck(table.get("path", _probe_path, d.path), interval, timeout, *thresholds)
 
     @staticmethod
     def _split_upstream(item: Place, upstream_names: tuple[str, ...] | None) -> str | None:
@@ -956,6 +991,16 @@ def _route_path(value: Any) -> str:
     except RouteError as exc:
         raise ValueError("; ".join(message for _, message in exc.problems)) from None
     return value
+
+
+def _probe_path(value: Any) -> str:
+    """A health check's request target: an origin-form path, with a query if wanted."""
+    path = _string(value)
+    if not path.startswith("/"):
+        raise ValueError(f'{_q(value)} does not start with "/"')
+    if any(c <= " " or c == "\x7f" or not c.isascii() for c in path):
+        raise ValueError(f"{_q(value)} has a space, a control or a non-ASCII character (percent-encode it)")
+    return path
 
 
 def _route_host(value: Any) -> str:

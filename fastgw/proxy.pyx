@@ -206,10 +206,10 @@ cdef class Proxy(ResponseListener):
         ex.upstream = upstream
         ex.upstream_path = route.upstream_path(ex.path, match.params)
         pool = upstream.pick(ex)
-        if pool is None:  # every target's circuit is open
-            retry_after = str(upstream.retry_after(monotonic())).encode()
-            self.fail(ex, 503, f"no target of upstream {upstream.name!r} can take requests now",
-                      [(b"retry-after", retry_after)])
+        if pool is None:  # every target is unhealthy or its circuit open
+            now = monotonic()
+            self.fail(ex, 503, upstream.unavailable(now),
+                      [(b"retry-after", str(upstream.retry_after(now)).encode())])
             self.access_log.write(ex)
             return
         self._send(ex, pool)

@@ -8,6 +8,10 @@ connections across them) and holds its own compiled ``Snapshot``. The supervisor
 the sockets: a worker that dies is forked again on the same sockets, so connections that
 were waiting in its accept queue are served by its successor.
 
+What the workers must agree on, each target's health and circuit, lives in the table of
+``_core.targets``, which the supervisor's first config load maps shared before it forks.
+Each worker runs a ``HealthChecker`` (fastgw.health); the table makes each check run once.
+
 Signals go to the supervisor, which forwards them:
 - SIGHUP: the supervisor validates the file; when valid every worker loads and compiles
   it (in a thread, so its event loop keeps serving) and swaps its snapshot in one assignment (requests in flight finish on the old one,
@@ -37,6 +41,7 @@ from fastgw import upstream
 from fastgw.accesslog import AccessLog
 from fastgw.config import Config, ServerConfig, load_config
 from fastgw.errors import ConfigError
+from fastgw.health import HealthChecker
 from fastgw.protocols.http1 import HTTP1Connection
 from fastgw.proxy import Proxy
 from fastgw.snapshot import Snapshot, compile_snapshot, retire_replaced
@@ -113,10 +118,13 @@ class Worker:
         # SIGHUP's default action would have killed this worker).
         signal.pthread_sigmask(signal.SIG_UNBLOCK, Supervisor.SIGNALS)
         sweeper = self.loop.create_task(self.sweep())
+        # Every worker runs one; the shared target table makes each check happen once.
+        checker = self.loop.create_task(HealthChecker(lambda: self.proxy.snapshot).run())
         try:
             await self.stopped
         finally:
             sweeper.cancel()
+            checker.cancel()
             self.access_log.close()
 
     async def sweep(self) -> None:

@@ -2,7 +2,9 @@
 
 Everything a request needs is decided here, once per (re)load: route patterns are
 checked and built into the Cython trie, rewrite templates are split into parts, upstream
-groups get their pools. ``compile_snapshot(config, previous)`` keeps an ``Upstream`` (and
+groups get their pools, each target its slot of the state every worker shares
+(``_core.targets``: the supervisor's first load maps that table, before it forks).
+``compile_snapshot(config, previous)`` keeps an ``Upstream`` (and
 its warm keep-alive pools) whose settings did not change, so a reload does not cold-start
 upstream connections; the ones that left the config are retired by the caller once the
 new snapshot is in place.
@@ -13,17 +15,21 @@ May import: the standard library, fastgw.config, fastgw.errors, fastgw.upstream,
 from __future__ import annotations
 
 import ipaddress
+import logging
 from typing import TYPE_CHECKING
 
 from fastgw._core.balancer import SmoothWeighted
 from fastgw._core.errors import RouteError
 from fastgw._core.router import Router, Rule
+from fastgw._core.targets import shared_table
 from fastgw.errors import ConfigError
 from fastgw.upstream import Pool, Upstream
 
 if TYPE_CHECKING:
     from fastgw.config import Config, RouteConfig, UpstreamConfig
     from fastgw.exchange import Exchange
+
+log = logging.getLogger("fastgw")
 
 
 class Route:
@@ -153,7 +159,8 @@ class Snapshot:
 
 def _upstream_signature(up: UpstreamConfig) -> tuple:
     return (tuple((t.host, t.port, t.weight) for t in up.targets), up.balance, up.hash_on,
-            up.retries, up.circuit_breaker, up.keepalive, up.connect_timeout, up.read_timeout)
+            up.retries, up.circuit_breaker, up.health_check, up.keepalive, up.connect_timeout,
+            up.read_timeout)
 
 
 def build_upstream(up: UpstreamConfig, previous: Snapshot | None = None) -> Upstream:
@@ -162,12 +169,20 @@ def build_upstream(up: UpstreamConfig, previous: Snapshot | None = None) -> Upst
         old = previous.upstreams.get(up.name)
         if old is not None and old.signature == signature:
             return old
-    pools = [Pool(t.host, t.port, t.weight, up.keepalive, up.connect_timeout, up.read_timeout)
+    table = shared_table()
+    pools = [Pool(t.host, t.port, t.weight, up.keepalive, up.connect_timeout, up.read_timeout,
+                  table.state(f"{up.name}\0{t}".encode()))
              for t in up.targets]
-    if up.circuit_breaker is not None:
-        for pool in pools:
+    for pool in pools:
+        if up.circuit_breaker is not None:
             pool.breaker_failures, pool.breaker_cooldown = up.circuit_breaker
-    return Upstream(up.name, pools, signature, up.balance, up.hash_on, up.retries)
+        if up.health_check is not None:
+            pool.health_checked, pool.health_interval = True, up.health_check.interval
+        if not pool.state.shared:
+            log.warning("upstream %s target %s: the shared target table is full (%d slots); "
+                        "this worker keeps the target's health and circuit on its own",
+                        up.name, pool.address, table.capacity)
+    return Upstream(up.name, pools, signature, up.balance, up.hash_on, up.retries, up.health_check)
 
 
 def compile_snapshot(config: Config, previous: Snapshot | None = None) -> Snapshot:

@@ -1,5 +1,6 @@
 # C-level declarations of fastgw/upstream.pyx, cimported by the proxy.
 
+from fastgw._core.targets cimport TargetState
 from fastgw.exchange cimport Exchange, UpstreamSide
 
 
@@ -46,15 +47,18 @@ cdef class Pool:
     cdef public bint retired
     cdef public Py_ssize_t in_flight  # requests under way on its connections
     cdef public Py_ssize_t low_water  # fewest idle since the last trim
-    # the circuit breaker (off while breaker_failures is 0): consecutive failures, the
-    # state (CIRCUIT_CLOSED, CIRCUIT_OPEN, CIRCUIT_TRIAL), when an open one may try again
-    cdef public int breaker_failures, failures, circuit
-    cdef public double breaker_cooldown, open_until
+    # health and the circuit, shared by every worker; the circuit breaker is off while
+    # breaker_failures is 0, active checks while health_checked is False
+    cdef public TargetState state
+    cdef public int breaker_failures
+    cdef public double breaker_cooldown, health_interval
+    cdef public bint health_checked
 
     cpdef bint available(self, double now)
-    cdef _taken(self)
+    cdef bint _claim(self, double now)
     cpdef record(self, bint ok)
     cpdef undecided(self)
+    cpdef double wait(self, double now)
     cpdef UpstreamConnection take_idle(self)
     cpdef release(self, UpstreamConnection conn)
     cpdef forget(self, UpstreamConnection conn)
@@ -67,14 +71,17 @@ cdef class Upstream:
     cdef public str balance
     cdef public int retries
     cdef object round_robin, least_conn, two_choices, ring
-    cdef public bint breakers  # some target has a circuit breaker
+    cdef public bint watched   # some target has a circuit breaker or active checks
+    cdef public object health_check
     cdef list _counts          # reused by _in_flight
     cdef str hash_kind
     cdef bytes hash_name
     cdef public object signature
 
     cpdef Pool pick(self, Exchange ex, list tried=*)
+    cdef bytes _mask(self, list tried, double now)
     cpdef int retry_after(self, double now)
+    cpdef str unavailable(self, double now)
     cdef list _in_flight(self)
-    cdef bint _some_circuit_not_closed(self)
+    cdef bint _some_target_out(self, double now)
     cdef object _hash_key(self, Exchange ex)

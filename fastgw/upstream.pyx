@@ -18,9 +18,9 @@ idle connections a pool holds beyond its ``keepalive`` once they stay unused (``
 The plainest responses are read by ``_core.wire.scan_response_head`` and relayed without a
 parser callback per field (``_relay``); llhttp (httptools) reads every other response.
 
-The pick step is ``Upstream.pick(ex)``: smooth weighted round robin (nginx's algorithm)
-for now; the load-balancing work replaces it with the ``_core.balancer`` picks, health and
-circuit state without touching the proxy.
+The pick step is ``Upstream.pick(ex)``: a ``_core.balancer`` pick over the targets that
+may take traffic, which ``_core.targets`` decides from state every worker shares (active
+health, the circuit breaker). The active checks themselves run in ``fastgw.health``.
 
 Compiled (Cython, declared in ``upstream.pxd``): the relay runs once per request and
 per response chunk, so its state is typed and its calls into the exchange and the
@@ -36,7 +36,11 @@ import socket
 
 import httptools
 
+from libc.stdint cimport int64_t
+
 from fastgw._core.balancer cimport HashRing, LeastConnections, SmoothWeighted, TwoChoices
+from fastgw._core.targets cimport (
+    CIRCUIT_CLOSED, CIRCUIT_REOPENED, NO_CHANGE, REFUSED, TRIAL_BEGAN, TargetState, TargetTable)
 from fastgw._core.wire cimport (
     H_CONNECTION, H_CONTENT_LENGTH, H_KEEP_ALIVE, H_PROXY_AUTHENTICATE, H_PROXY_AUTHORIZATION,
     H_PROXY_CONNECTION, H_TE, H_TRAILER, H_TRANSFER_ENCODING, H_UPGRADE, H_X_REQUEST_ID,
@@ -58,17 +62,17 @@ cdef HeadWriter _fields = HeadWriter()
 
 log = logging.getLogger("fastgw")
 
-cdef enum:
-    CIRCUIT_CLOSED = 0
-    CIRCUIT_OPEN = 1
-    CIRCUIT_TRIAL = 2  # one request decides: closed again, or open for another cooldown
-
 #: every upstream connection with a request in flight, for the deadline sweeper
 cdef set active_connections = set()
 #: every connect under way, for the deadline sweeper
 cdef set connecting = set()
 #: every pool holding more idle connections than its keepalive, for the sweeper
 cdef set over_cap = set()
+
+
+cdef inline int64_t _ms(double seconds) noexcept:
+    """Seconds (the deadlines' clock) to the milliseconds of ``_core.targets``."""
+    return <int64_t>(seconds * 1000.0)
 
 
 cdef class Connecting:
@@ -250,6 +254,7 @@ cdef class UpstreamConnection(UpstreamSide):
         self.on_done = on_done
         self.head = head
         self.pool.in_flight += 1
+        self.pool.state.enter()
         self._reset_response()
         self._extend_deadline(ex)
         active_connections.add(self)
@@ -316,6 +321,7 @@ cdef class UpstreamConnection(UpstreamSide):
             ex.detach_body()
             ex.upstream_side = None
             self.pool.in_flight -= 1
+            self.pool.state.leave()
         self.ex = None
         self.on_done = None
         self.relay_left = -1
@@ -416,7 +422,7 @@ cdef class Pool:
     """Keep-alive connections to one target (``host:port``): at most ``keepalive`` idle."""
 
     def __init__(self, str host, int port, int weight, int keepalive,
-                 double connect_timeout, double read_timeout):
+                 double connect_timeout, double read_timeout, TargetState state=None):
         self.host = host
         self.port = port
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -428,52 +434,65 @@ cdef class Pool:
         self.loop = None
         self.retired = False
         self.in_flight = 0
+        self.low_water = 0
+        #: health and circuit, shared by every worker (``_core.targets``); a table of
+        #: its own when none is given (a pool made outside a snapshot, in tests)
+        self.state = state if state is not None else TargetTable(1).state(b"")
         self.breaker_failures = 0
         self.breaker_cooldown = 0.0
-        self.failures = 0
-        self.circuit = CIRCUIT_CLOSED
-        self.open_until = 0.0
-        self.low_water = 0
+        self.health_checked = False
+        self.health_interval = 0.0
 
-    # -- the circuit breaker ------------------------------------------------------------
+    # -- health and the circuit breaker (the state is shared: see _core.targets) --------
 
     cpdef bint available(self, double now):
-        """Whether the circuit lets a request through now: closed, or open with its
-        cooldown over (that request is the trial)."""
-        if self.circuit == CIRCUIT_CLOSED:
-            return True
-        return self.circuit == CIRCUIT_OPEN and now >= self.open_until
+        """Whether the target may take a request now: not found unhealthy by active
+        checks, and its circuit closed or open with its cooldown over (the request that
+        then takes it is the trial)."""
+        if self.health_checked and not self.state.healthy():
+            return False
+        return self.breaker_failures == 0 or self.state.may_admit(_ms(now))
 
-    cdef _taken(self):
-        if self.circuit == CIRCUIT_OPEN:
-            self.circuit = CIRCUIT_TRIAL
+    cdef bint _claim(self, double now):
+        """Admit one request: False when another worker took the trial first."""
+        if self.breaker_failures == 0:
+            return True
+        cdef int verdict = self.state.admit(_ms(now), _ms(self.connect_timeout + self.read_timeout))
+        if verdict == TRIAL_BEGAN:
             log.info("upstream target %s: cooldown over, one trial request", self.address)
+        return verdict != REFUSED
 
     cpdef record(self, bint ok):
         """The outcome of a request this target served: an answer below 500 (``ok``), or a
-        5xx, a failed connect, a reset or a timeout."""
-        if self.breaker_failures == 0:
+        5xx, a failed connect, a reset or a timeout. Every change is logged once, by the
+        worker whose outcome made it."""
+        cdef int change = self.state.record(ok, self.breaker_failures,
+                                            _ms(self.breaker_cooldown), _ms(monotonic()))
+        if change == NO_CHANGE:
             return
-        if ok:
-            self.failures = 0
-            if self.circuit != CIRCUIT_CLOSED:
-                self.circuit = CIRCUIT_CLOSED
-                log.info("upstream target %s: circuit closed", self.address)
-            return
-        self.failures += 1
-        if self.circuit == CIRCUIT_TRIAL or (
-                self.circuit == CIRCUIT_CLOSED and self.failures >= self.breaker_failures):
-            self.circuit = CIRCUIT_OPEN
-            self.open_until = monotonic() + self.breaker_cooldown
+        if change == CIRCUIT_CLOSED:
+            log.info("upstream target %s: circuit closed", self.address)
+        elif change == CIRCUIT_REOPENED:
+            log.warning("upstream target %s: trial failed, circuit open again for %gs",
+                        self.address, self.breaker_cooldown)
+        else:
             log.warning("upstream target %s: circuit open after %d consecutive failures, for %gs",
-                        self.address, self.failures, self.breaker_cooldown)
+                        self.address, self.breaker_failures, self.breaker_cooldown)
 
     cpdef undecided(self):
         """A request ended with no verdict on the target (the client left): a trial it was
         is owed again."""
-        if self.circuit == CIRCUIT_TRIAL:
-            self.circuit = CIRCUIT_OPEN
-            self.open_until = monotonic()
+        self.state.undecided(_ms(monotonic()))
+
+    cpdef double wait(self, double now):
+        """Seconds until the target may take traffic again (0: it may now): the rest of
+        its cooldown, or one check interval when checks found it unhealthy."""
+        cdef double wait = 0.0
+        if self.health_checked and not self.state.healthy():
+            wait = self.health_interval
+        if self.breaker_failures and not self.state.may_admit(_ms(now)):
+            wait = max(wait, self.state.until_ms / 1000.0 - now)
+        return wait
 
     cpdef UpstreamConnection take_idle(self):
         cdef UpstreamConnection conn
@@ -572,7 +591,7 @@ cdef class Upstream:
     """
 
     def __init__(self, str name, list pools, signature, str balance="round_robin", str hash_on="ip",
-                 int retries=1):
+                 int retries=1, health_check=None):
         self.name = name
         self.retries = retries
         self.pools = pools
@@ -589,42 +608,64 @@ cdef class Upstream:
         #: the config this was built from: a reload keeps the Upstream (and its warm
         #: pools) when the signature is unchanged
         self.signature = signature
-        self.breakers = any([(<Pool>p).breaker_failures > 0 for p in pools])
+        #: the active checks' settings (config.HealthCheck), run by fastgw.health; or None
+        self.health_check = health_check
+        self.watched = any([(<Pool>p).breaker_failures > 0 or (<Pool>p).health_checked
+                            for p in pools])
         self._counts = [0] * len(pools)
 
     cpdef Pool pick(self, Exchange ex, list tried=None):
-        """The target for ``ex``, never one in ``tried`` nor one whose circuit is open;
-        None when no target is left."""
+        """The target for ``ex``, never one in ``tried``, found unhealthy, or whose circuit
+        is open; None when no target is left."""
         cdef list pools = self.pools
-        if len(pools) == 1 and not tried and not self.breakers:
+        if len(pools) == 1 and not tried and not self.watched:
             return pools[0]
-        up = None
-        cdef double now
+        cdef bytes up = None
+        cdef double now = monotonic()
         cdef Pool pool
-        if tried or (self.breakers and self._some_circuit_not_closed()):
-            now = monotonic()
-            up = bytes([(not tried or p not in tried) and (<Pool>p).available(now) for p in pools])
-            if not any(up):
+        cdef Py_ssize_t index
+        if tried or (self.watched and self._some_target_out(now)):
+            up = self._mask(tried, now)
+            if up is None:
                 return None
-        cdef Py_ssize_t index = -1
-        if self.ring is not None:
-            key = self._hash_key(ex)
-            if key is not None:
-                index = (<HashRing>self.ring).pick(key, up)
-        elif self.least_conn is not None:
-            index = (<LeastConnections>self.least_conn).pick(self._in_flight(), up)
-        elif self.two_choices is not None:
-            index = (<TwoChoices>self.two_choices).pick(self._in_flight(), up)
-        if index < 0:
-            index = (<SmoothWeighted>self.round_robin).pick(up)
-        pool = pools[index]
-        pool._taken()
-        return pool
+        while True:
+            index = -1
+            if self.ring is not None:
+                key = self._hash_key(ex)
+                if key is not None:
+                    index = (<HashRing>self.ring).pick(key, up)
+            elif self.least_conn is not None:
+                index = (<LeastConnections>self.least_conn).pick(self._in_flight(), up)
+            elif self.two_choices is not None:
+                index = (<TwoChoices>self.two_choices).pick(self._in_flight(), up)
+            if index < 0:
+                index = (<SmoothWeighted>self.round_robin).pick(up)
+            pool = pools[index]
+            if pool._claim(now):
+                return pool
+            # Another worker took this target's trial first: pick among the others.
+            mask = bytearray(up if up is not None else self._mask(tried, now) or bytes(len(pools)))
+            mask[index] = 0
+            if not any(mask):
+                return None
+            up = bytes(mask)
+
+    cdef bytes _mask(self, list tried, double now):
+        """One byte per target, 1 for those that may take a request; None when none may."""
+        up = bytes([(not tried or p not in tried) and (<Pool>p).available(now) for p in self.pools])
+        return up if any(up) else None
 
     cpdef int retry_after(self, double now):
-        """Seconds until a target's cooldown is over (for Retry-After), at least 1."""
-        soonest = min([(<Pool>p).open_until for p in self.pools])
-        return max(1, <int>(soonest - now + 0.999))
+        """Whole seconds until some target may take traffic again (for Retry-After), at
+        least 1."""
+        soonest = min([(<Pool>p).wait(now) for p in self.pools])
+        return max(1, <int>(soonest + 0.999))
+
+    cpdef str unavailable(self, double now):
+        """Why no target may take a request now (the 503's message)."""
+        if all([(<Pool>p).health_checked and not (<Pool>p).state.healthy() for p in self.pools]):
+            return f"no healthy target in upstream {self.name!r}"
+        return f"no target of upstream {self.name!r} can take requests now (circuits open)"
 
     cdef list _in_flight(self):
         """The in-flight count of each target, in a list kept for it (no list per pick)."""
@@ -634,11 +675,11 @@ cdef class Upstream:
             counts[i] = (<Pool>self.pools[i]).in_flight
         return counts
 
-    cdef bint _some_circuit_not_closed(self):
-        # PERF: a C pass over the targets; the mask is built only when one is open or on trial
+    cdef bint _some_target_out(self, double now):
+        # PERF: a C pass over the targets; the mask is built only when one is out
         cdef Pool pool
         for pool in self.pools:
-            if pool.circuit != CIRCUIT_CLOSED:
+            if not pool.available(now):
                 return True
         return False
 

@@ -13,6 +13,7 @@ Endpoints (any method):
   /garbage            answers bytes that are not HTTP
   /truncate?bytes=N   promises Content-Length N*2, sends N bytes, closes
   /flaky              answers ``flaky_status`` (an attribute, 200 unless a test sets it)
+  /healthz            answers ``health_status`` (200 unless a test sets it; None: never answers)
   /extra              answers "ok" with Content-Length 2, then more bytes; closes 1 s later
   /count              how many requests this backend saw, and connections opened
 Every response carries ``x-backend: <name>``.
@@ -45,11 +46,18 @@ class Backend:
         self.open = 0
         #: what /flaky answers
         self.flaky_status = 200
+        #: what /healthz answers (None: it hangs)
+        self.health_status: int | None = 200
         self.seen: list[dict] = []
         self.lock = threading.Lock()
         self.closed = False
         self.clients: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def count(self, prefix: str) -> int:
+        """Requests seen whose target starts with ``prefix``."""
+        with self.lock:
+            return sum(1 for seen in self.seen if seen["target"].startswith(prefix))
 
     def close(self) -> None:
         self.closed = True
@@ -193,6 +201,14 @@ class Backend:
             return False
         if path == "/flaky":
             return reply(self.flaky_status, b'{"backend": "%s"}' % self.name.encode())
+        if path == "/healthz":
+            if self.health_status is None:
+                try:
+                    client.recv(1)  # until the checker gives up and closes
+                except OSError:
+                    pass
+                return False
+            return reply(self.health_status, b'{"backend": "%s"}' % self.name.encode())
         if path == "/extra":
             send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nforged")
             time.sleep(1)

@@ -17,6 +17,7 @@ from fastgw import config as config_module
 from fastgw.config import (
     Address,
     Config,
+    HealthCheck,
     LogConfig,
     RouteConfig,
     ServerConfig,
@@ -699,13 +700,38 @@ def test_server_tls_not_supported_yet():
     assert only_error(text) == 'fastgw.toml: server: "tls" is not supported yet'
 
 
-@pytest.mark.parametrize(
-    ("key", "value"),
-    [("health_check", "{}")],
-)
-def test_upstream_keys_not_supported_yet(key, value):
-    text = f'[upstreams.users]\ntargets = ["h:1"]\n{key} = {value}\n'
-    assert only_error(text) == f'fastgw.toml: upstreams.users: "{key}" is not supported yet'
+def test_health_check_defaults_and_values():
+    text = '[upstreams.users]\ntargets = ["h:1"]\n[upstreams.users.health_check]\n'
+    assert parse_config(text, "fastgw.toml").upstreams[0].health_check == HealthCheck(
+        path="/", interval=5.0, timeout=1.0, healthy_threshold=2, unhealthy_threshold=3)
+    text = ('[upstreams.users]\ntargets = ["h:1"]\n[upstreams.users.health_check]\n'
+            'path = "/healthz?deep=1"\ninterval = "2s"\ntimeout = "250ms"\n'
+            'healthy_threshold = 1\nunhealthy_threshold = 5\n')
+    assert parse_config(text, "fastgw.toml").upstreams[0].health_check == HealthCheck(
+        "/healthz?deep=1", 2.0, 0.25, 1, 5)
+    plain = '[upstreams.users]\ntargets = ["h:1"]\n'
+    assert parse_config(plain, "fastgw.toml").upstreams[0].health_check is None
+
+
+def test_health_check_errors_all_at_once():
+    text = ('[upstreams.users]\ntargets = ["h:1"]\n[upstreams.users.health_check]\n'
+            'path = "healthz"\ninterval = "1s"\ntimeout = "1s"\nhealthy_threshold = 0\n'
+            'unhealthy_threshold = 1001\nintervals = "2s"\n')
+    assert errors_of(text) == [
+        'fastgw.toml: upstreams.users.health_check: unknown key "intervals" (did you mean "interval"?)',
+        'fastgw.toml: upstreams.users.health_check.timeout: must be shorter than interval ("1s")',
+        "fastgw.toml: upstreams.users.health_check.healthy_threshold: must be at least 1, got 0",
+        "fastgw.toml: upstreams.users.health_check.unhealthy_threshold: must be at most 1000, got 1001",
+        'fastgw.toml: upstreams.users.health_check.path: "healthz" does not start with "/"',
+    ]
+
+
+def test_health_check_path_must_fit_a_request_line():
+    text = ('[upstreams.users]\ntargets = ["h:1"]\n[upstreams.users.health_check]\n'
+            'path = "/health check"\n')
+    assert only_error(text) == (
+        'fastgw.toml: upstreams.users.health_check.path: "/health check" has a space, a control '
+        "or a non-ASCII character (percent-encode it)")
 
 
 @pytest.mark.parametrize("balance", ["round_robin", "least_conn", "consistent_hash", "random"])
@@ -786,7 +812,7 @@ def test_every_error_is_reported_at_once():
 
     [upstreams.users]
     targets = ["127.0.0.1:9001", "127.0.0.1:99999"]
-    health_check = { path = "/healthz" }
+    health_check = { path = "healthz" }
 
     [upstreams.orders]
     targets = ["127.0.0.1:9003"]
@@ -818,8 +844,8 @@ def test_every_error_is_reported_at_once():
         'fastgw.toml: server.max_connections: expected an integer, got string "many"',
         'fastgw.toml: server.header_timeout: "10 seconds" is not a duration (use e.g. "250ms", "5s", "2m", "1h")',
         'fastgw.toml: log.format: expected "json", got string "text"',
-        'fastgw.toml: upstreams.users: "health_check" is not supported yet',
         'fastgw.toml: upstreams.users.targets[1]: "127.0.0.1:99999" is not host:port (port > 65535)',
+        'fastgw.toml: upstreams.users.health_check.path: "healthz" does not start with "/"',
         'fastgw.toml: routes[0] "users": "strip_prefix" and "rewrite" cannot be used together',
         'fastgw.toml: routes[0] "users".methods[1]: "GETT" is not an HTTP method (did you mean "GET"?)',
         'fastgw.toml: routes[1] "users": name "users" is already used by routes[0]',

@@ -25,6 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "upstream": {"errors", "exchange", "_core"},
     "snapshot": {"config", "errors", "upstream", "_core"},
     "proxy": {"errors", "exchange", "upstream", "_core"},
+    "health": {"_core"},
     "protocols": {"proxy", "exchange", "errors", "_core", "protocols"},
     "server": {"*"},
     "cli": {"*"},
