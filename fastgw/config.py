@@ -840,10 +840,11 @@ class _Builder:
         d = HealthCheck()
         table.check_unknown(_HEALTH_CHECK_KEYS)
         interval = table.get_duration("interval", d.interval)
-        timeout = table.get_duration("timeout", d.timeout)
-        if interval is not None and timeout is not None and timeout >= interval:
-            # One check at a time per target: the next is due only once the last is over.
-            table.key("timeout").error(f"must be shorter than interval ({_q(table.value.get('interval', '5s'))})")
+        # A check is over before the next is due; an interval under the default timeout
+        # (1s) is the timeout too, unless one is given.
+        timeout = table.get_duration("timeout", min(d.timeout, interval or d.timeout))
+        if interval is not None and timeout is not None and timeout > interval:
+            table.key("timeout").error(f"must not be longer than interval ({_q(table.value.get('interval', '5s'))})")
         thresholds = [table.get_int(name, getattr(d, name), minimum=1)
                       for name in ("healthy_threshold", "unhealthy_threshold")]
         for name, value in zip(("healthy_threshold", "unhealthy_threshold"), thresholds):

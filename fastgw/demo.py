@@ -72,6 +72,9 @@ def _handler(service: str) -> type[BaseHTTPRequestHandler]:
                                   "query": query, "headers": dict(self.headers.items()),
                                   "body_bytes": len(body)})
                 return
+            if path == "/healthz":
+                self._reply(200, {"served_by": service, "status": "ok"})
+                return
             parts = path.strip("/").split("/")
             if parts == ["users"] and self.command == "GET":
                 self._reply(200, {"served_by": service, "users": list(USERS.values())})

@@ -45,11 +45,12 @@ cdef class Exchange:
     cdef public Py_ssize_t body_length, body_held_bytes, bytes_in, bytes_out
     cdef public list body_held
     cdef public object body_sink, body_end, failure
-    # the upstream side's bookkeeping: the upstream picked, the path sent to it, and the
-    # targets tried so far (for retries)
+    # the upstream side's bookkeeping: the upstream picked, the path sent to it, the
+    # targets tried so far (for retries), and the target whose circuit trial it is
     cdef public object upstream
     cdef public str upstream_path
     cdef public list tried
+    cdef public object trial
     cdef public UpstreamSide upstream_side
 
     cpdef feed_body(self, bytes data)

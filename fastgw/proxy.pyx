@@ -255,7 +255,7 @@ cdef class Proxy(ResponseListener):
     cpdef upstream_done(self, Exchange ex, UpstreamConnection conn, error):
         cdef Pool pool = conn.pool
         if error is None:
-            pool.record(ex.status < 500)
+            pool.record(ex, ex.status < 500)
             self.access_log.write(ex)
         elif (isinstance(error, UpstreamError) and conn.reused and not conn.got_response_bytes
               and ex.body_kind == BODY_NONE and not ex.response_started and ex.failure is None):
@@ -265,10 +265,10 @@ cdef class Proxy(ResponseListener):
             # (Not the target's failure: its circuit hears nothing of it.)
             self._loop().create_task(self._connect_and_send(ex, pool, conn.head))
         elif ex.failure is not None:  # the client left or broke a limit: no verdict
-            pool.undecided()
+            pool.undecided(ex)
             self._end(ex, error)
         else:
-            pool.record(False)
+            pool.record(ex, False)
             if not (isinstance(error, UpstreamRetryable) and self._retry(ex, pool)):
                 self._end(ex, error)
 
@@ -283,13 +283,13 @@ cdef class Proxy(ResponseListener):
             conn = await pool.connect()
         except FastGWError as exc:
             # Nothing of the request went anywhere: any method may try another target.
-            pool.record(False)
+            pool.record(ex, False)
             if not self._retry(ex, pool):
                 self._end(ex, exc)
             return
         if ex.failure is not None:  # the client gave up (or broke a limit) while we connected
             pool.release(conn)
-            pool.undecided()
+            pool.undecided(ex)
             self._end(ex, None)
             return
         conn.start(ex, head, self)

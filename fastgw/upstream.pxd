@@ -55,9 +55,9 @@ cdef class Pool:
     cdef public bint health_checked
 
     cpdef bint available(self, double now)
-    cdef bint _claim(self, double now)
-    cpdef record(self, bint ok)
-    cpdef undecided(self)
+    cdef bint _claim(self, Exchange ex, double now)
+    cpdef record(self, Exchange ex, bint ok)
+    cpdef undecided(self, Exchange ex)
     cpdef double wait(self, double now)
     cpdef UpstreamConnection take_idle(self)
     cpdef release(self, UpstreamConnection conn)

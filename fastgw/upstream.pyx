@@ -453,21 +453,23 @@ cdef class Pool:
             return False
         return self.breaker_failures == 0 or self.state.may_admit(_ms(now))
 
-    cdef bint _claim(self, double now):
-        """Admit one request: False when another worker took the trial first."""
+    cdef bint _claim(self, Exchange ex, double now):
+        """Admit ``ex``: False when another worker took the trial first."""
         if self.breaker_failures == 0:
             return True
         cdef int verdict = self.state.admit(_ms(now), _ms(self.connect_timeout + self.read_timeout))
         if verdict == TRIAL_BEGAN:
             log.info("upstream target %s: cooldown over, one trial request", self.address)
+            if ex is not None:
+                ex.trial = self
         return verdict != REFUSED
 
-    cpdef record(self, bint ok):
-        """The outcome of a request this target served: an answer below 500 (``ok``), or a
-        5xx, a failed connect, a reset or a timeout. Every change is logged once, by the
-        worker whose outcome made it."""
-        cdef int change = self.state.record(ok, self.breaker_failures,
-                                            _ms(self.breaker_cooldown), _ms(monotonic()))
+    cpdef record(self, Exchange ex, bint ok):
+        """The outcome of ``ex`` on this target: an answer below 500 (``ok``), or a 5xx, a
+        failed connect, a reset or a timeout. Every change is logged once, by the worker
+        whose outcome made it."""
+        cdef int change = self.state.record(ok, self.breaker_failures, _ms(self.breaker_cooldown),
+                                            _ms(monotonic()), ex is not None and ex.trial is self)
         if change == NO_CHANGE:
             return
         if change == CIRCUIT_CLOSED:
@@ -479,10 +481,11 @@ cdef class Pool:
             log.warning("upstream target %s: circuit open after %d consecutive failures, for %gs",
                         self.address, self.breaker_failures, self.breaker_cooldown)
 
-    cpdef undecided(self):
-        """A request ended with no verdict on the target (the client left): a trial it was
-        is owed again."""
-        self.state.undecided(_ms(monotonic()))
+    cpdef undecided(self, Exchange ex):
+        """``ex`` ended with no verdict on the target (the client left): a trial it was is
+        owed again."""
+        if ex.trial is self:
+            self.state.undecided(_ms(monotonic()))
 
     cpdef double wait(self, double now):
         """Seconds until the target may take traffic again (0: it may now): the rest of
@@ -641,7 +644,7 @@ cdef class Upstream:
             if index < 0:
                 index = (<SmoothWeighted>self.round_robin).pick(up)
             pool = pools[index]
-            if pool._claim(now):
+            if pool._claim(ex, now):
                 return pool
             # Another worker took this target's trial first: pick among the others.
             mask = bytearray(up if up is not None else self._mask(tried, now) or bytes(len(pools)))
@@ -701,6 +704,22 @@ cdef class Upstream:
                 if found is not None:
                     return found
         return None
+
+    def targets_view(self):
+        """Every target's state as plain values (for the admin API's ``GET /upstreams``):
+        what all workers share (health, circuit, in flight, failures), and "off" for a
+        health or circuit that the config does not watch."""
+        cdef int64_t now = _ms(monotonic())
+        cdef Pool pool
+        result = []
+        for pool in self.pools:
+            view = pool.state.view(now)
+            if not pool.health_checked:
+                view["health"] = "off"
+            if pool.breaker_failures == 0:
+                view["circuit"] = "off"
+            result.append({"address": pool.address, "weight": pool.weight, **view})
+        return result
 
     def retire(self):
         for pool in self.pools:

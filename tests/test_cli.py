@@ -330,6 +330,7 @@ def test_demo_serves_the_printed_curl_lines_and_stops_on_ctrl_c(tmp_path):
             proc.wait(5)
     stderr = err.read_text()
     assert "Traceback" not in stderr and stderr.rstrip().endswith("INFO stopped")
+    assert stderr.count(": healthy (check: status 200)") == 2  # users-a and users-b, each once
     _wait(lambda: not any(_alive(pid) for pid in family), 5, "the demo's processes to end")
     for backend_port in backend_ports:
         with pytest.raises(ConnectionRefusedError):

@@ -711,15 +711,17 @@ def test_health_check_defaults_and_values():
         "/healthz?deep=1", 2.0, 0.25, 1, 5)
     plain = '[upstreams.users]\ntargets = ["h:1"]\n'
     assert parse_config(plain, "fastgw.toml").upstreams[0].health_check is None
+    fast = '[upstreams.users]\ntargets = ["h:1"]\nhealth_check = { interval = "500ms" }\n'
+    assert parse_config(fast, "fastgw.toml").upstreams[0].health_check.timeout == 0.5  # at most the interval
 
 
 def test_health_check_errors_all_at_once():
     text = ('[upstreams.users]\ntargets = ["h:1"]\n[upstreams.users.health_check]\n'
-            'path = "healthz"\ninterval = "1s"\ntimeout = "1s"\nhealthy_threshold = 0\n'
+            'path = "healthz"\ninterval = "1s"\ntimeout = "2s"\nhealthy_threshold = 0\n'
             'unhealthy_threshold = 1001\nintervals = "2s"\n')
     assert errors_of(text) == [
         'fastgw.toml: upstreams.users.health_check: unknown key "intervals" (did you mean "interval"?)',
-        'fastgw.toml: upstreams.users.health_check.timeout: must be shorter than interval ("1s")',
+        'fastgw.toml: upstreams.users.health_check.timeout: must not be longer than interval ("1s")',
         "fastgw.toml: upstreams.users.health_check.healthy_threshold: must be at least 1, got 0",
         "fastgw.toml: upstreams.users.health_check.unhealthy_threshold: must be at most 1000, got 1001",
         'fastgw.toml: upstreams.users.health_check.path: "healthz" does not start with "/"',

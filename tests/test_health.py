@@ -3,8 +3,8 @@ worker shares (``_core.targets``): checks run once per interval whatever ``worke
 every worker avoids what they find unhealthy, a circuit opens after ``failures`` failures
 machine-wide, and a state change is logged once.
 
-May import: tests.backend, tests.conftest, tests.test_balancing, httpx, pytest, the
-standard library.
+May import: fastgw (to build a snapshot in process), tests.backend, tests.conftest,
+tests.test_balancing, httpx, pytest, the standard library.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from collections import Counter
 import httpx
 import pytest
 
+from fastgw.config import parse_config
+from fastgw.snapshot import compile_snapshot
 from tests.conftest import free_port
 from tests.test_balancing import upstream_config
 
@@ -131,3 +133,21 @@ def test_a_reload_keeps_what_the_checks_found(make_backend, gateway):
     wait_for(lambda: "reloaded" in gw.stderr, what="the reload")
     with httpx.Client(base_url=gw.url) as c:
         assert {c.get("/flaky").headers["x-backend"] for _ in range(10)} == {"a"}
+
+
+def test_targets_view_shows_what_every_worker_shares():
+    """What the admin API will show, read from a snapshot built in this process."""
+
+    text = ('[upstreams.app]\ntargets = ["127.0.0.1:91", "127.0.0.1:92"]\n'
+            '[upstreams.app.circuit_breaker]\nfailures = 2\n'
+            '[upstreams.plain]\ntargets = ["127.0.0.1:1"]\n'
+            '[[routes]]\nname = "r"\npaths = ["/*"]\nupstream = "app"\n')
+    snapshot = compile_snapshot(parse_config(text, "t.toml"))
+    app = snapshot.upstreams["app"]
+    for _ in range(2):
+        app.pools[1].record(None, False)
+    first, second = app.targets_view()
+    assert (first["address"], first["health"], first["circuit"], first["failures_total"]) == ("127.0.0.1:91", "off", "closed", 0)
+    assert (second["circuit"], second["consecutive_failures"], second["failures_total"]) == ("open", 2, 2)
+    assert 29_000 <= second["retry_in_ms"] <= 30_000
+    assert snapshot.upstreams["plain"].targets_view()[0]["circuit"] == "off"

@@ -53,7 +53,8 @@ cdef class TargetState:
                            int64_t now_ms)
     cpdef bint may_admit(self, int64_t now_ms)
     cpdef int admit(self, int64_t now_ms, int64_t trial_ms)
-    cpdef int record(self, bint ok, int threshold, int64_t cooldown_ms, int64_t now_ms)
+    cpdef int record(self, bint ok, int threshold, int64_t cooldown_ms, int64_t now_ms,
+                     bint trial=*)
     cpdef int undecided(self, int64_t now_ms)
     cdef void enter(self) noexcept
     cdef void leave(self) noexcept

@@ -162,13 +162,16 @@ cdef class TargetState:
                 atomic_store(<uint64_t*>&self.slot.changed, <uint64_t>now_ms)
                 return TRIAL_BEGAN
 
-    cpdef int record(self, bint ok, int threshold, int64_t cooldown_ms, int64_t now_ms):
+    cpdef int record(self, bint ok, int threshold, int64_t cooldown_ms, int64_t now_ms,
+                     bint trial=False):
         """The outcome of a request the target served: ``ok`` (an answer below 500) or a
         failure (a 5xx, a failed connect, a reset, a timeout). ``threshold`` consecutive
         failures open a closed circuit for ``cooldown_ms`` (0: never: failures are only
-        counted); a trial's outcome closes or reopens it. An answer to a request admitted
-        before the circuit opened changes nothing. Returns CIRCUIT_OPENED,
-        CIRCUIT_CLOSED, CIRCUIT_REOPENED or NO_CHANGE."""
+        counted). Only the trial request (``trial``: its caller got TRIAL_BEGAN) decides
+        a circuit on trial: closed again, or open for another cooldown. Any other answer
+        while the circuit is open or on trial (a request admitted before it opened) is
+        counted and changes nothing. Returns CIRCUIT_OPENED, CIRCUIT_CLOSED,
+        CIRCUIT_REOPENED or NO_CHANGE."""
         cdef uint64_t w, state, failures, new
         cdef int change
         if not ok:
@@ -179,14 +182,16 @@ cdef class TargetState:
             state = circuit_state(w)
             change = NO_CHANGE
             if ok:
-                if state == OPEN or (state == CLOSED and circuit_failures(w) == 0):
+                if state == CLOSED and circuit_failures(w) == 0:
                     return NO_CHANGE  # PERF: the common case writes nothing shared
+                if state != CLOSED and not (state == TRIAL and trial):
+                    return NO_CHANGE
                 if state == TRIAL:
                     change = CIRCUIT_CLOSED
                 new = pack_circuit(CLOSED, 0, 0)
             else:
                 failures = min(circuit_failures(w) + 1, FAILURES_MAX)
-                if state == TRIAL:
+                if state == TRIAL and trial:
                     new = pack_circuit(OPEN, failures, now_ms + cooldown_ms)
                     change = CIRCUIT_REOPENED
                 elif state == CLOSED and threshold > 0 and failures >= <uint64_t>threshold:
@@ -201,14 +206,15 @@ cdef class TargetState:
         return change
 
     cpdef int undecided(self, int64_t now_ms):
-        """A request ended with no verdict (the client left): a trial it was is owed
-        again, at once. Returns 1 when it was a trial."""
+        """The trial request ended with no verdict (the client left): the trial is owed
+        again, at once. Returns 1 when the circuit was on trial."""
         cdef uint64_t w
         while True:
             w = atomic_load(&self.slot.circuit)
             if circuit_state(w) != TRIAL:
                 return 0
             if atomic_cas(&self.slot.circuit, w, pack_circuit(OPEN, circuit_failures(w), now_ms)):
+                atomic_store(<uint64_t*>&self.slot.changed, <uint64_t>now_ms)
                 return 1
 
     # -- requests in flight -------------------------------------------------------------
@@ -300,6 +306,8 @@ cdef class TargetTable:
         """The slot of target ``name``, claimed on first use by any process. When every
         slot is taken the state is the caller's own (``shared`` False): it still works,
         for this process only."""
+        if name is None:  # (a typed bytes argument lets None through)
+            raise TypeError("a target's name is bytes, not None")
         cdef uint64_t key = hash_key(<const unsigned char*>PyBytes_AS_STRING(name),
                                      PyBytes_GET_SIZE(name))
         if key == 0:
