@@ -174,6 +174,7 @@ def build_upstream(up: UpstreamConfig, previous: Snapshot | None = None) -> Upst
                   table.state(f"{up.name}\0{t}".encode()))
              for t in up.targets]
     for pool in pools:
+        pool.upstream_name = up.name
         if up.circuit_breaker is not None:
             pool.breaker_failures, pool.breaker_cooldown = up.circuit_breaker
         if up.health_check is not None:

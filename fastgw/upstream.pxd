@@ -39,7 +39,7 @@ cdef class UpstreamConnection(UpstreamSide):
 
 
 cdef class Pool:
-    cdef public str host, address
+    cdef public str host, address, upstream_name
     cdef public int port, weight, keepalive
     cdef public double connect_timeout, read_timeout
     cdef public list idle

@@ -435,6 +435,7 @@ cdef class Pool:
         self.retired = False
         self.in_flight = 0
         self.low_water = 0
+        self.upstream_name = ""  # for the log
         #: health and circuit, shared by every worker (``_core.targets``); a table of
         #: its own when none is given (a pool made outside a snapshot, in tests)
         self.state = state if state is not None else TargetTable(1).state(b"")
@@ -459,7 +460,8 @@ cdef class Pool:
             return True
         cdef int verdict = self.state.admit(_ms(now), _ms(self.connect_timeout + self.read_timeout))
         if verdict == TRIAL_BEGAN:
-            log.info("upstream target %s: cooldown over, one trial request", self.address)
+            log.info("upstream %s target %s: cooldown over, one trial request", self.upstream_name,
+                     self.address)
             if ex is not None:
                 ex.trial = self
         return verdict != REFUSED
@@ -473,13 +475,13 @@ cdef class Pool:
         if change == NO_CHANGE:
             return
         if change == CIRCUIT_CLOSED:
-            log.info("upstream target %s: circuit closed", self.address)
+            log.info("upstream %s target %s: circuit closed", self.upstream_name, self.address)
         elif change == CIRCUIT_REOPENED:
-            log.warning("upstream target %s: trial failed, circuit open again for %gs",
-                        self.address, self.breaker_cooldown)
+            log.warning("upstream %s target %s: trial failed, circuit open again for %gs",
+                        self.upstream_name, self.address, self.breaker_cooldown)
         else:
-            log.warning("upstream target %s: circuit open after %d consecutive failures, for %gs",
-                        self.address, self.breaker_failures, self.breaker_cooldown)
+            log.warning("upstream %s target %s: circuit open after %d consecutive failures, for %gs",
+                        self.upstream_name, self.address, self.breaker_failures, self.breaker_cooldown)
 
     cpdef undecided(self, Exchange ex):
         """``ex`` ended with no verdict on the target (the client left): a trial it was is
