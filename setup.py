@@ -18,6 +18,7 @@ COMPILED_MODULES = [
     "fastgw._core.wire",
     "fastgw._core.balancer",
     "fastgw._core.targets",
+    "fastgw._core.limiter",
     "fastgw.exchange",
     "fastgw.upstream",
     "fastgw.proxy",
