@@ -21,6 +21,7 @@ COMPILED_MODULES = [
     "fastgw._core.limiter",
     "fastgw.exchange",
     "fastgw.upstream",
+    "fastgw.ratelimit",
     "fastgw.proxy",
     "fastgw.protocols.http1",
 ]

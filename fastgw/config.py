@@ -29,9 +29,11 @@ import difflib
 import hashlib
 import ipaddress
 import json
+import math
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -42,8 +44,12 @@ from fastgw.errors import ConfigError
 
 __all__ = [
     "Address",
+    "ClusterConfig",
     "Config",
+    "GlobalConfig",
+    "HealthCheck",
     "LogConfig",
+    "RateLimit",
     "RouteConfig",
     "ServerConfig",
     "Target",
@@ -144,6 +150,36 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A ``rate_limit`` table: ``rate`` a second, ``burst`` at once, per ``key``."""
+
+    rate: float
+    burst: int
+    #: "ip", "route" or "header:<lower-case name>"
+    key: str = "ip"
+    #: "local" (exact across the workers of one machine) or "cluster" (via [cluster].redis)
+    scope: str = "local"
+    #: the size of the machine's table of buckets (16 bytes a key)
+    max_keys: int = 16384
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """``[cluster]``: state shared by several gateway machines."""
+
+    redis: str
+    #: how long a Redis call may take before the machine's own state answers instead
+    timeout: float = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalConfig:
+    """``[global]``: policies applied to every route, before the route's own."""
+
+    rate_limit: RateLimit | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RouteConfig:
     """One ``[[routes]]`` entry; ``index`` is its position in that array."""
 
@@ -162,6 +198,9 @@ class RouteConfig:
     split: tuple[tuple[str, int], ...] = ()
     #: (lower-case header, value, upstream): a request whose header equals value goes there
     match_split: tuple[tuple[str, str, str], ...] = ()
+    rate_limit: RateLimit | None = None
+    #: requests in flight on this route, machine-wide (0: unlimited)
+    max_concurrent: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +213,8 @@ class Config:
     routes: tuple[RouteConfig, ...]
     source: str
     digest: str
+    global_policies: GlobalConfig = GlobalConfig()
+    cluster: ClusterConfig | None = None
 
     def upstream(self, name: str) -> UpstreamConfig:
         """The upstream called ``name``; ``KeyError`` when there is none."""
@@ -602,8 +643,14 @@ def _list(words: Iterable[str]) -> str:
 # The sections
 # ---------------------------------------------------------------------------
 
-_TOP_KEYS = ("server", "log", "upstreams", "routes")
-_TOP_LATER = ("admin", "cluster", "consumers", "auth", "global", "plugins")
+_TOP_KEYS = ("server", "log", "upstreams", "routes", "global", "cluster")
+_TOP_LATER = ("admin", "consumers", "auth", "plugins")
+_GLOBAL_KEYS = ("rate_limit",)
+_GLOBAL_LATER = ("ip",)
+_CLUSTER_KEYS = ("redis", "timeout")
+_RATE_LIMIT_KEYS = ("rate", "burst", "key", "scope", "max_keys")
+#: buckets a rate limit's table may hold (16 bytes each: 256 MiB at most)
+_MAX_KEYS_LIMIT = 1 << 24
 _SERVER_KEYS = (
     "listen",
     "workers",
@@ -656,14 +703,14 @@ _ROUTE_KEYS = (
     "timeout",
     "split",
     "match_split",
+    "rate_limit",
+    "max_concurrent",
 )
 _ROUTE_LATER = (
-    "max_concurrent",
     "websocket",
     "auth",
     "acl",
     "ip",
-    "rate_limit",
     "request_headers",
     "response_headers",
     "cors",
@@ -682,17 +729,21 @@ _PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 class _Builder:
     """Walks the document once, section by section, so that errors always come in
-    the same order: top level, server, log, upstreams, routes (each in file order)."""
+    the same order: top level, server, log, cluster, global, upstreams, routes (each in
+    file order)."""
 
     def __init__(self, root: Place, base_dir: str) -> None:
         self.root = root
         self.base_dir = base_dir
+        self.cluster_config: ClusterConfig | None = None
 
     def config(self, source: str, digest: str) -> Config:
         root = self.root
         root.check_unknown(_TOP_KEYS, _TOP_LATER)
         server = self.server(root.get_table("server"))
         log = self.log(root.get_table("log"))
+        self.cluster_config = self.cluster(root.get_table("cluster"))
+        global_policies = self.global_policies(root.get_table("global"))
         upstreams = root.get_table("upstreams")
         # Routes are checked against every upstream *name*, valid upstream or not;
         # when [upstreams] itself is broken (reported already), not at all.
@@ -708,7 +759,45 @@ class _Builder:
             routes=self.routes(root.get_items("routes"), names),
             source=source,
             digest=digest,
+            global_policies=global_policies,
+            cluster=self.cluster_config,
         )
+
+    def cluster(self, place: Place | None) -> ClusterConfig | None:
+        if place is None:
+            return None
+        place.check_unknown(_CLUSTER_KEYS)
+        redis = place.get("redis", _redis_url)
+        timeout = place.get_duration("timeout", 0.05)
+        if redis is None or timeout is None:
+            return None
+        return ClusterConfig(redis, timeout)
+
+    def global_policies(self, place: Place | None) -> GlobalConfig:
+        if place is None:
+            return GlobalConfig()
+        place.check_unknown(_GLOBAL_KEYS, _GLOBAL_LATER)
+        return GlobalConfig(rate_limit=self.rate_limit(place))
+
+    def rate_limit(self, place: Place) -> RateLimit | None:
+        """``rate_limit`` of a route or of ``[global]``."""
+        table = place.get_table("rate_limit")
+        if table is None:
+            return None
+        table.check_unknown(_RATE_LIMIT_KEYS)
+        rate = table.get("rate", parse_rate)
+        # The default burst: one second's worth of the rate (at least 1).
+        burst = table.get_int("burst", max(1, math.ceil(rate)) if rate else 1, minimum=1)
+        key = table.get("key", _rate_limit_key, "ip")
+        scope = table.get_choice("scope", "local", ("local", "cluster"))
+        if scope == "cluster" and self.cluster_config is None and "cluster" not in self.root.value:
+            table.key("scope").error('"cluster" needs [cluster] redis = "redis://host:port"')
+        max_keys = table.get_int("max_keys", 16384, minimum=1)
+        if max_keys is not None and max_keys > _MAX_KEYS_LIMIT:
+            table.key("max_keys").error(f"must be at most {_MAX_KEYS_LIMIT}, got {max_keys}")
+        if None in (rate, burst, key, max_keys):
+            return None
+        return RateLimit(rate, burst, key, scope, max_keys)
 
     def server(self, place: Place | None) -> ServerConfig:
         d = ServerConfig()
@@ -820,6 +909,8 @@ class _Builder:
             timeout=place.get_duration("timeout", None),
             split=self._split(place, upstream_names),
             match_split=self._match_split(place, upstream_names),
+            rate_limit=self.rate_limit(place),
+            max_concurrent=place.get_int("max_concurrent", 0, minimum=0),
         )
 
     @staticmethod
@@ -992,6 +1083,37 @@ def _route_path(value: Any) -> str:
     except RouteError as exc:
         raise ValueError("; ".join(message for _, message in exc.problems)) from None
     return value
+
+
+def _rate_limit_key(value: Any) -> str:
+    """``ip``, ``route``, ``header:NAME`` (the name lower-cased); ``consumer`` waits for
+    authentication."""
+    text = _string(value)
+    if text in ("ip", "route"):
+        return text
+    if text == "consumer":
+        raise ValueError('"consumer" needs authentication ([consumers], [routes.auth]), which is not supported yet')
+    kind, sep, name = text.partition(":")
+    if kind == "header" and sep:
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(f"{_q(name)} is not a header name")
+        return f"header:{name.lower()}"
+    raise ValueError(f'expected "ip", "route", "header:NAME" or "consumer", got {_q(text)}')
+
+
+def _redis_url(value: Any) -> str:
+    """``redis://[user:password@]host:port[/db]``, ``rediss://…`` (TLS) or ``unix:///path``."""
+    text = _string(value)
+    try:
+        url = urllib.parse.urlsplit(text)
+        url.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        raise ValueError(f"{_q(text)} is not a Redis URL ({exc})") from None
+    if url.scheme in ("redis", "rediss") and url.hostname:
+        return text
+    if url.scheme == "unix" and url.path:
+        return text
+    raise ValueError(f'{_q(text)} is not a Redis URL (use e.g. "redis://127.0.0.1:6379/0")')
 
 
 def _probe_path(value: Any) -> str:

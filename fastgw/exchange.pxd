@@ -51,6 +51,10 @@ cdef class Exchange:
     cdef public str upstream_path
     cdef public list tried
     cdef public object trial
+    # the policies' bookkeeping: fields they add to the response head (RateLimit-*), and
+    # the route's concurrency guard to leave when the exchange ends
+    cdef public list response_fields
+    cdef public object guard
     cdef public UpstreamSide upstream_side
 
     cpdef feed_body(self, bytes data)

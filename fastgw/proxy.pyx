@@ -33,8 +33,12 @@ from fastgw._core.wire cimport (
     H_X_FORWARDED_PROTO, H_FORWARDED, H_X_REAL_IP, HeadWriter, header_id, new_traceparent)
 from fastgw._core.wire import seed_trace_ids
 from fastgw.exchange cimport BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Downstream, Exchange, monotonic
+from fastgw.ratelimit cimport RateLimitPolicy
+from fastgw._core.limiter cimport ConcurrencyGuard
 from fastgw.upstream cimport Pool, ResponseListener, Upstream, UpstreamConnection
 from cpython.unicode cimport PyUnicode_FromFormat
+from libc.stdint cimport int64_t
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 log = logging.getLogger("fastgw")
 
@@ -138,7 +142,7 @@ cdef class Proxy(ResponseListener):
             self.fail(ex, 500, "internal error")
         else:
             self.fail(ex, exc.status, str(exc))
-        self.access_log.write(ex)
+        self._finished(ex)
 
     cpdef fail(self, Exchange ex, int status, str message, list extra=None):
         """Answer ``status`` with the JSON error body, or cut the connection when a
@@ -154,6 +158,8 @@ cdef class Proxy(ResponseListener):
                    (b"x-request-id", ex.request_id.encode())]
         if extra:
             headers.extend(extra)
+        elif ex.response_fields:  # an allowed request's RateLimit fields (a 429 has its own)
+            headers.extend(ex.response_fields)
         cdef Downstream downstream = ex.downstream
         downstream.send_head(ex, status, headers, len(body))
         downstream.send_body(ex, body)
@@ -188,7 +194,7 @@ cdef class Proxy(ResponseListener):
         cdef RouteMatch match = snap.router.match(ex.method, ex.host, ex.path, headers)
         if match is None:
             self.fail(ex, 404, "no route")
-            self.access_log.write(ex)
+            self._finished(ex)
             return
         route = match.target
         cdef Upstream upstream
@@ -197,11 +203,82 @@ cdef class Proxy(ResponseListener):
         if route is None:
             allow = ", ".join(match.allowed).encode()
             self.fail(ex, 405, "method not allowed", [(b"allow", allow)])
-            self.access_log.write(ex)
+            self._finished(ex)
             return
         ex.route_name = route.name
         if route.timeout:
             ex.deadline = ex.started + route.timeout
+        if route.limits:
+            if route.cluster_limited:
+                # Redis answers asynchronously: the rest of this request runs in a task.
+                self._loop().create_task(self._limit_in_cluster_then_forward(ex, route, match))
+                return
+            if not self._admit(ex, route.limits):
+                return
+        self._forward(ex, route, match)
+
+    cdef bint _admit(self, Exchange ex, tuple limits):
+        """Take a token from every rate limit of the route (the global one first); on the
+        first refusal answer 429 and return False. An allowed request's response carries
+        the tightest limit's RateLimit fields."""
+        cdef RateLimitPolicy policy, tightest = None
+        cdef int64_t now = _now_ns(), left, least = -1
+        for policy in limits:
+            left = policy.local.acquire(policy.key_of(ex), now)
+            if left < 0:
+                self._refuse(ex, policy, -left)
+                return False
+            if tightest is None or left < least:
+                tightest, least = policy, left
+        ex.response_fields = tightest.allowed_fields(least)
+        return True
+
+    cdef _refuse(self, Exchange ex, RateLimitPolicy policy, int64_t wait_ns):
+        self.fail(ex, 429, f"rate limit of {policy.owner!r} exceeded", policy.refusal_fields(wait_ns))
+        self._finished(ex)
+
+    async def _limit_in_cluster_then_forward(self, Exchange ex, route, RouteMatch match):
+        """``_admit`` for a route with a cluster-scope limit: each such limit asks Redis
+        (one script call, or the machine's buckets at once when Redis is away)."""
+        cdef RateLimitPolicy policy, tightest = None
+        cdef int64_t left, least = -1
+        try:
+            for policy in route.limits:
+                key = policy.key_of(ex)
+                if policy.cluster is None:
+                    left = policy.local.acquire(key, _now_ns())
+                else:
+                    left = await policy.cluster.acquire(policy.cluster_name, key, policy.local.interval_ns,
+                                                        policy.local.burst, policy.local, _now_ns())
+                if left < 0:
+                    self._refuse(ex, policy, -left)
+                    return
+                if tightest is None or left < least:
+                    tightest, least = policy, left
+            ex.response_fields = tightest.allowed_fields(least)
+            if ex.failure is not None:  # the client left (or broke a limit) meanwhile
+                self._end(ex, None)
+                return
+            self._forward(ex, route, match)
+        except FastGWError as exc:
+            self._end(ex, exc)
+        except Exception:  # a bug of ours: answer 500 and keep serving
+            log.exception("request %s failed", ex.request_id)
+            self._end(ex, None)
+
+    cdef _forward(self, Exchange ex, route, RouteMatch match):
+        """The request passed the route's policies: count it in the route's
+        ``max_concurrent``, pick a target, send."""
+        cdef Upstream upstream
+        cdef Pool pool
+        guard = route.guard
+        if guard is not None:
+            if not (<ConcurrencyGuard>guard).enter():
+                self.fail(ex, 503, f"route {route.name!r} has {(<ConcurrencyGuard>guard).maximum} "
+                                   "requests in flight (max_concurrent)", [(b"retry-after", b"1")])
+                self._finished(ex)
+                return
+            ex.guard = guard
         upstream = route.pick_upstream(ex.headers) if route.splits else route.upstream
         ex.upstream = upstream
         ex.upstream_path = route.upstream_path(ex.path, match.params)
@@ -210,9 +287,18 @@ cdef class Proxy(ResponseListener):
             now = monotonic()
             self.fail(ex, 503, upstream.unavailable(now),
                       [(b"retry-after", str(upstream.retry_after(now)).encode())])
-            self.access_log.write(ex)
+            self._finished(ex)
             return
         self._send(ex, pool)
+
+    cdef _finished(self, Exchange ex):
+        """The exchange is over (answered, or cut): leave the route's concurrency count,
+        write the access log line. Every exchange the proxy handles ends here, once."""
+        guard = ex.guard
+        if guard is not None:
+            ex.guard = None
+            (<ConcurrencyGuard>guard).leave()
+        self.access_log.write(ex)
 
     cdef _send(self, Exchange ex, Pool pool):
         """Send ``ex`` to ``pool``'s target: on an idle pooled connection, or a new one."""
@@ -256,7 +342,7 @@ cdef class Proxy(ResponseListener):
         cdef Pool pool = conn.pool
         if error is None:
             pool.record(ex, ex.status < 500)
-            self.access_log.write(ex)
+            self._finished(ex)
         elif (isinstance(error, UpstreamError) and conn.reused and not conn.got_response_bytes
               and ex.body_kind == BODY_NONE and not ex.response_started and ex.failure is None):
             # A pooled connection the upstream closed while idle fails before any byte
@@ -301,6 +387,13 @@ cdef class Proxy(ResponseListener):
 
 
 cdef HeadWriter _head = HeadWriter()
+
+
+cdef inline int64_t _now_ns() noexcept:
+    """CLOCK_MONOTONIC in nanoseconds: the clock of the rate limiters, in every process."""
+    cdef timespec now
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return now.tv_sec * 1_000_000_000 + now.tv_nsec
 
 
 cdef bytes _upstream_head(Exchange ex, str path, str target_address, set listed):

@@ -38,6 +38,7 @@ from typing import Callable
 import uvloop
 
 from fastgw import upstream
+from fastgw._core import limiter
 from fastgw.accesslog import AccessLog
 from fastgw.config import Config, ServerConfig, load_config
 from fastgw.errors import ConfigError
@@ -87,8 +88,14 @@ class Worker:
     """One process serving its listen sockets with the current snapshot."""
 
     def __init__(self, config_path: str, config: Config, snapshot: Snapshot,
-                 sockets: list[socket.socket]) -> None:
+                 sockets: list[socket.socket], slot: int = 0) -> None:
         self.config_path = config_path
+        # This worker's share of every route's machine-wide concurrency count; what a
+        # predecessor in this slot died with is handed back.
+        limiter.set_worker_slot(slot)
+        for route in snapshot.routes:
+            if route.guard is not None and route.guard.reclaim():
+                log.warning("route %s: requests in flight of a dead worker handed back", route.name)
         self.config = config
         self.limits: ServerConfig = config.server
         self.access_log = AccessLog(config.log.access)
@@ -179,6 +186,8 @@ class Worker:
         self.limits = config.server
         self.config = config
         retire_replaced(old, snapshot)
+        if old.cluster is not None and old.cluster is not snapshot.cluster:
+            self.loop.create_task(old.cluster.close())
         log.info("reloaded %s (digest %s, %d routes)", self.config_path, config.digest[:12],
                  len(config.routes))
 
@@ -200,6 +209,8 @@ class Worker:
             conn.transport.abort()
         for up in self.proxy.snapshot.upstreams.values():
             up.retire()
+        if self.proxy.snapshot.cluster is not None:
+            await self.proxy.snapshot.cluster.close()
         if self.stopped is not None and not self.stopped.done():
             self.stopped.set_result(None)
 
@@ -270,7 +281,7 @@ class Supervisor:
                     if other != slot:
                         for sock in socks:
                             sock.close()
-                Worker(self.config_path, self.config, self.snapshot, self.sockets[slot]).run()
+                Worker(self.config_path, self.config, self.snapshot, self.sockets[slot], slot).run()
             except BaseException:  # noqa: BLE001 - a worker must never return into the supervisor
                 log.exception("worker crashed")
                 code = 1

@@ -3,30 +3,35 @@
 Everything a request needs is decided here, once per (re)load: route patterns are
 checked and built into the Cython trie, rewrite templates are split into parts, upstream
 groups get their pools, each target its slot of the state every worker shares
-(``_core.targets``: the supervisor's first load maps that table, before it forks).
+(``_core.targets``: the supervisor's first load maps that table, before it forks), and
+routes their policies: rate limits and concurrency guards in the shared arena of
+``_core.limiter``, and the cluster's Redis connection (``fastgw.cluster``).
 ``compile_snapshot(config, previous)`` keeps an ``Upstream`` (and
 its warm keep-alive pools) whose settings did not change, so a reload does not cold-start
 upstream connections; the ones that left the config are retired by the caller once the
 new snapshot is in place.
 
-May import: the standard library, fastgw.config, fastgw.errors, fastgw.upstream, fastgw._core.
+May import: the standard library, fastgw.config, fastgw.errors, fastgw.upstream,
+fastgw.ratelimit, fastgw.cluster, fastgw._core.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastgw._core.balancer import SmoothWeighted
 from fastgw._core.errors import RouteError
 from fastgw._core.router import Router, Rule
+from fastgw._core.limiter import ConcurrencyGuard, shared_arena
 from fastgw._core.targets import shared_table
 from fastgw.errors import ConfigError
+from fastgw.ratelimit import RateLimitPolicy
 from fastgw.upstream import Pool, Upstream
 
 if TYPE_CHECKING:
-    from fastgw.config import Config, RouteConfig, UpstreamConfig
+    from fastgw.config import Config, RateLimit, RouteConfig, UpstreamConfig
     from fastgw.exchange import Exchange
 
 log = logging.getLogger("fastgw")
@@ -36,9 +41,11 @@ class Route:
     """A route as a request sees it: where it goes and how its path is rewritten."""
 
     __slots__ = ("name", "index", "upstream", "strip_prefix", "rewrite", "timeout", "config",
-                 "splits", "_match_split", "_split_upstreams", "_split")
+                 "splits", "_match_split", "_split_upstreams", "_split", "limits", "cluster_limited",
+                 "guard")
 
-    def __init__(self, config: RouteConfig, upstreams: dict[str, Upstream]) -> None:
+    def __init__(self, config: RouteConfig, upstreams: dict[str, Upstream],
+                 policies: Policies | None = None) -> None:
         self.name = config.name
         self.index = config.index
         self.upstream = upstreams[config.upstream]
@@ -58,6 +65,13 @@ class Route:
         self._split = SmoothWeighted([w for _, w in shares]) if config.split else None
         #: the route sends some requests elsewhere than ``upstream``: ask ``pick_upstream``
         self.splits = bool(config.split or config.match_split)
+        policies = policies or Policies(None, None)
+        #: the rate limits a request must pass, [global]'s first
+        self.limits = policies.limits_of(config)
+        #: some of them ask Redis (the proxy then goes on in a task)
+        self.cluster_limited = any(limit.cluster is not None for limit in self.limits)
+        #: max_concurrent, counted for the machine; or None
+        self.guard = policies.guard_of(config)
 
     def pick_upstream(self, headers: list[tuple[bytes, bytes]]) -> Upstream:
         """The upstream for a request with these headers: ``match_split``, then ``split``."""
@@ -106,15 +120,61 @@ def _split_template(template: str) -> list[str]:
     return parts
 
 
+class Policies:
+    """What the routes' policies are built from: the shared arena (``_core.limiter``), the
+    cluster connection, the worker count (a concurrency guard keeps a share per worker),
+    and ``[global]``'s rate limit, built once and shared by every route."""
+
+    def __init__(self, config: Config | None, cluster: Any) -> None:
+        self.arena = shared_arena()
+        self.cluster = cluster
+        self.workers = config.server.workers if config is not None else 1
+        limit = config.global_policies.rate_limit if config is not None else None
+        self.global_limit = self._policy("global", limit) if limit is not None else None
+
+    def _policy(self, owner: str, limit: RateLimit) -> RateLimitPolicy:
+        policy = RateLimitPolicy(owner, limit, self.arena, self.cluster)
+        if not policy.local.shared:
+            log.warning("rate limit of %s: the shared arena is full, so this worker counts on its own "
+                        "(a restart reclaims the arena)", owner)
+        return policy
+
+    def limits_of(self, route: RouteConfig) -> tuple[RateLimitPolicy, ...]:
+        own = self._policy(route.name, route.rate_limit) if route.rate_limit is not None else None
+        return tuple(p for p in (self.global_limit, own) if p is not None)
+
+    def guard_of(self, route: RouteConfig) -> ConcurrencyGuard | None:
+        if not route.max_concurrent:
+            return None
+        # Named by its settings, so a reload that keeps them keeps the count going.
+        name = f"concurrency\0{route.name}\0{route.max_concurrent}\0{self.workers}".encode()
+        return ConcurrencyGuard(route.max_concurrent, self.workers, self.arena, name)
+
+
+def _cluster_limits(config: Config, previous: Snapshot | None) -> Any:
+    """The Redis connection of ``[cluster]``: the previous snapshot's when its settings
+    are unchanged (its connections stay warm), else a new one, or None."""
+    if config.cluster is None:
+        return None
+    if previous is not None and previous.config.cluster == config.cluster and previous.cluster is not None:
+        return previous.cluster
+    # Imported here: redis is loaded only by configs that use it.
+    from fastgw.cluster import ClusterLimits
+
+    return ClusterLimits(config.cluster.redis, config.cluster.timeout)
+
+
 class Snapshot:
     """What one config compiles to. Never mutated after ``compile_snapshot`` returns."""
 
     __slots__ = ("config", "router", "routes", "upstreams", "trusted_proxies", "condition_headers",
-                 "_trust_cache")
+                 "cluster", "_trust_cache")
 
     def __init__(self, config: Config, router: Router, routes: tuple[Route, ...],
-                 upstreams: dict[str, Upstream]) -> None:
+                 upstreams: dict[str, Upstream], cluster: Any = None) -> None:
         self.config = config
+        #: fastgw.cluster.ClusterLimits of [cluster], or None
+        self.cluster = cluster
         self.router = router
         self.routes = routes
         self.upstreams = upstreams
@@ -190,7 +250,9 @@ def compile_snapshot(config: Config, previous: Snapshot | None = None) -> Snapsh
     """Build the snapshot, or raise ``ConfigError`` listing every route pattern the router
     refuses (config.py has already checked everything else)."""
     upstreams = {up.name: build_upstream(up, previous) for up in config.upstreams}
-    routes = tuple(Route(rc, upstreams) for rc in config.routes)
+    cluster = _cluster_limits(config, previous)
+    policies = Policies(config, cluster)
+    routes = tuple(Route(rc, upstreams, policies) for rc in config.routes)
     rules = [
         Rule(route, rc.paths, rc.methods, rc.hosts, rc.headers, rc.priority)
         for route, rc in zip(routes, config.routes)
@@ -201,7 +263,7 @@ def compile_snapshot(config: Config, previous: Snapshot | None = None) -> Snapsh
         source = config.source or "fastgw.toml"
         raise ConfigError([f'{source}: routes[{config.routes[i].index}] "{config.routes[i].name}": {message}'
                            for i, message in exc.problems]) from None
-    return Snapshot(config, router, routes, upstreams)
+    return Snapshot(config, router, routes, upstreams, cluster)
 
 
 def retire_replaced(old: Snapshot, new: Snapshot) -> None:

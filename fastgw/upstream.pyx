@@ -181,6 +181,9 @@ cdef class UpstreamConnection(UpstreamSide):
             self.keep_alive = head.keep_alive
             self.relay_left = head.content_length
             _fields.add_field(b"x-request-id", ex.request_id.encode())
+            if ex.response_fields is not None:
+                for field in ex.response_fields:
+                    _fields.add_field(field[0], field[1])
             ex.downstream.send_head_lines(ex, head.status, _fields.finish(), head.content_length)
             self._relay(ex, data, head.head_end)
         else:
@@ -372,6 +375,8 @@ cdef class UpstreamConnection(UpstreamSide):
         if self.body_chunked:
             self.length = -1
         headers.append((b"x-request-id", ex.request_id.encode()))
+        if ex.response_fields is not None:
+            headers.extend(ex.response_fields)
         ex.downstream.send_head(ex, status, headers, self.length)
         if ex.is_head:
             # The parser cannot be told this response has no body; finish it here and

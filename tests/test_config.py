@@ -16,8 +16,11 @@ from hypothesis import strategies as st
 from fastgw import config as config_module
 from fastgw.config import (
     Address,
+    ClusterConfig,
     Config,
+    GlobalConfig,
     HealthCheck,
+    RateLimit,
     LogConfig,
     RouteConfig,
     ServerConfig,
@@ -690,7 +693,7 @@ def test_known_methods(method):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key", ["admin", "cluster", "consumers", "auth", "global", "plugins"])
+@pytest.mark.parametrize("key", ["admin", "consumers", "auth", "plugins"])
 def test_top_level_not_supported_yet(key):
     assert only_error(f"[{key}]\n") == f'fastgw.toml: "{key}" is not supported yet'
 
@@ -768,12 +771,10 @@ def test_bad_hash_on(balance, hash_on, error):
 @pytest.mark.parametrize(
     ("key", "value"),
     [
-        ("max_concurrent", "0"),
         ("websocket", '"proxy"'),
         ("auth", '{ methods = ["key"] }'),
         ("acl", '{ allow_groups = ["admin"] }'),
         ("ip", '{ allow = ["10.0.0.0/8"] }'),
-        ("rate_limit", '{ rate = "100/s" }'),
         ("request_headers", "{}"),
         ("response_headers", "{}"),
         ("cors", "{}"),
@@ -785,8 +786,60 @@ def test_route_keys_not_supported_yet(key, value):
 
 
 def test_route_plugin_table_not_supported_yet():
-    text = route(BASE + '[routes.rate_limit]\nrate = "100/s"\nburst = 200')
-    assert errors_of(text) == ['fastgw.toml: routes[0] "r": "rate_limit" is not supported yet']
+    text = route(BASE + '[routes.cors]\norigins = ["https://app.example.com"]')
+    assert errors_of(text) == ['fastgw.toml: routes[0] "r": "cors" is not supported yet']
+
+
+# ---------------------------------------------------------------------------
+# Rate limits, [global], [cluster], max_concurrent
+# ---------------------------------------------------------------------------
+
+
+def test_rate_limit_values_and_defaults():
+    text = route(BASE + 'max_concurrent = 7\n[routes.rate_limit]\nrate = "6000/m"\n')
+    r = parse_config(text).routes[0]
+    assert r.rate_limit == RateLimit(rate=100.0, burst=100, key="ip", scope="local", max_keys=16384)
+    assert r.max_concurrent == 7
+    text = route(BASE + '[routes.rate_limit]\nrate = "2.5/s"\nburst = 5\nkey = "header:X-User"\nmax_keys = 64\n')
+    assert parse_config(text).routes[0].rate_limit == RateLimit(2.5, 5, "header:x-user", "local", 64)
+    assert parse_config(route(BASE)).routes[0].rate_limit is None
+    assert parse_config(route(BASE)).routes[0].max_concurrent == 0
+
+
+def test_global_and_cluster():
+    text = ('[cluster]\nredis = "redis://10.0.0.5:6379/2"\n'
+            '[global]\nrate_limit = { rate = "1000/s", burst = 2000, key = "route" }\n'
+            + route(BASE + 'rate_limit = { rate = "5/s", scope = "cluster" }\n'))
+    config = parse_config(text)
+    assert config.cluster == ClusterConfig("redis://10.0.0.5:6379/2", 0.05)
+    assert config.global_policies == GlobalConfig(RateLimit(1000.0, 2000, "route"))
+    assert config.routes[0].rate_limit.scope == "cluster"
+    assert parse_config(route(BASE)).cluster is None
+
+
+def test_rate_limit_errors_all_at_once():
+    text = ('[global]\nip = {}\nrate_limit = { rate = "0/s", key = "consumer" }\n[cluster]\nredis = "http://x"\n'
+            + route(BASE + 'max_concurrent = -1\n[routes.rate_limit]\nrate = "10/s"\nburst = 0\n'
+                    'key = "header:bad name"\nmax_keys = 99999999999\nper = "ip"\n'))
+    assert errors_of(text) == [
+        'fastgw.toml: cluster.redis: "http://x" is not a Redis URL (use e.g. "redis://127.0.0.1:6379/0")',
+        'fastgw.toml: global: "ip" is not supported yet',
+        'fastgw.toml: global.rate_limit.rate: a rate must be greater than 0, got "0/s"',
+        'fastgw.toml: global.rate_limit.key: "consumer" needs authentication ([consumers], [routes.auth]), '
+        "which is not supported yet",
+        'fastgw.toml: routes[0] "r".rate_limit: unknown key "per"',
+        'fastgw.toml: routes[0] "r".rate_limit.burst: must be at least 1, got 0',
+        'fastgw.toml: routes[0] "r".rate_limit.key: "bad name" is not a header name',
+        'fastgw.toml: routes[0] "r".rate_limit.max_keys: must be at most 16777216, got 99999999999',
+        'fastgw.toml: routes[0] "r".max_concurrent: must be at least 0, got -1',
+    ]
+
+
+def test_cluster_scope_needs_a_cluster():
+    text = route(BASE + 'rate_limit = { rate = "5/s", scope = "cluster" }\n')
+    assert only_error(text) == (
+        'fastgw.toml: routes[0] "r".rate_limit.scope: "cluster" needs [cluster] redis = "redis://host:port"')
+    assert only_error("[cluster]\n") == 'fastgw.toml: cluster: missing required key "redis"'
 
 
 def test_aggregate_route_is_not_also_missing_its_upstream():
@@ -836,8 +889,8 @@ def test_every_error_is_reported_at_once():
     name = "orders"
     paths = ["/orders"]
     upstream = "order"
-    [routes.rate_limit]
-    rate = "100/s"
+    [routes.cors]
+    origins = []
     """
     assert errors_of(text) == [
         'fastgw.toml: "admin" is not supported yet',
@@ -851,7 +904,7 @@ def test_every_error_is_reported_at_once():
         'fastgw.toml: routes[0] "users": "strip_prefix" and "rewrite" cannot be used together',
         'fastgw.toml: routes[0] "users".methods[1]: "GETT" is not an HTTP method (did you mean "GET"?)',
         'fastgw.toml: routes[1] "users": name "users" is already used by routes[0]',
-        'fastgw.toml: routes[2] "orders": "rate_limit" is not supported yet',
+        'fastgw.toml: routes[2] "orders": "cors" is not supported yet',
         'fastgw.toml: routes[2] "orders": upstream "order" is not defined (did you mean "orders"?)',
     ]
 

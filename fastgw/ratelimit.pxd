@@ -1,0 +1,20 @@
+# C-level declarations of fastgw/ratelimit.pyx, cimported by the proxy.
+
+from libc.stdint cimport int64_t
+
+from fastgw._core.limiter cimport Limiter
+from fastgw.exchange cimport Exchange
+
+
+cdef class RateLimitPolicy:
+    cdef readonly str owner             # "global" or the route's name
+    cdef readonly Limiter local         # the machine's buckets (and cluster scope's fallback)
+    cdef readonly object cluster        # fastgw.cluster.ClusterLimits for scope "cluster"
+    cdef readonly bytes cluster_name    # the policy's name in Redis, the same on every machine
+    cdef readonly bytes limit_field     # RateLimit-Limit's value
+    cdef int kind
+    cdef bytes header                   # lower-case, for key = "header:NAME"
+
+    cdef bytes key_of(self, Exchange ex)
+    cpdef list refusal_fields(self, int64_t wait_ns)
+    cpdef list allowed_fields(self, int64_t remaining)
