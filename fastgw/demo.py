@@ -119,7 +119,7 @@ def tour(port: int) -> str:
 fastgw demo: the gateway listens on {base}, in front of demo backends on loopback.
 Try, in another terminal (each response carries an X-Request-Id; the access log is below):
 
-  curl -i {base}/users                 # routed; two backends 1:3, see "served_by"
+  curl -i {base}/users                 # routed; two backends 1:3, see "served_by"; RateLimit-* fields
   curl -i {base}/users/2               # a {{param}} segment
   curl -i {base}/profile/3             # rewritten upstream to /users/3
   curl -i {base}/api/orders?x=1        # prefix route, /api stripped: echo shows what arrived

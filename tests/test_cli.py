@@ -313,6 +313,7 @@ def test_demo_serves_the_printed_curl_lines_and_stops_on_ctrl_c(tmp_path):
             assert r.json() == {"error": error, "status": status, "request_id": r.headers["x-request-id"]}
         assert tried["GET /broken"].json()["status"] == 502
         assert sorted(served_by) == ["users-a"] * 2 + ["users-b"] * 6  # weights 1:3
+        assert tried["GET /users"].headers["ratelimit-limit"] == "20"  # the users route's limit
 
         records = _wait(lambda: len(out.read_text().splitlines()) >= len(tried) + 8
                         and [json.loads(line) for line in out.read_text().splitlines()], 5, "the access log")
