@@ -4,7 +4,9 @@
 writes a config to a temporary folder and starts ``python -m fastgw run -c FILE`` as a
 child process, waits until it accepts connections, and stops it (SIGTERM, then SIGKILL)
 at the end of the test. Its stderr and access log (stdout) are kept in files the test
-can read. Every process and socket here is bounded in time and cleaned up.
+can read. ``redis_server`` starts a ``redis-server`` (from the system: ``apt-get install
+redis-server``) on a free port, with no persistence, and kills it at the end. Every
+process and socket here is bounded in time and cleaned up.
 """
 
 from __future__ import annotations
@@ -187,4 +189,52 @@ def closed_by_peer(sock: socket.socket, timeout: float = 5.0) -> bool:
         return False
 
 
-__all__ = ["Backend", "Gateway", "config_for", "free_port", "wait_port", "raw_request", "closed_by_peer"]
+__all__ = ["Backend", "Gateway", "RedisServer", "config_for", "free_port", "wait_port", "raw_request",
+           "closed_by_peer"]
+
+
+class RedisServer:
+    """A ``redis-server`` of this test on 127.0.0.1:``port``, no persistence."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server on port {self.port} exited with {self.proc.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.02)
+        self.kill()
+        raise TimeoutError(f"redis-server on port {self.port} not answering after {timeout}s")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def client(self):
+        """A plain (blocking) client for the test's own looks at the server."""
+        import redis  # only the tests that use Redis load it
+
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, socket_connect_timeout=5)
+
+
+@pytest.fixture
+def redis_server():
+    server = RedisServer().start()
+    yield server
+    server.kill()

@@ -1,6 +1,7 @@
 """End to end through a real gateway process: ``rate_limit`` (routes and ``[global]``,
 scope local: exact across the workers of one machine), the 429 answer and the
-RateLimit fields, the keys, reload, and a route's ``max_concurrent``.
+RateLimit fields, the keys, reload, a route's ``max_concurrent``, and ``scope = "cluster"``
+with a real redis-server: exact across two gateways, and Redis killed mid-test.
 
 May import: tests.backend, tests.conftest, httpx, pytest, the standard library.
 """
@@ -160,3 +161,59 @@ def test_max_concurrent_is_503_beyond_it_across_workers(backend, gateway):
     assert refused.headers["retry-after"] == "1"
     # all done: the count is back to zero
     assert statuses(gw.url, 3, path="/slow?ms=1") == [200, 200, 200]
+
+
+# -- scope = "cluster": Redis ------------------------------------------------------------
+
+
+def cluster_config(backend, redis_url: str, limit: str, timeout: str = "2s") -> tuple[str, int]:
+    # A generous [cluster].timeout where a test counts exactly: on this 2-core machine a
+    # busy moment could otherwise look like a slow Redis and switch to local counting.
+    return limited(backend, limit + '\nscope = "cluster"',
+                   extra=f'[cluster]\nredis = "{redis_url}"\ntimeout = "{timeout}"\n')
+
+
+def test_two_gateways_one_redis_burst_25_exactly_25_pass(backend, gateway, redis_server):
+    urls = []
+    for _ in range(2):  # two "machines"
+        toml, port = cluster_config(backend, redis_server.url, 'rate = "1/h"\nburst = 25\nkey = "route"')
+        urls.append(gateway(toml, port).url)
+    answers: list[int] = []
+    lock = threading.Lock()
+
+    def client(url: str) -> None:
+        with httpx.Client(base_url=url) as c:
+            for _ in range(5):
+                status = c.get("/echo").status_code
+                with lock:
+                    answers.append(status)
+
+    threads = [threading.Thread(target=client, args=(urls[i % 2],)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert Counter(answers) == {200: 25, 429: 55}
+
+
+def test_redis_killed_mid_test_falls_back_to_the_machine_and_comes_back(backend, gateway, redis_server):
+    toml, port = cluster_config(backend, redis_server.url, 'rate = "1/h"\nburst = 5\nkey = "route"',
+                                timeout="100ms")
+    gw = gateway(toml, port)
+    assert statuses(gw.url, 2) == [200, 200]  # two of Redis's five
+    redis_server.kill()
+    with httpx.Client(base_url=gw.url, timeout=5) as c:
+        start = time.monotonic()
+        after = [c.get("/echo").status_code for _ in range(8)]
+        took = time.monotonic() - start
+    # the machine's own buckets answer, full: five pass, then 429; never a 500, no hang
+    assert after == [200] * 5 + [429] * 3
+    assert took < 3, took
+    assert gw.stderr.count("unreachable") == 1
+    redis_server.start()
+    deadline = time.monotonic() + 10
+    while "reachable again" not in gw.stderr:
+        assert time.monotonic() < deadline, "never reconnected"
+        time.sleep(0.1)
+    # Redis is empty after its restart: its bucket is full again
+    assert statuses(gw.url, 6) == [200] * 5 + [429]
