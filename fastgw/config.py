@@ -792,6 +792,13 @@ class _Builder:
         scope = table.get_choice("scope", "local", ("local", "cluster"))
         if scope == "cluster" and self.cluster_config is None and "cluster" not in self.root.value:
             table.key("scope").error('"cluster" needs [cluster] redis = "redis://host:port"')
+        if rate is not None and rate > 1e9:
+            table.key("rate").error(f"at most 1000000000/s (one request a nanosecond), got {_q(table.value['rate'])}")
+            rate = None
+        elif rate is not None and burst is not None and burst / rate > 1e9:
+            # (the limiter keeps burst × 1/rate in 64-bit nanoseconds)
+            table.key("burst").error(f"takes {burst / rate:.3g} s to fill at this rate; at most 1e9 s")
+            burst = None
         max_keys = table.get_int("max_keys", 16384, minimum=1)
         if max_keys is not None and max_keys > _MAX_KEYS_LIMIT:
             table.key("max_keys").error(f"must be at most {_MAX_KEYS_LIMIT}, got {max_keys}")

@@ -835,6 +835,14 @@ def test_rate_limit_errors_all_at_once():
     ]
 
 
+def test_rates_and_bursts_the_limiter_cannot_hold():
+    assert only_error(route(BASE + 'rate_limit = { rate = "2000000000/s" }\n')) == (
+        'fastgw.toml: routes[0] "r".rate_limit.rate: at most 1000000000/s (one request a nanosecond), '
+        'got "2000000000/s"')
+    assert only_error(route(BASE + 'rate_limit = { rate = "1/d", burst = 100000 }\n')) == (
+        'fastgw.toml: routes[0] "r".rate_limit.burst: takes 8.64e+09 s to fill at this rate; at most 1e9 s')
+
+
 def test_cluster_scope_needs_a_cluster():
     text = route(BASE + 'rate_limit = { rate = "5/s", scope = "cluster" }\n')
     assert only_error(text) == (

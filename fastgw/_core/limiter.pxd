@@ -33,8 +33,7 @@ cdef class Limiter:
 
 cdef class ConcurrencyGuard:
     cdef int64_t* total
-    cdef int64_t* mine            # this worker's share, reset when its successor starts
-    cdef int64_t* shares
+    cdef int64_t* shares          # each worker slot's part of the total (see reclaim)
     cdef Py_ssize_t workers
     cdef object owner
     cdef readonly int64_t maximum

@@ -7,6 +7,7 @@ process. Every method is safe from any number of processes sharing one arena.
 ARENA_BYTES: int
 DIRECTORY_ENTRIES: int
 DEFAULT_MAX_KEYS: int
+MAX_FILL_SECONDS: float
 
 def set_worker_slot(slot: int) -> None: ...
 def shared_arena() -> Arena: ...

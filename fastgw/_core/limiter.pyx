@@ -13,8 +13,9 @@ nanoseconds until the next token.
 Bounded memory: a table of ``max_keys`` slots (16 bytes each: the key's 64-bit hash and
 its TAT) in groups of 8 (two cache lines); a key lives in the group its hash names. A new
 key takes a free slot of its group, else evicts an idle full bucket (TAT in the past:
-nothing is lost), else one within one token of full (a key seen once: a flood of random
-keys is of those), never a busier one: when the whole group is busy the new key is
+nothing is lost), else, when ``burst`` > 1, one within one token of full (a key seen
+once: a flood of random keys is of those; with a burst of 1 such a key is an empty
+bucket, and is kept), never a busier one: when the whole group is busy the new key is
 refused (as nginx refuses when its zone is full), and ``full`` counts it. A flood of
 random keys therefore cannot grow memory, nor reset a busy key's bucket.
 
@@ -58,6 +59,8 @@ ARENA_BYTES = 256 * 1024 * 1024
 DIRECTORY_ENTRIES = 1024
 #: the default size of a limiter's table (as nginx's 1m zone, about 16,000 states)
 DEFAULT_MAX_KEYS = 16384
+#: the longest a bucket may take to fill (burst / rate): keeps burst × interval in int64
+MAX_FILL_SECONDS = 1e9
 
 cdef size_t HEADER_BYTES = 64 + DIRECTORY_ENTRIES * 32
 cdef int COUNTER_EVICTIONS = 0
@@ -112,6 +115,8 @@ cdef class Arena:
     cdef char* region(self, bytes name, size_t size) except? NULL:
         """The region named ``name`` (zeroed when new), made by whichever process asks
         first; NULL when the arena or its directory is full."""
+        if name is None:
+            raise TypeError("a region's name is bytes, not None")
         cdef uint64_t key = _hash(name)
         cdef DirectoryEntry* entries = <DirectoryEntry*>(self.base + 64)
         cdef DirectoryEntry* entry
@@ -121,10 +126,13 @@ cdef class Arena:
         for i in range(DIRECTORY_ENTRIES):
             entry = &entries[(key + <uint64_t>i) % DIRECTORY_ENTRIES]
             if atomic_load(&entry.key) == 0 and atomic_cas(&entry.key, 0, key):
-                start = <uint64_t>atomic_add(<int64_t*>self.base, <int64_t>size) - size
-                if start + size > self.size:
-                    atomic_store(&entry.ready, 2)
-                    return NULL
+                while True:  # take room only when it fits: a region too big spoils none after it
+                    start = atomic_load(<uint64_t*>self.base)
+                    if start + size > self.size:
+                        atomic_store(&entry.ready, 2)
+                        return NULL
+                    if atomic_cas(<uint64_t*>self.base, start, start + size):
+                        break
                 entry.offset = start
                 entry.size = size
                 atomic_store(&entry.ready, 1)
@@ -200,12 +208,14 @@ cdef class Limiter:
     ``max_keys`` keys. In ``arena`` under ``name`` (shared by every process that asks for
     that name), or private when ``arena`` is None or full (``shared`` False)."""
 
-    def __cinit__(self, double rate, int64_t burst, Py_ssize_t max_keys=DEFAULT_MAX_KEYS,
+    def __cinit__(self, double rate, burst, Py_ssize_t max_keys=DEFAULT_MAX_KEYS,
                   Arena arena=None, bytes name=b""):
-        if not rate > 0:
-            raise ValueError(f"rate must be above 0, got {rate}")
-        if burst < 1:
-            raise ValueError(f"burst must be at least 1, got {burst}")
+        if not 1e-9 <= rate <= 1e9:
+            raise ValueError(f"rate must be between 1e-9 and 1e9 a second, got {rate}")
+        if type(burst) is not int or burst < 1:
+            raise ValueError(f"burst must be an integer of at least 1, got {burst!r}")
+        if burst / rate > MAX_FILL_SECONDS:
+            raise ValueError(f"burst / rate is {burst / rate:.3g} s to fill, over {MAX_FILL_SECONDS:g} s")
         if max_keys < 1:
             raise ValueError(f"max_keys must be at least 1, got {max_keys}")
         self.rate = rate
@@ -267,7 +277,7 @@ cdef class Limiter:
             tat = atomic_load(&group[2 * i + 1])
             if victim < 0 or tat < fullest:
                 victim, fullest = i, tat
-        if victim >= 0 and fullest <= now + <uint64_t>self.interval_ns:
+        if victim >= 0 and (fullest <= now or (self.burst > 1 and fullest <= now + <uint64_t>self.interval_ns)):
             held = atomic_load(&group[2 * victim])
             if held != h and atomic_cas(&group[2 * victim], held, h):
                 # (a take of the evicted key racing this store loses at most one token)
@@ -292,6 +302,8 @@ cdef class Limiter:
 
     def peek(self, bytes key, int64_t now_ns):
         """The tokens ``key`` holds at ``now_ns``, taking none (for tests and the admin)."""
+        if key is None:
+            raise TypeError("a limiter key is bytes, not None")
         cdef uint64_t h = _hash(key)
         cdef uint64_t* group = self.slots + (h & self.group_mask) * GROUP * 2
         cdef Py_ssize_t i
