@@ -9,21 +9,16 @@ and with refill, a concurrency maximum that holds machine-wide, a dead worker's 
 reclaimed), and the arena's named regions (shared by name, separate by name, private
 when full).
 
-May import: fastgw._core, tests.core.reference_limiter, pytest, hypothesis, the standard library.
+May import: fastgw._core, tests.core.reference_limiter, tests.core.forking, pytest, hypothesis,
+the standard library.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import multiprocessing
 import os
 import random
-import select
-import signal
 import time
-import traceback
-from typing import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -38,6 +33,7 @@ from fastgw._core.limiter import (
     set_worker_slot,
 )
 from tests.core import reference_limiter as ref
+from tests.core.forking import WORKERS, race
 
 T0 = 1_000 * 10**9  # a CLOCK_MONOTONIC-like time, in ns
 SECOND = 10**9
@@ -302,98 +298,6 @@ def test_same_answers_as_the_reference(rate, burst, max_keys, start, steps):
 
 # -- processes racing on one arena --------------------------------------------------------
 
-WORKERS = 4
-DEADLINE_S = 20.0
-
-
-class Gate:
-    """A barrier that lets the workers go within a few instructions of each other, so
-    that they really race: each arrival adds one to a shared counter (a ConcurrencyGuard
-    of its own arena) and spins, yielding the CPU, until the round's last worker has
-    arrived. (A semaphore wakes its waiters one after the other, too far apart to race.)"""
-
-    def __init__(self, workers: int) -> None:
-        self.arena = Arena(ARENA_HEADER + 4096)
-        self.counter = ConcurrencyGuard(1 << 62, arena=self.arena, name=b"gate")
-        self.workers = workers
-        self.rounds = 0  # each process counts its own, after the fork
-
-    def wait(self) -> None:
-        self.rounds += 1
-        assert self.counter.enter()
-        everyone = self.workers * self.rounds
-        deadline = time.monotonic() + DEADLINE_S
-        while self.counter.in_flight < everyone:
-            os.sched_yield()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"gate round {self.rounds}: {self.counter.in_flight} of {everyone}")
-
-
-def race(body: Callable[[int, Gate], object], workers: int = WORKERS) -> list:
-    """Fork ``workers`` children that run ``body(index, gate)`` on the memory mapped
-    before the fork, all starting together; returns what each returned (as JSON through
-    a pipe). A child that raises fails the test with its traceback; one still running
-    after DEADLINE_S is killed and fails it. Children leave by ``os._exit``."""
-    barrier = multiprocessing.get_context("fork").Barrier(workers, timeout=DEADLINE_S)
-    gate = Gate(workers)
-    pipes = [os.pipe() for _ in range(workers)]
-    pids = []
-    for index in range(workers):
-        pid = os.fork()
-        if pid == 0:  # the child: never returns into pytest
-            code = 1
-            try:
-                for n, (r, w) in enumerate(pipes):
-                    os.close(r)
-                    if n != index:
-                        os.close(w)
-                out = pipes[index][1]
-                try:
-                    barrier.wait()  # every child forked and running
-                    gate.wait()
-                    data = json.dumps({"result": body(index, gate)}).encode()
-                    code = 0
-                except BaseException:
-                    data = json.dumps({"error": traceback.format_exc()}).encode()
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(out, view):]
-            finally:
-                os._exit(code)
-        pids.append(pid)
-    for _, w in pipes:
-        os.close(w)
-    deadline = time.monotonic() + DEADLINE_S
-    chunks: dict[int, list[bytes]] = {r: [] for r, _ in pipes}
-    open_fds = set(chunks)
-    try:
-        while open_fds and time.monotonic() < deadline:
-            ready, _, _ = select.select(list(open_fds), [], [], 0.5)
-            for fd in ready:
-                chunk = os.read(fd, 65536)
-                if chunk:
-                    chunks[fd].append(chunk)
-                else:
-                    open_fds.discard(fd)
-        while pids and time.monotonic() < deadline:
-            for pid in list(pids):
-                if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                    pids.remove(pid)
-            if pids:
-                time.sleep(0.01)
-    finally:
-        for pid in pids:  # still running at the deadline: ours to end
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        for r, _ in pipes:
-            os.close(r)
-    assert not pids and not open_fds, f"workers still running after {DEADLINE_S} s"
-    results = []
-    for r, _ in pipes:
-        answer = json.loads(b"".join(chunks[r]) or b'{"error": "no answer"}')
-        assert "error" not in answer, answer["error"]
-        results.append(answer["result"])
-    return results
 
 
 def test_race_one_key_at_a_fixed_time_allows_exactly_burst():
