@@ -1,13 +1,15 @@
 """End to end through a real gateway process: ``rate_limit`` (routes and ``[global]``,
 scope local: exact across the workers of one machine), the 429 answer and the
 RateLimit fields, the keys, reload, a route's ``max_concurrent``, and ``scope = "cluster"``
-with a real redis-server: exact across two gateways, and Redis killed mid-test.
+with a real redis-server: exact across two gateways, and Redis killed mid-test; and
+``[server].max_connections``, per worker.
 
 May import: tests.backend, tests.conftest, httpx, pytest, the standard library.
 """
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 import uuid
@@ -15,7 +17,7 @@ from collections import Counter
 
 import httpx
 
-from tests.conftest import config_for, free_port
+from tests.conftest import closed_by_peer, config_for
 
 
 def limited(backend, limit: str, server: str = "", extra: str = "", route_extra: str = "") -> tuple[str, int]:
@@ -217,3 +219,23 @@ def test_redis_killed_mid_test_falls_back_to_the_machine_and_comes_back(backend,
         time.sleep(0.1)
     # Redis is empty after its restart: its bucket is full again
     assert statuses(gw.url, 6) == [200] * 5 + [429]
+
+
+def test_max_connections_per_worker_closes_the_one_over_at_once(backend, gateway):
+    toml, port = config_for(backend, server="max_connections = 3", log='access = "off"')
+    gw = gateway(toml, port)
+    request = b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n"
+    held = []
+    for _ in range(3):  # three keep-alive connections, each served once and kept open
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(request)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        held.append(sock)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as extra:
+        extra.sendall(request)
+        assert closed_by_peer(extra)  # closed, unanswered
+    held.pop().close()
+    time.sleep(0.2)  # the gateway sees that close
+    assert statuses(gw.url, 1) == [200]  # room again
+    for sock in held:
+        sock.close()
