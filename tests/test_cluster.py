@@ -1,8 +1,10 @@
 """Cluster-scope rate limits (``fastgw.cluster``) against real ``redis-server`` processes
 that the tests start on free ports of 127.0.0.1 and kill at the end: exactness under
 concurrency, in one process and across two (as two gateway machines), refill, the
-answers' encoding, keys that expire, and Redis failing: killed mid-test and restarted,
-never there, accepting but never answering, paused (slow). Each failure must be
+answers' encoding, keys that expire, the micro-batching (one connection, one round
+trip for the requests of one event-loop iteration, batches in flight bounded, NOSCRIPT,
+cancelled requests, a connection closed while idle), and Redis failing: killed mid-test
+and restarted, never there, accepting but never answering, paused (slow). Each failure must be
 answered by the local limiter within about ``timeout``, logged once, counted in
 ``fallbacks``, and healed by the background probe.
 
@@ -27,7 +29,7 @@ import pytest
 import uvloop
 
 from fastgw._core.limiter import Limiter
-from fastgw.cluster import ClusterLimits
+from fastgw.cluster import MAX_BATCHES_IN_FLIGHT, ClusterLimits
 from tests.conftest import ROOT, RedisServer, free_port
 
 SECOND = 1_000_000_000
@@ -190,6 +192,223 @@ def test_answers_and_expiry(redis_server):
             await limits.close()
 
     run(body())
+
+
+# -- micro-batching ---------------------------------------------------------------------------
+
+
+def evalsha_calls(admin, command: str = "evalsha") -> int:
+    return admin.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_concurrent_requests_share_one_round_trip(redis_server, loop):
+    """100 requests of one iteration: one script call each (exact), all on one
+    connection, in a few reads of Redis's (one batch), not 100."""
+    admin = redis_server.client()
+
+    async def body():
+        limits = ClusterLimits(redis_server.url, timeout=2.0)
+        local = Limiter(1000, 1000)
+        try:
+            assert await limits.acquire(b"warm", b"up", SECOND, 10, local, 0) == 9  # connected
+            writer = limits._link.writer = CountingWriter(limits._link)
+            calls = evalsha_calls(admin)
+            reads = admin.info("stats")["total_reads_processed"]
+            answers = await asyncio.gather(*(
+                limits.acquire(b"batch", b"k", 10 * SECOND, 25, local, 0) for _ in range(100)))
+            round_trips = admin.info("stats")["total_reads_processed"] - reads - 1  # (the INFO)
+            assert sorted(a for a in answers if a >= 0) == list(range(25))
+            assert evalsha_calls(admin) - calls == 100  # one script call a request
+            assert writer.writes == 1  # one batch, in one write
+            assert 1 <= round_trips <= 5, round_trips
+            assert admin.info("clients")["connected_clients"] == 2  # the admin's and ours
+            assert limits.fallbacks == 0 and limits.up
+        finally:
+            await limits.close()
+
+    try:
+        run(body(), loop=loop)
+    finally:
+        admin.close()
+
+
+class CountingWriter:
+    """A connection's writer that counts the writes (one a batch) and the most batches
+    in flight at a write."""
+
+    def __init__(self, link) -> None:
+        self.link = link
+        self.writer = link.writer
+        self.transport = self.writer.transport
+        self.writes = 0
+        self.most_in_flight = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.most_in_flight = max(self.most_in_flight, self.link.batches)
+        self.writer.write(data)
+
+
+def test_batches_in_flight_are_bounded(redis_server):
+    """Redis slow (paused 0.3 s, within the timeout): a batch every iteration, but at
+    most MAX_BATCHES_IN_FLIGHT of them sent; the rest wait and go as one batch when
+    the first is answered; every answer exact."""
+    admin = redis_server.client()
+
+    async def body():
+        limits = ClusterLimits(redis_server.url, timeout=2.0)
+        local = Limiter(1000, 1000)
+        try:
+            assert await limits.acquire(b"warm", b"up", SECOND, 10, local, 0) == 9
+            writer = limits._link.writer = CountingWriter(limits._link)
+            admin.client_pause(300, all=True)
+            tasks = []
+            for _ in range(10):  # ten iterations, ten requests each
+                tasks += [asyncio.ensure_future(limits.acquire(b"waves", b"k", 10 * SECOND, 25, local, 0))
+                          for _ in range(10)]
+                await asyncio.sleep(0)
+            answers = await asyncio.gather(*tasks)
+            assert sorted(a for a in answers if a >= 0) == list(range(25))
+            assert limits.fallbacks == 0 and limits.up
+            assert writer.most_in_flight == MAX_BATCHES_IN_FLIGHT
+            assert writer.writes == MAX_BATCHES_IN_FLIGHT + 1, writer.writes
+        finally:
+            await limits.close()
+
+    try:
+        run(body())
+    finally:
+        admin.close()
+
+
+def test_batch_timeout_falls_back_every_request(redis_server, caplog):
+    """Redis paused: the 100 requests of one batch are all answered here after about
+    ``timeout``, logged once; then the probe brings Redis back."""
+    caplog.set_level(logging.INFO, logger="fastgw")
+    admin = redis_server.client()
+
+    async def body():
+        limits = ClusterLimits(redis_server.url, timeout=0.1)
+        local = Limiter(1, 5)
+        try:
+            assert await limits.acquire(b"k", b"a", 10 * SECOND, 100, local, 0) == 99
+            admin.client_pause(500, all=True)
+            started = time.monotonic()
+            answers = await asyncio.gather(*(
+                limits.acquire(b"k", b"a", 10 * SECOND, 100, local, time.monotonic_ns())
+                for _ in range(100)))
+            elapsed = time.monotonic() - started
+            assert 0.08 <= elapsed < 0.4, elapsed
+            assert sorted(a for a in answers if a >= 0) == [0, 1, 2, 3, 4]  # the local burst
+            assert limits.fallbacks == 100 and not limits.up
+            assert len(records(caplog, "unreachable")) == 1
+            assert "no answer within 100 ms" in records(caplog, "unreachable")[0].getMessage()
+            assert await wait_up(limits, 5.0), "not back within 5 s"
+            assert 0 <= await limits.acquire(b"k", b"a", 10 * SECOND, 100, local, 0) <= 98
+            assert limits.fallbacks == 100
+        finally:
+            await limits.close()
+
+    try:
+        run(body())
+    finally:
+        admin.close()
+
+
+def test_noscript_sends_the_script_again(redis_server):
+    """The scripts flushed under a live connection: the calls answered NOSCRIPT are
+    sent again as EVAL (which loads it), none falls back, and the next go by EVALSHA."""
+    admin = redis_server.client()
+
+    async def body():
+        limits = ClusterLimits(redis_server.url, timeout=2.0)
+        local = Limiter(1000, 1000)
+        try:
+            assert await limits.acquire(b"ns", b"k", 10 * SECOND, 100, local, 0) == 99
+            admin.script_flush()
+            evals = evalsha_calls(admin, "eval")
+            answers = await asyncio.gather(*(
+                limits.acquire(b"ns", b"k", 10 * SECOND, 100, local, 0) for _ in range(30)))
+            assert sorted(answers) == list(range(69, 99))
+            assert evalsha_calls(admin, "eval") - evals == 30
+            calls = evalsha_calls(admin)
+            assert await limits.acquire(b"ns", b"k", 10 * SECOND, 100, local, 0) == 68
+            assert evalsha_calls(admin) - calls == 1
+            assert evalsha_calls(admin, "eval") - evals == 30
+            assert limits.fallbacks == 0 and limits.up
+        finally:
+            await limits.close()
+
+    try:
+        run(body())
+    finally:
+        admin.close()
+
+
+def test_cancelled_requests(redis_server):
+    """A request cancelled before its batch is sent is not sent; one cancelled after
+    has its answer dropped; the connection goes on in step."""
+    admin = redis_server.client()
+
+    async def body():
+        limits = ClusterLimits(redis_server.url, timeout=2.0)
+        local = Limiter(1000, 1000)
+        try:
+            assert await limits.acquire(b"c", b"k", 10 * SECOND, 100, local, 0) == 99
+            calls = evalsha_calls(admin)
+            tasks = [asyncio.ensure_future(limits.acquire(b"c", b"k", 10 * SECOND, 100, local, 0))
+                     for _ in range(20)]
+            await asyncio.sleep(0)
+            assert limits._batch is not None and len(limits._batch.items) == 20  # queued, not sent
+            for task in tasks[:10]:
+                task.cancel()
+            answers = await asyncio.gather(*tasks[10:])
+            assert sorted(answers) == list(range(89, 99))
+            assert all(task.cancelled() for task in tasks[:10])
+            assert evalsha_calls(admin) - calls == 10
+            tasks = [asyncio.ensure_future(limits.acquire(b"c", b"k", 10 * SECOND, 100, local, 0))
+                     for _ in range(10)]
+            while limits._link is None or not limits._link.sent:
+                await asyncio.sleep(0)
+            for task in tasks[:5]:  # sent: Redis runs them, their answers are dropped
+                task.cancel()
+            answers = await asyncio.gather(*tasks[5:])
+            assert len(answers) == 5 and all(79 <= a < 89 for a in answers)
+            assert await limits.acquire(b"c", b"k", 10 * SECOND, 100, local, 0) == 78
+            assert limits.fallbacks == 0 and limits.up
+        finally:
+            await limits.close()
+
+    try:
+        run(body())
+    finally:
+        admin.close()
+
+
+def test_idle_connection_closed_by_redis(redis_server, caplog):
+    """Redis closes the connection while no call is in flight (as its idle timeout
+    does): not a failure; the next request opens another connection."""
+    caplog.set_level(logging.INFO, logger="fastgw")
+    admin = redis_server.client()
+
+    async def body():
+        limits = ClusterLimits(redis_server.url, timeout=1.0)
+        local = Limiter(1, 5)
+        try:
+            assert await limits.acquire(b"idle", b"k", 10 * SECOND, 100, local, 0) == 99
+            assert admin.client_kill_filter(_type="normal", skipme=True) == 1
+            await asyncio.sleep(0.1)
+            assert await limits.acquire(b"idle", b"k", 10 * SECOND, 100, local, 0) == 98
+            assert limits.fallbacks == 0 and limits.up
+            assert not records(caplog, "unreachable")
+        finally:
+            await limits.close()
+
+    try:
+        run(body())
+    finally:
+        admin.close()
 
 
 # -- Redis failing ------------------------------------------------------------------------------
