@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from fastgw import __version__
 from fastgw._core.router import normalize_path
+from fastgw.config import Config, RouteConfig
 from fastgw.errors import ConfigError
 from fastgw.snapshot import Snapshot
 
@@ -129,8 +130,19 @@ def cmd_explain(snapshot: Snapshot, method: str, url: str, header_args: list[str
     print(f'result: route "{route.name}" (routes[{rc.index}]) pattern {match.pattern}')
     if match.params:
         print("params: " + ", ".join(f"{k}={v}" for k, v in match.params.items()))
-    print("policies: none (route policies come with the plugin work)")
+    print(f"policies: {describe_policies(snapshot.config, rc)}")
     targets = ", ".join(p.address for p in route.upstream.pools)
     print(f"upstream: {rc.upstream} [{targets}] path {upstream_path}"
           + (f" timeout {rc.timeout:g}s" if rc.timeout else ""))
     return 0
+
+
+def describe_policies(config: Config, rc: RouteConfig) -> str:
+    """The policies a request on route ``rc`` passes, in order."""
+    chain = []
+    for owner, limit in (("[global] ", config.global_policies.rate_limit), ("", rc.rate_limit)):
+        if limit is not None:
+            chain.append(f"rate_limit {owner}{limit.rate:g}/s burst {limit.burst} per {limit.key} ({limit.scope})")
+    if rc.max_concurrent:
+        chain.append(f"max_concurrent {rc.max_concurrent}")
+    return " → ".join(chain) or "none"

@@ -12,6 +12,7 @@ process and socket here is bounded in time and cleaned up.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -202,6 +203,8 @@ class RedisServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 10.0) -> RedisServer:
+        if shutil.which("redis-server") is None:
+            pytest.fail("redis-server is not installed (Debian: apt-get install redis-server)")
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no"],

@@ -166,9 +166,22 @@ def test_explain_shows_candidates_route_params_and_upstream(conf):
         '  route "users" pattern /users/{id} host api.example.com : path matches, selected',
         'result: route "users" (routes[0]) pattern /users/{id}',
         "params: id=7",
-        "policies: none (route policies come with the plugin work)",
+        "policies: none",
         "upstream: users [127.0.0.1:9001, 127.0.0.1:9002] path /v2/users/7",
     ]
+
+
+def test_explain_lists_the_policy_chain(tmp_path):
+    (tmp_path / "fastgw.toml").write_text(
+        '[cluster]\nredis = "redis://127.0.0.1:6379/0"\n'
+        '[global]\nrate_limit = { rate = "1000/s", burst = 2000 }\n'
+        '[upstreams.users]\ntargets = ["127.0.0.1:9001"]\n'
+        '[[routes]]\nname = "users"\npaths = ["/users/{id}"]\nupstream = "users"\nmax_concurrent = 100\n'
+        'rate_limit = { rate = "600/m", key = "header:X-User", scope = "cluster" }\n')
+    result = fastgw_cmd("explain", "GET", "/users/1", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert ("policies: rate_limit [global] 1000/s burst 2000 per ip (local) → rate_limit 10/s burst 10 "
+            "per header:x-user (cluster) → max_concurrent 100") in lines(result.stdout)
 
 
 def test_explain_walks_past_a_header_condition(conf):
@@ -181,7 +194,7 @@ def test_explain_walks_past_a_header_condition(conf):
         '  route "orders" pattern /orders/* host * : path matches, selected',
         'result: route "orders" (routes[2]) pattern /orders/*',
         "params: *=a/b",
-        "policies: none (route policies come with the plugin work)",
+        "policies: none",
         "upstream: orders [127.0.0.1:9003] path /a/b",
     ]
     matched = fastgw_cmd("explain", "GET", "http://API.example.com:8080/orders/a/../b?x=1&y", "-H",
