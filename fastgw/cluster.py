@@ -450,3 +450,10 @@ class ClusterLimits:
                 if loop is running:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
+
+    async def __aenter__(self) -> ClusterLimits:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Closes it on the way out (``async with ClusterLimits(url) as limits:``)."""
+        await self.close()

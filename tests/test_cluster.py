@@ -9,6 +9,8 @@ answered by the local limiter within about ``timeout``, logged once, counted in
 ``fallbacks``, and healed by the background probe.
 
 Every test is bounded in time (``run``: asyncio.wait_for; subprocesses with timeouts).
+Each closes what it opens: its ``ClusterLimits`` by ``async with``, its own client of
+the Redis by the ``redis_admin`` fixture.
 
 May import: fastgw.cluster, fastgw._core, uvloop, pytest, tests.conftest, the
 standard library.
@@ -50,6 +52,14 @@ def records(caplog, text: str) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == "fastgw" and text in r.getMessage()]
 
 
+@pytest.fixture
+def redis_admin(redis_server):
+    """A plain client of ``redis_server``, for the test's own looks and pokes at it."""
+    admin = redis_server.client()
+    yield admin
+    admin.close()
+
+
 # -- exactness --------------------------------------------------------------------------------
 
 
@@ -59,9 +69,8 @@ def test_exact_under_concurrency(redis_server, loop):
     each count of tokens left answered once."""
     async def body():
         baseline = asyncio.all_tasks()
-        limits = ClusterLimits(redis_server.url, timeout=2.0)  # (exactness, not speed)
         local = Limiter(1000, 1000)  # would allow everything: a fallback cannot pass
-        try:
+        async with ClusterLimits(redis_server.url, timeout=2.0) as limits:  # (exactness, not speed)
             answers = await asyncio.gather(*(
                 limits.acquire(b"route", b"alice", 10 * SECOND, 25, local, time.monotonic_ns())
                 for _ in range(200)))
@@ -74,8 +83,6 @@ def test_exact_under_concurrency(redis_server, loop):
             # another key and another policy have buckets of their own
             assert await limits.acquire(b"route", b"bob", 10 * SECOND, 25, local, 0) == 24
             assert await limits.acquire(b"other", b"alice", 10 * SECOND, 25, local, 0) == 24
-        finally:
-            await limits.close()
         assert not tasks_left(baseline)
 
     run(body(), loop=loop)
@@ -87,16 +94,16 @@ CHILD = textwrap.dedent("""
     from fastgw.cluster import ClusterLimits
 
     async def main(url):
-        limits = ClusterLimits(url, timeout=2.0)
         local = Limiter(1000, 1000)
-        await limits.acquire(b"warm", b"up", 10**9, 1000, local, time.monotonic_ns())  # connected
-        print("ready", flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)  # go
-        answers = await asyncio.gather(*(
-            limits.acquire(b"two", b"key", 10 * 10**9, 25, local, time.monotonic_ns())
-            for _ in range(150)))
-        print(sum(a >= 0 for a in answers), limits.fallbacks, flush=True)
-        await limits.close()
+        async with ClusterLimits(url, timeout=2.0) as limits:
+            # connected:
+            await limits.acquire(b"warm", b"up", 10**9, 1000, local, time.monotonic_ns())
+            print("ready", flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)  # go
+            answers = await asyncio.gather(*(
+                limits.acquire(b"two", b"key", 10 * 10**9, 25, local, time.monotonic_ns())
+                for _ in range(150)))
+            print(sum(a >= 0 for a in answers), limits.fallbacks, flush=True)
 
     asyncio.run(main(sys.argv[1]))
 """)
@@ -135,10 +142,9 @@ def test_refill(redis_server):
     """At 100/s, after an empty bucket waits about 0.1 s, about 10 more are allowed."""
     async def body():
         baseline = asyncio.all_tasks()
-        limits = ClusterLimits(redis_server.url, timeout=1.0)
         local = Limiter(1, 1)
         interval = SECOND // 100
-        try:
+        async with ClusterLimits(redis_server.url, timeout=1.0) as limits:
             for _ in range(200):  # empty the bucket (it refills meanwhile)
                 if await limits.acquire(b"refill", b"k", interval, 50, local, 0) < 0:
                     break
@@ -153,20 +159,18 @@ def test_refill(redis_server):
             expected = (time.monotonic() - emptied) * 100
             assert expected * 0.5 - 1 <= allowed <= expected + 2, (allowed, expected)
             assert limits.fallbacks == 0
-        finally:
-            await limits.close()
+        assert not tasks_left(baseline)  # closed: nothing of it runs on
 
     run(body())
 
 
-def test_answers_and_expiry(redis_server):
+def test_answers_and_expiry(redis_server, redis_admin):
     """Tokens left count down; a refusal waits more than 0 and at most one interval, in
     nanoseconds; the key expires when its bucket is full again."""
     async def body():
         baseline = asyncio.all_tasks()
-        limits = ClusterLimits(redis_server.url, timeout=1.0)
         local = Limiter(1, 1)
-        try:
+        async with ClusterLimits(redis_server.url, timeout=1.0) as limits:
             answers = [await limits.acquire(b"count", b"k", SECOND, 5, local, 0) for _ in range(5)]
             assert answers == [4, 3, 2, 1, 0]
             first = await limits.acquire(b"count", b"k", SECOND, 5, local, 0)
@@ -175,21 +179,19 @@ def test_answers_and_expiry(redis_server):
             assert -SECOND <= first < 0 and -SECOND <= second < 0
             assert first % 1000 == 0  # Redis counts microseconds
             assert -first - -second >= 10_000_000  # the wait shrinks as time goes on
-            ttl = redis_server.client().pttl(b"fastgw:rl:count:k")
+            ttl = redis_admin.pttl(b"fastgw:rl:count:k")
             assert 4000 < ttl <= 5000  # five tokens of one second to refill
             # a fast bucket: full again within milliseconds, and then gone
             assert await limits.acquire(b"count", b"fast", 1_000_000, 2, local, 0) == 1
             await asyncio.sleep(0.1)
-            assert redis_server.client().exists(b"fastgw:rl:count:fast") == 0
+            assert redis_admin.exists(b"fastgw:rl:count:fast") == 0
             assert await limits.acquire(b"count", b"fast", 1_000_000, 2, local, 0) == 1
             # a TAT in the past (a key that outlived its expiry) is a full bucket
-            admin = redis_server.client()
-            seconds, micros = admin.time()
-            admin.set(b"fastgw:rl:count:old", seconds * 1_000_000 + micros - 60_000_000)
+            seconds, micros = redis_admin.time()
+            redis_admin.set(b"fastgw:rl:count:old", seconds * 1_000_000 + micros - 60_000_000)
             assert await limits.acquire(b"count", b"old", SECOND, 5, local, 0) == 4
             assert limits.fallbacks == 0
-        finally:
-            await limits.close()
+        assert not tasks_left(baseline)  # closed: nothing of it runs on
 
     run(body())
 
@@ -202,35 +204,28 @@ def evalsha_calls(admin, command: str = "evalsha") -> int:
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-def test_concurrent_requests_share_one_round_trip(redis_server, loop):
+def test_concurrent_requests_share_one_round_trip(redis_server, redis_admin, loop):
     """100 requests of one iteration: one script call each (exact), all on one
     connection, in a few reads of Redis's (one batch), not 100."""
-    admin = redis_server.client()
-
     async def body():
-        limits = ClusterLimits(redis_server.url, timeout=2.0)
         local = Limiter(1000, 1000)
-        try:
+        async with ClusterLimits(redis_server.url, timeout=2.0) as limits:
             assert await limits.acquire(b"warm", b"up", SECOND, 10, local, 0) == 9  # connected
             writer = limits._link.writer = CountingWriter(limits._link)
-            calls = evalsha_calls(admin)
-            reads = admin.info("stats")["total_reads_processed"]
+            calls = evalsha_calls(redis_admin)
+            reads = redis_admin.info("stats")["total_reads_processed"]
             answers = await asyncio.gather(*(
                 limits.acquire(b"batch", b"k", 10 * SECOND, 25, local, 0) for _ in range(100)))
-            round_trips = admin.info("stats")["total_reads_processed"] - reads - 1  # (the INFO)
+            # (less the INFO's read)
+            round_trips = redis_admin.info("stats")["total_reads_processed"] - reads - 1
             assert sorted(a for a in answers if a >= 0) == list(range(25))
-            assert evalsha_calls(admin) - calls == 100  # one script call a request
+            assert evalsha_calls(redis_admin) - calls == 100  # one script call a request
             assert writer.writes == 1  # one batch, in one write
             assert 1 <= round_trips <= 5, round_trips
-            assert admin.info("clients")["connected_clients"] == 2  # the admin's and ours
+            assert redis_admin.info("clients")["connected_clients"] == 2  # the admin's and ours
             assert limits.fallbacks == 0 and limits.up
-        finally:
-            await limits.close()
 
-    try:
-        run(body(), loop=loop)
-    finally:
-        admin.close()
+    run(body(), loop=loop)
 
 
 class CountingWriter:
@@ -250,19 +245,16 @@ class CountingWriter:
         self.writer.write(data)
 
 
-def test_batches_in_flight_are_bounded(redis_server):
+def test_batches_in_flight_are_bounded(redis_server, redis_admin):
     """Redis slow (paused 0.3 s, within the timeout): a batch every iteration, but at
     most MAX_BATCHES_IN_FLIGHT of them sent; the rest wait and go as one batch when
     the first is answered; every answer exact."""
-    admin = redis_server.client()
-
     async def body():
-        limits = ClusterLimits(redis_server.url, timeout=2.0)
         local = Limiter(1000, 1000)
-        try:
+        async with ClusterLimits(redis_server.url, timeout=2.0) as limits:
             assert await limits.acquire(b"warm", b"up", SECOND, 10, local, 0) == 9
             writer = limits._link.writer = CountingWriter(limits._link)
-            admin.client_pause(300, all=True)
+            redis_admin.client_pause(300, all=True)
             tasks = []
             for _ in range(10):  # ten iterations, ten requests each
                 tasks += [asyncio.ensure_future(limits.acquire(b"waves", b"k", 10 * SECOND, 25, local, 0))
@@ -273,27 +265,20 @@ def test_batches_in_flight_are_bounded(redis_server):
             assert limits.fallbacks == 0 and limits.up
             assert writer.most_in_flight == MAX_BATCHES_IN_FLIGHT
             assert writer.writes == MAX_BATCHES_IN_FLIGHT + 1, writer.writes
-        finally:
-            await limits.close()
 
-    try:
-        run(body())
-    finally:
-        admin.close()
+    run(body())
 
 
-def test_batch_timeout_falls_back_every_request(redis_server, caplog):
+def test_batch_timeout_falls_back_every_request(redis_server, redis_admin, caplog):
     """Redis paused: the 100 requests of one batch are all answered here after about
     ``timeout``, logged once; then the probe brings Redis back."""
     caplog.set_level(logging.INFO, logger="fastgw")
-    admin = redis_server.client()
 
     async def body():
-        limits = ClusterLimits(redis_server.url, timeout=0.1)
         local = Limiter(1, 5)
-        try:
+        async with ClusterLimits(redis_server.url, timeout=0.1) as limits:
             assert await limits.acquire(b"k", b"a", 10 * SECOND, 100, local, 0) == 99
-            admin.client_pause(500, all=True)
+            redis_admin.client_pause(500, all=True)
             started = time.monotonic()
             answers = await asyncio.gather(*(
                 limits.acquire(b"k", b"a", 10 * SECOND, 100, local, time.monotonic_ns())
@@ -307,56 +292,40 @@ def test_batch_timeout_falls_back_every_request(redis_server, caplog):
             assert await wait_up(limits, 5.0), "not back within 5 s"
             assert 0 <= await limits.acquire(b"k", b"a", 10 * SECOND, 100, local, 0) <= 98
             assert limits.fallbacks == 100
-        finally:
-            await limits.close()
 
-    try:
-        run(body())
-    finally:
-        admin.close()
+    run(body())
 
 
-def test_noscript_sends_the_script_again(redis_server):
+def test_noscript_sends_the_script_again(redis_server, redis_admin):
     """The scripts flushed under a live connection: the calls answered NOSCRIPT are
     sent again as EVAL (which loads it), none falls back, and the next go by EVALSHA."""
-    admin = redis_server.client()
-
     async def body():
-        limits = ClusterLimits(redis_server.url, timeout=2.0)
         local = Limiter(1000, 1000)
-        try:
+        async with ClusterLimits(redis_server.url, timeout=2.0) as limits:
             assert await limits.acquire(b"ns", b"k", 10 * SECOND, 100, local, 0) == 99
-            admin.script_flush()
-            evals = evalsha_calls(admin, "eval")
+            redis_admin.script_flush()
+            evals = evalsha_calls(redis_admin, "eval")
             answers = await asyncio.gather(*(
                 limits.acquire(b"ns", b"k", 10 * SECOND, 100, local, 0) for _ in range(30)))
             assert sorted(answers) == list(range(69, 99))
-            assert evalsha_calls(admin, "eval") - evals == 30
-            calls = evalsha_calls(admin)
+            assert evalsha_calls(redis_admin, "eval") - evals == 30
+            calls = evalsha_calls(redis_admin)
             assert await limits.acquire(b"ns", b"k", 10 * SECOND, 100, local, 0) == 68
-            assert evalsha_calls(admin) - calls == 1
-            assert evalsha_calls(admin, "eval") - evals == 30
+            assert evalsha_calls(redis_admin) - calls == 1
+            assert evalsha_calls(redis_admin, "eval") - evals == 30
             assert limits.fallbacks == 0 and limits.up
-        finally:
-            await limits.close()
 
-    try:
-        run(body())
-    finally:
-        admin.close()
+    run(body())
 
 
-def test_cancelled_requests(redis_server):
+def test_cancelled_requests(redis_server, redis_admin):
     """A request cancelled before its batch is sent is not sent; one cancelled after
     has its answer dropped; the connection goes on in step."""
-    admin = redis_server.client()
-
     async def body():
-        limits = ClusterLimits(redis_server.url, timeout=2.0)
         local = Limiter(1000, 1000)
-        try:
+        async with ClusterLimits(redis_server.url, timeout=2.0) as limits:
             assert await limits.acquire(b"c", b"k", 10 * SECOND, 100, local, 0) == 99
-            calls = evalsha_calls(admin)
+            calls = evalsha_calls(redis_admin)
             tasks = [asyncio.ensure_future(limits.acquire(b"c", b"k", 10 * SECOND, 100, local, 0))
                      for _ in range(20)]
             await asyncio.sleep(0)
@@ -366,7 +335,7 @@ def test_cancelled_requests(redis_server):
             answers = await asyncio.gather(*tasks[10:])
             assert sorted(answers) == list(range(89, 99))
             assert all(task.cancelled() for task in tasks[:10])
-            assert evalsha_calls(admin) - calls == 10
+            assert evalsha_calls(redis_admin) - calls == 10
             tasks = [asyncio.ensure_future(limits.acquire(b"c", b"k", 10 * SECOND, 100, local, 0))
                      for _ in range(10)]
             while limits._link is None or not limits._link.sent:
@@ -377,38 +346,26 @@ def test_cancelled_requests(redis_server):
             assert len(answers) == 5 and all(79 <= a < 89 for a in answers)
             assert await limits.acquire(b"c", b"k", 10 * SECOND, 100, local, 0) == 78
             assert limits.fallbacks == 0 and limits.up
-        finally:
-            await limits.close()
 
-    try:
-        run(body())
-    finally:
-        admin.close()
+    run(body())
 
 
-def test_idle_connection_closed_by_redis(redis_server, caplog):
+def test_idle_connection_closed_by_redis(redis_server, redis_admin, caplog):
     """Redis closes the connection while no call is in flight (as its idle timeout
     does): not a failure; the next request opens another connection."""
     caplog.set_level(logging.INFO, logger="fastgw")
-    admin = redis_server.client()
 
     async def body():
-        limits = ClusterLimits(redis_server.url, timeout=1.0)
         local = Limiter(1, 5)
-        try:
+        async with ClusterLimits(redis_server.url, timeout=1.0) as limits:
             assert await limits.acquire(b"idle", b"k", 10 * SECOND, 100, local, 0) == 99
-            assert admin.client_kill_filter(_type="normal", skipme=True) == 1
+            assert redis_admin.client_kill_filter(_type="normal", skipme=True) == 1
             await asyncio.sleep(0.1)
             assert await limits.acquire(b"idle", b"k", 10 * SECOND, 100, local, 0) == 98
             assert limits.fallbacks == 0 and limits.up
             assert not records(caplog, "unreachable")
-        finally:
-            await limits.close()
 
-    try:
-        run(body())
-    finally:
-        admin.close()
+    run(body())
 
 
 # -- Redis failing ------------------------------------------------------------------------------
@@ -428,9 +385,8 @@ def test_redis_killed_and_restarted(redis_server, caplog):
 
     async def body():
         baseline = asyncio.all_tasks()
-        limits = ClusterLimits(redis_server.url)  # timeout 50 ms
         local = Limiter(1, 3)  # the answers tell the two apart: burst 3 here, 100 in Redis
-        try:
+        async with ClusterLimits(redis_server.url) as limits:  # timeout 50 ms
             assert await limits.acquire(b"k", b"a", SECOND, 100, local, time.monotonic_ns()) == 99
             redis_server.kill()
             # 20 at once, all failing together: each answered by this machine, one warning
@@ -463,8 +419,6 @@ def test_redis_killed_and_restarted(redis_server, caplog):
             assert await limits.acquire(b"k", b"a", SECOND, 100, local, time.monotonic_ns()) == 98
             assert limits.fallbacks == 120
             assert len(records(caplog, "unreachable")) == 1
-        finally:
-            await limits.close()
         assert not tasks_left(baseline)
 
     run(body())
@@ -477,9 +431,8 @@ def test_redis_never_reachable(caplog):
 
     async def body():
         baseline = asyncio.all_tasks()
-        limits = ClusterLimits(f"redis://127.0.0.1:{free_port()}/0")
         local = Limiter(1, 5)
-        try:
+        async with ClusterLimits(f"redis://127.0.0.1:{free_port()}/0") as limits:
             started = time.monotonic()
             answers = [await limits.acquire(b"k", b"a", SECOND, 100, local, time.monotonic_ns())
                        for _ in range(10)]
@@ -489,8 +442,6 @@ def test_redis_never_reachable(caplog):
             await asyncio.sleep(1.3)  # a probe or two fail: still down, still logged once
             assert not limits.up
             assert len(records(caplog, "unreachable")) == 1
-        finally:
-            await limits.close()
         assert not tasks_left(baseline)
 
     run(body())
@@ -506,9 +457,9 @@ def test_redis_accepts_but_never_answers(caplog):
 
     async def body():
         baseline = asyncio.all_tasks()
-        limits = ClusterLimits(f"redis://127.0.0.1:{hung.getsockname()[1]}/0", timeout=0.1)
         local = Limiter(1, 5)
-        try:
+        url = f"redis://127.0.0.1:{hung.getsockname()[1]}/0"
+        async with ClusterLimits(url, timeout=0.1) as limits:
             started = time.monotonic()
             assert await limits.acquire(b"k", b"a", SECOND, 100, local, 0) == 4
             elapsed = time.monotonic() - started
@@ -519,8 +470,7 @@ def test_redis_accepts_but_never_answers(caplog):
             assert limits.fallbacks == 2
             message = records(caplog, "unreachable")[0].getMessage()
             assert "no answer within 100 ms" in message
-        finally:
-            await limits.close()
+        assert not tasks_left(baseline)  # closed: nothing of it runs on
 
     try:
         run(body())
@@ -528,21 +478,19 @@ def test_redis_accepts_but_never_answers(caplog):
         hung.close()
 
 
-def test_slow_redis(redis_server, caplog):
+def test_slow_redis(redis_server, redis_admin, caplog):
     """Redis paused for a second (every command waits): the request falls back after
     about ``timeout``; while down no command goes to Redis; when it answers again the
     probe brings the cluster limits back."""
     caplog.set_level(logging.INFO, logger="fastgw")
-    admin = redis_server.client()
 
     async def body():
         baseline = asyncio.all_tasks()
-        limits = ClusterLimits(redis_server.url, timeout=0.05)
         local = Limiter(1, 5)
-        try:
+        async with ClusterLimits(redis_server.url, timeout=0.05) as limits:
             assert await limits.acquire(b"k", b"a", 10 * SECOND, 100, local, 0) == 99
-            before = admin.info("commandstats")["cmdstat_evalsha"]["calls"]
-            admin.client_pause(1000, all=True)
+            before = redis_admin.info("commandstats")["cmdstat_evalsha"]["calls"]
+            redis_admin.client_pause(1000, all=True)
             started = time.monotonic()
             assert await limits.acquire(b"k", b"a", 10 * SECOND, 100, local, 0) == 4
             elapsed = time.monotonic() - started
@@ -558,46 +506,35 @@ def test_slow_redis(redis_server, caplog):
             assert len(records(caplog, "reachable again")) == 1
             # (the request that timed out may have been run once the pause ended)
             assert await limits.acquire(b"k", b"a", 10 * SECOND, 100, local, 0) in (98, 97)
-            calls = admin.info("commandstats")["cmdstat_evalsha"]["calls"] - before
+            calls = redis_admin.info("commandstats")["cmdstat_evalsha"]["calls"] - before
             assert calls <= 2, calls  # perhaps the timed-out one, and the last one
-        finally:
-            await limits.close()
+        assert not tasks_left(baseline)  # closed: nothing of it runs on
 
-    try:
-        run(body())
-    finally:
-        admin.close()
+    run(body())
 
 
-def test_redis_refusing_writes_stays_down(redis_server, caplog):
+def test_redis_refusing_writes_stays_down(redis_server, redis_admin, caplog):
     """A Redis that answers PING but refuses the script's write (out of memory) is down:
     the probe runs the script, so the limits do not flap back to it."""
     caplog.set_level(logging.INFO, logger="fastgw")
-    admin = redis_server.client()
 
     async def body():
-        limits = ClusterLimits(redis_server.url, timeout=0.5)
         local = Limiter(1, 5)
-        try:
+        async with ClusterLimits(redis_server.url, timeout=0.5) as limits:
             assert await limits.acquire(b"k", b"a", 10 * SECOND, 100, local, 0) == 99
-            admin.config_set("maxmemory-policy", "noeviction")
-            admin.config_set("maxmemory", 1)
+            redis_admin.config_set("maxmemory-policy", "noeviction")
+            redis_admin.config_set("maxmemory", 1)
             assert await limits.acquire(b"k", b"a", 10 * SECOND, 100, local, 0) == 4
             assert not limits.up
             assert "maxmemory" in records(caplog, "unreachable")[0].getMessage()
             await asyncio.sleep(2.3)  # two probes: PING answers, the script does not
             assert not limits.up and not records(caplog, "reachable again")
-            admin.config_set("maxmemory", 0)
+            redis_admin.config_set("maxmemory", 0)
             assert await wait_up(limits, 5.0), "not back within 5 s"
             assert await limits.acquire(b"k", b"a", 10 * SECOND, 100, local, 0) == 98
             assert limits.fallbacks == 1
-        finally:
-            await limits.close()
 
-    try:
-        run(body())
-    finally:
-        admin.close()
+    run(body())
 
 
 def test_bad_url_fails_at_construction():
