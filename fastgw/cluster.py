@@ -197,7 +197,9 @@ class ClusterLimits:
         # within ``timeout``, no retries (a request has one chance, within ``timeout``)
         self._connection_class = options.pop("connection_class", aioredis.Connection)
         self._options = dict(options, socket_timeout=timeout, socket_connect_timeout=timeout,
-                             socket_keepalive=True, health_check_interval=0, retry=None)
+                             health_check_interval=0, retry=None)
+        if self._connection_class is not aioredis.UnixDomainSocketConnection:
+            self._options["socket_keepalive"] = True  # (TCP only)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._link: _Link | None = None             # the connection in use, if any
         self._connecting: asyncio.Task | None = None  # opening it

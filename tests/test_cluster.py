@@ -570,3 +570,26 @@ def test_new_event_loop_and_close():
         run(back())
     finally:
         server.kill()
+
+
+def test_a_unix_socket_url(tmp_path):
+    """``unix:///path``: the same calls over a Unix socket (no TCP options)."""
+    sock = tmp_path / "redis.sock"
+    proc = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", str(sock), "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "redis-server did not start"
+            time.sleep(0.02)
+
+        async def body():
+            async with ClusterLimits(f"unix://{sock}", timeout=1.0) as limits:
+                answers = [await limits.acquire(b"u", b"k", SECOND, 3, Limiter(1, 1), 0) for _ in range(4)]
+                assert answers[:3] == [2, 1, 0] and answers[3] < 0
+                assert limits.up and limits.fallbacks == 0
+
+        run(body())
+    finally:
+        proc.kill()
+        proc.wait(5)
