@@ -239,3 +239,16 @@ def test_max_connections_per_worker_closes_the_one_over_at_once(backend, gateway
     assert statuses(gw.url, 1) == [200]  # room again
     for sock in held:
         sock.close()
+
+
+def test_a_client_that_leaves_frees_its_max_concurrent_place(backend, gateway):
+    routes = '[[routes]]\nname = "slow"\npaths = ["/*"]\nupstream = "app"\nmax_concurrent = 1\n'
+    toml, port = config_for(backend, routes=routes, log='access = "off"')
+    gw = gateway(toml, port)
+    leaving = socket.create_connection(("127.0.0.1", port), timeout=5)
+    leaving.sendall(b"GET /slow?ms=3000 HTTP/1.1\r\nHost: x\r\n\r\n")
+    time.sleep(0.3)
+    assert statuses(gw.url, 1) == [503]  # the one place is taken
+    leaving.close()  # the client gives up mid-request
+    time.sleep(0.5)
+    assert statuses(gw.url, 1) == [200]
