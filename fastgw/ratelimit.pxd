@@ -11,7 +11,7 @@ cdef class RateLimitPolicy:
     cdef readonly Limiter local         # the machine's buckets (and cluster scope's fallback)
     cdef readonly object cluster        # fastgw.cluster.ClusterLimits for scope "cluster"
     cdef readonly bytes cluster_name    # the policy's name in Redis, the same on every machine
-    cdef readonly bytes limit_field     # RateLimit-Limit's value
+    cdef readonly tuple limit_pair      # the RateLimit-Limit field, made once
     cdef int kind
     cdef bytes header                   # lower-case, for key = "header:NAME"
 

@@ -40,7 +40,7 @@ cdef class RateLimitPolicy:
                              f"ratelimit\0{settings}\0{config.max_keys}".encode())
         self.cluster = cluster if config.scope == "cluster" else None
         self.cluster_name = settings.replace("\0", ":").encode()
-        self.limit_field = str(config.burst).encode()
+        self.limit_pair = (b"ratelimit-limit", b"%d" % config.burst)
         kind, _, name = config.key.partition(":")
         self.kind = KEY_IP if kind == "ip" else KEY_ROUTE if kind == "route" else KEY_HEADER
         self.header = name.encode("latin-1")
@@ -59,27 +59,22 @@ cdef class RateLimitPolicy:
                     return b"h" + value
         return b"i" + ex.client_ip.encode()
 
-    def key(self, Exchange ex):
-        """``key_of`` for Python callers."""
-        return self.key_of(ex)
-
     cpdef list refusal_fields(self, int64_t wait_ns):
         """The 429's fields: wait for the next token; the bucket is full again after
         ``burst`` tokens' time more."""
         cdef int64_t full_ns = wait_ns + (self.local.burst - 1) * self.local.interval_ns
-        return [(b"retry-after", _seconds(wait_ns)), (b"ratelimit-limit", self.limit_field),
+        return [(b"retry-after", _seconds(wait_ns)), self.limit_pair,
                 (b"ratelimit-remaining", b"0"), (b"ratelimit-reset", _seconds(full_ns))]
 
     cpdef list allowed_fields(self, int64_t remaining):
         """The fields an allowed response carries: ``remaining`` tokens, and the seconds
         until the bucket is full again."""
         cdef int64_t full_ns = (self.local.burst - remaining) * self.local.interval_ns
-        return [(b"ratelimit-limit", self.limit_field),
-                (b"ratelimit-remaining", str(remaining).encode()),
+        return [self.limit_pair, (b"ratelimit-remaining", b"%d" % remaining),
                 (b"ratelimit-reset", _seconds(full_ns))]
 
 
 cdef bytes _seconds(int64_t ns):
     """Whole seconds, rounded up (a client that waits that long is not refused again for
     want of time)."""
-    return str((ns + 999_999_999) // 1_000_000_000).encode()
+    return b"%d" % ((ns + 999_999_999) // 1_000_000_000)

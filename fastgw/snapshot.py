@@ -44,8 +44,7 @@ class Route:
                  "splits", "_match_split", "_split_upstreams", "_split", "limits", "cluster_limited",
                  "guard")
 
-    def __init__(self, config: RouteConfig, upstreams: dict[str, Upstream],
-                 policies: Policies | None = None) -> None:
+    def __init__(self, config: RouteConfig, upstreams: dict[str, Upstream], policies: Policies) -> None:
         self.name = config.name
         self.index = config.index
         self.upstream = upstreams[config.upstream]
@@ -65,7 +64,6 @@ class Route:
         self._split = SmoothWeighted([w for _, w in shares]) if config.split else None
         #: the route sends some requests elsewhere than ``upstream``: ask ``pick_upstream``
         self.splits = bool(config.split or config.match_split)
-        policies = policies or Policies(None, None)
         #: the rate limits a request must pass, [global]'s first
         self.limits = policies.limits_of(config)
         #: some of them ask Redis (the proxy then goes on in a task)
@@ -125,11 +123,11 @@ class Policies:
     cluster connection, the worker count (a concurrency guard keeps a share per worker),
     and ``[global]``'s rate limit, built once and shared by every route."""
 
-    def __init__(self, config: Config | None, cluster: Any) -> None:
+    def __init__(self, config: Config, cluster: Any) -> None:
         self.arena = shared_arena()
         self.cluster = cluster
-        self.workers = config.server.workers if config is not None else 1
-        limit = config.global_policies.rate_limit if config is not None else None
+        self.workers = config.server.workers
+        limit = config.global_policies.rate_limit
         self.global_limit = self._policy("global", limit) if limit is not None else None
 
     def _policy(self, owner: str, limit: RateLimit) -> RateLimitPolicy:

@@ -631,7 +631,8 @@ cdef class Upstream:
         if len(pools) == 1 and not tried and not self.watched:
             return pools[0]
         cdef bytes up = None
-        cdef double now = monotonic()
+        # (the clock only for targets with health or a circuit to read)
+        cdef double now = monotonic() if self.watched else 0.0
         cdef Pool pool
         cdef Py_ssize_t index
         if tried or (self.watched and self._some_target_out(now)):
