@@ -252,3 +252,26 @@ def test_a_client_that_leaves_frees_its_max_concurrent_place(backend, gateway):
     leaving.close()  # the client gives up mid-request
     time.sleep(0.5)
     assert statuses(gw.url, 1) == [200]
+
+
+def test_ratelimit_fields_on_a_chunked_answer_and_on_our_own_errors(backend, gateway):
+    """The fields go on every answer to an allowed request: one llhttp read (chunked, not
+    the plain-head shortcut), and one fastgw made (502: nothing listens)."""
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_port = dead.getsockname()[1]
+    dead.close()  # reserved, then released: nothing listens there
+    routes = ('[[routes]]\nname = "api"\npaths = ["/*"]\nupstream = "app"\n'
+              'rate_limit = { rate = "1/h", burst = 5, key = "route" }\n'
+              '[[routes]]\nname = "dead"\npaths = ["/dead"]\nupstream = "dead"\n'
+              'rate_limit = { rate = "1/h", burst = 5, key = "route" }\n')
+    toml, port = config_for(backend, routes=routes, log='access = "off"')
+    toml += f'[upstreams.dead]\ntargets = ["127.0.0.1:{dead_port}"]\n'
+    gw = gateway(toml, port)
+    with httpx.Client(base_url=gw.url) as c:
+        chunked = c.get("/chunked?n=3&size=10")
+        failed = c.get("/dead")
+    assert chunked.status_code == 200 and len(chunked.content) == 30
+    assert (chunked.headers["ratelimit-limit"], chunked.headers["ratelimit-remaining"]) == ("5", "4")
+    assert failed.status_code == 502
+    assert (failed.headers["ratelimit-limit"], failed.headers["ratelimit-remaining"]) == ("5", "4")

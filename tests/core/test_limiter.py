@@ -350,31 +350,33 @@ def test_race_concurrency_maximum_holds_machine_wide():
     def body(index, gate):
         set_worker_slot(index)
         admitted_per_round, seen_at_once, peak = [], [], 0
-        for r in range(rounds):
+
+        def ask() -> int:
+            """Ask for ``each`` places; the number admitted (each counted in ``held``)."""
+            nonlocal peak
             mine = 0
             for _ in range(each):
                 if guard.enter():
                     mine += 1
                     held.enter()
                     peak = max(peak, held.in_flight)
+            return mine
+
+        def leave(mine: int) -> None:
+            for _ in range(mine):
+                held.leave()
+                guard.leave()
+
+        for r in range(rounds):
+            mine = ask()
             gate.wait()  # everyone has asked; nobody has left
             seen_at_once.append(guard.in_flight)
             gate.wait()
-            for _ in range(mine):
-                held.leave()
-                guard.leave()
+            leave(mine)
             admitted_per_round.append(mine)
         # and free running: enter and leave at will
         for _ in range(2_000):
-            mine = 0
-            for _ in range(each):
-                if guard.enter():
-                    mine += 1
-                    held.enter()
-                    peak = max(peak, held.in_flight)
-            for _ in range(mine):
-                held.leave()
-                guard.leave()
+            leave(ask())
         return [admitted_per_round, seen_at_once, peak]
 
     results = race(body)
