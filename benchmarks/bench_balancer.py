@@ -9,9 +9,7 @@ May import: fastgw._core, tests.core.reference_balancer, pytest, the standard li
 
 from __future__ import annotations
 
-import pytest
-
-from benchmarks.timing import best_of
+from benchmarks.timing import native_against_reference
 from fastgw._core.balancer import HashRing, SmoothWeighted
 from tests.core import reference_balancer as ref
 
@@ -49,21 +47,5 @@ def test_same_answers():
     assert [fast.pick(UP) for _ in range(100)] == [slow.pick(UP) for _ in range(100)]
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_native(benchmark, case):
-    benchmark.group = f"balancer, {case}, 200 picks"
-    benchmark(CASES[case][0])
-
-
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_reference(benchmark, case):
-    benchmark.group = f"balancer, {case}, 200 picks"
-    benchmark(CASES[case][1])
-
-
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_speedup_over_reference(case, speedups):
-    fast, slow = CASES[case]
-    ratio = best_of(slow, 7) / best_of(fast, 7)
-    speedups[f"balancer, {case}"] = ratio
-    assert ratio >= MIN_SPEEDUP, f"{case}: only {ratio:.1f}x the reference"
+test_native, test_reference, test_speedup_over_reference = native_against_reference(
+    "balancer", CASES, "200 picks", MIN_SPEEDUP)

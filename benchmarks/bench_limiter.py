@@ -17,9 +17,7 @@ May import: fastgw._core, tests.core.reference_limiter, pytest, the standard lib
 
 from __future__ import annotations
 
-import pytest
-
-from benchmarks.timing import best_of
+from benchmarks.timing import native_against_reference
 from fastgw._core.limiter import Limiter
 from tests.core import reference_limiter as ref
 
@@ -81,21 +79,5 @@ def test_same_answers():
     assert answers == [BURST - 1] * 5  # the benchmarks' hot path: allowed every time
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_native(benchmark, case):
-    benchmark.group = f"limiter, {case}, 200 requests"
-    benchmark(CASES[case][0])
-
-
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_reference(benchmark, case):
-    benchmark.group = f"limiter, {case}, 200 requests"
-    benchmark(CASES[case][1])
-
-
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_speedup_over_reference(case, speedups):
-    fast, slow = CASES[case]
-    ratio = best_of(slow, 7) / best_of(fast, 7)
-    speedups[f"limiter, {case}"] = ratio
-    assert ratio >= MIN_SPEEDUP, f"{case}: only {ratio:.1f}x the reference"
+test_native, test_reference, test_speedup_over_reference = native_against_reference(
+    "limiter", CASES, "200 requests", MIN_SPEEDUP)

@@ -14,9 +14,7 @@ May import: fastgw._core, tests.core.reference_targets, pytest, the standard lib
 
 from __future__ import annotations
 
-import pytest
-
-from benchmarks.timing import best_of
+from benchmarks.timing import native_against_reference
 from fastgw._core.targets import TargetTable
 from tests.core import reference_targets as ref
 
@@ -64,21 +62,5 @@ def test_same_answers():
     assert fast.view(NOW) == slow.view(NOW)
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_native(benchmark, case):
-    benchmark.group = f"targets, {case}, 200 requests"
-    benchmark(CASES[case][0])
-
-
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_reference(benchmark, case):
-    benchmark.group = f"targets, {case}, 200 requests"
-    benchmark(CASES[case][1])
-
-
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_speedup_over_reference(case, speedups):
-    fast, slow = CASES[case]
-    ratio = best_of(slow, 7) / best_of(fast, 7)
-    speedups[f"targets, {case}"] = ratio
-    assert ratio >= MIN_SPEEDUP, f"{case}: only {ratio:.1f}x the reference"
+test_native, test_reference, test_speedup_over_reference = native_against_reference(
+    "targets", CASES, "200 requests", MIN_SPEEDUP)
