@@ -3,19 +3,22 @@
 ``load_config(path)`` / ``parse_config(text)`` return a :class:`Config` or raise
 :class:`~fastgw.errors.ConfigError` listing *every* problem, each one full line
 ``SOURCE: PLACE: MESSAGE`` (``fastgw.toml: server.workers: must be at least 1, got 0``).
-Only a TOML syntax error stops early, since nothing after it can be read.
+Only a TOML syntax error stops early, since nothing after it can be read. A valid
+file may still carry ``Config.warnings``: problems that do not stop it but that its
+user must hear about (``/users/:id`` is matched literally), in the same one-line form.
 
 How it is built: a :class:`Place` is a value of the file together with its dotted
-path (``routes[0] "users".methods[1]``) and the shared error list. Its typed getters
-(``get_int``, ``get_str``, ``get_duration``...) convert a key of the table it holds,
-record an error at the key's place when the value is wrong, and return the default
-instead, so that validation always goes on to the end. The value syntaxes
+path (``routes[0] "users".methods[1]``) and the shared error and warning lists. Its
+typed getters (``get_int``, ``get_str``, ``get_duration``...) convert a key of the
+table it holds, record an error at the key's place when the value is wrong, and
+return the default instead, so that validation always goes on to the end. The value syntaxes
 (durations, sizes, rates, addresses, secrets) are plain functions that raise
 ``ValueError`` with the human message, usable on their own.
 
-Nothing here opens sockets or builds routers: the result is data, compiled later
-by ``snapshot``. Keys that SPEC.md defines for later work are refused with
-"is not supported yet", never ignored.
+Nothing here opens sockets, creates files or builds routers: the result is data,
+compiled later by ``snapshot`` (log files are only checked: can they be written?).
+Keys reserved for features still to come are refused with "is not supported yet",
+never ignored.
 
 May import: the standard library, ``fastgw.errors`` and ``fastgw._core`` (the router
 judges path pattern syntax).
@@ -32,10 +35,11 @@ import json
 import math
 import os
 import re
+import stat
 import tomllib
 import urllib.parse
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fastgw._core.errors import RouteError
@@ -95,14 +99,22 @@ class ServerConfig:
     max_header_bytes: int = 16384
     max_body_bytes: int = 10 * 1024 * 1024
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    #: the supervisor's pid, written at start for ``fastgw reload|stop|reopen`` and init
+    #: systems (an absolute path), or "" for none
+    pid_file: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class LogConfig:
-    """``[log]``. ``access`` is "stdout", "off" or an absolute file path."""
+    """``[log]``. ``access`` is "stdout", "stderr", "off" or an absolute file path;
+    ``error`` the same, but never "off"."""
 
     access: str = "stdout"
     format: str = "json"
+    #: where startup, reload and error lines go
+    error: str = "stderr"
+    #: the least severe error log lines written: "debug", "info", "warning" or "error"
+    level: str = "info"
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +227,9 @@ class Config:
     digest: str
     global_policies: GlobalConfig = GlobalConfig()
     cluster: ClusterConfig | None = None
+    #: problems that do not stop the file, each one full line as an error is
+    #: (``SOURCE: PLACE: MESSAGE``; the printers add "warning: ")
+    warnings: tuple[str, ...] = ()
 
     def upstream(self, name: str) -> UpstreamConfig:
         """The upstream called ``name``; ``KeyError`` when there is none."""
@@ -276,10 +291,12 @@ def _build(text: str, prefix: str, source: str, base_dir: str, digest: str) -> C
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"{prefix}: {_syntax_error(str(e), text)}"]) from None
     errors: list[str] = []
-    config = _Builder(Place(prefix, errors, doc), base_dir).config(source, digest)
+    warnings: list[str] = []
+    config = _Builder(Place(prefix, errors, warnings, doc), base_dir).config(source, digest)
     if errors:
+        # (a refused file's warnings wait: its user has errors to fix first)
         raise ConfigError(errors)
-    return config
+    return replace(config, warnings=tuple(warnings))
 
 
 # ---------------------------------------------------------------------------
@@ -294,6 +311,43 @@ _RATE = re.compile(r"([0-9]+(?:\.[0-9]+)?)/(s|m|h|d)")
 _RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
+def _unit_words(words: dict[str, str], units: Iterable[str]) -> dict[str, str]:
+    """``{word: unit}`` for each of ``units``, from ``words`` (a unit → its words)."""
+    return {word: unit for unit in units for word in words[unit].split()}
+
+
+# Near misses: a number and a unit word, in any case and with spaces around. They are
+# refused all the same (is "10MB" 10**7 bytes or 10 MiB?), with the value most likely
+# meant as a hint; a bare number is seconds or bytes, as integers are elsewhere.
+_NEAR_MISS = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*")
+_NEAR_MISS_RATE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(?:r|reqs?|requests?)?\s*(?:/|per\b)\s*([A-Za-z]*)\s*",
+                             re.IGNORECASE)
+_TIME_WORDS = {
+    "ms": "ms msec msecs millisecond milliseconds",
+    "s": "s sec secs second seconds",
+    "m": "m min mins minute minutes",
+    "h": "h hr hrs hour hours",
+    "d": "d day days",
+}
+_DURATION_WORDS = {"": "s", **_unit_words(_TIME_WORDS, _DURATION_UNITS)}
+_RATE_WORDS = _unit_words(_TIME_WORDS, _RATE_UNITS)
+_SIZE_WORDS = {"": "B", **_unit_words({"B": "b byte bytes", "KiB": "k kb kib", "MiB": "m mb mib", "GiB": "g gb gib"},
+                                      _SIZE_UNITS)}
+
+
+def _not_a(what: str, s: str, examples: str, syntax: re.Pattern[str], near: re.Pattern[str],
+           words: dict[str, str], sep: str = "") -> ValueError:
+    """``"10MB" is not a size (did you mean "10MiB"? use e.g. ...)``: the guess is the
+    number of ``s`` (split by ``near``) with the unit its unit word names, when that is
+    valid ``syntax``."""
+    hint = ""
+    m = near.fullmatch(s)
+    unit = words.get(m[2].lower()) if m else None
+    if unit is not None and syntax.fullmatch(f"{m[1]}{sep}{unit}"):
+        hint = f"did you mean {_q(f'{m[1]}{sep}{unit}')}? "
+    return ValueError(f"{_q(s)} is not {what} ({hint}use e.g. {examples})")
+
+
 def parse_duration(s: Any) -> float:
     """``"250ms"``, ``"5s"``, ``"2m"``, ``"1h"`` (decimals allowed) → seconds, > 0.
 
@@ -301,10 +355,13 @@ def parse_duration(s: Any) -> float:
         ValueError: not a string, not a duration, or zero.
     """
     if not isinstance(s, str):
-        raise ValueError(_expected('a duration like "5s"', s))
+        # ("timeout = 5": seconds, as in most other configs; still refused, since the
+        # next reader cannot tell)
+        hint = f" (did you mean {_q(f'{s}s')}?)" if type(s) is int and s > 0 else ""
+        raise ValueError(_expected('a duration like "5s"', s) + hint)
     m = _DURATION.fullmatch(s)
     if m is None:
-        raise ValueError(f'{_q(s)} is not a duration (use e.g. "250ms", "5s", "2m", "1h")')
+        raise _not_a("a duration", s, '"250ms", "5s", "2m", "1h"', _DURATION, _NEAR_MISS, _DURATION_WORDS)
     seconds = float(m[1]) * _DURATION_UNITS[m[2]]
     if seconds <= 0:
         raise ValueError(f"a duration must be greater than 0, got {_q(s)}")
@@ -325,7 +382,7 @@ def parse_size(s: Any) -> int:
         raise ValueError(_expected('a size like "16KiB" or a number of bytes', s))
     m = _SIZE.fullmatch(s)
     if m is None:
-        raise ValueError(f'{_q(s)} is not a size (use e.g. "512B", "16KiB", "10MiB", "1GiB")')
+        raise _not_a("a size", s, '"512B", "16KiB", "10MiB", "1GiB"', _SIZE, _NEAR_MISS, _SIZE_WORDS)
     return int(m[1]) * _SIZE_UNITS[m[2]]
 
 
@@ -339,7 +396,7 @@ def parse_rate(s: Any) -> float:
         raise ValueError(_expected('a rate like "100/s"', s))
     m = _RATE.fullmatch(s)
     if m is None:
-        raise ValueError(f'{_q(s)} is not a rate (use e.g. "100/s", "6000/m", "50000/h")')
+        raise _not_a("a rate", s, '"100/s", "6000/m", "50000/h"', _RATE, _NEAR_MISS_RATE, _RATE_WORDS, "/")
     rate = float(m[1]) / _RATE_UNITS[m[2]]
     if rate <= 0:
         raise ValueError(f"a rate must be greater than 0, got {_q(s)}")
@@ -379,6 +436,11 @@ def parse_address(s: Any, default_host: str | None = None) -> Address:
     def bad(why: str) -> ValueError:
         return ValueError(f"{_q(s)} is not host:port ({why})")
 
+    if "://" in s:
+        # A URL where an address goes: the colon after its scheme would otherwise read as
+        # an IPv6 address's. What was meant is the host:port it names.
+        meant = _url_address(s)
+        raise bad(f"no scheme here: write {_q(meant)}" if meant else "no scheme here: write host:port")
     if s.startswith("["):
         host, bracket, rest = s[1:].partition("]")
         if not bracket:
@@ -412,6 +474,22 @@ def parse_address(s: Any, default_host: str | None = None) -> Address:
     return Address(host, port)
 
 
+_SCHEME_PORTS = {"http": 80, "https": 443}
+
+
+def _url_address(url: str) -> str | None:
+    """The host:port of ``url`` (its scheme's port when it names none); None when it has
+    no host or port to take."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port or _SCHEME_PORTS.get(parts.scheme.lower())
+    except ValueError:  # a bad port or IPv6 literal
+        return None
+    if not parts.hostname or port is None:
+        return None
+    return _join_host_port(parts.hostname, port)
+
+
 def _is_hostname(host: str) -> bool:
     return len(host) <= 253 and all(_LABEL.fullmatch(label) for label in host.split("."))
 
@@ -437,32 +515,42 @@ class Place:
     value gives an error at the key's place and the default.
     """
 
-    __slots__ = ("_errors", "_source", "path", "value")
+    __slots__ = ("_errors", "_source", "_warnings", "path", "value")
 
-    def __init__(self, source: str, errors: list[str], value: Any, path: str = "") -> None:
+    def __init__(self, source: str, errors: list[str], warnings: list[str], value: Any, path: str = "") -> None:
         self._source = source
         self._errors = errors
+        self._warnings = warnings
         self.value = value
         self.path = path
+
+    def _at(self, value: Any, path: str) -> Place:
+        return Place(self._source, self._errors, self._warnings, value, path)
 
     def key(self, name: str) -> Place:
         """The place of ``name`` in this table (its value ``None`` when absent)."""
         part = name if _BARE_KEY.fullmatch(name) else _q(name)
         path = f"{self.path}.{part}" if self.path else part
-        value = self.value.get(name) if isinstance(self.value, dict) else None
-        return Place(self._source, self._errors, value, path)
+        return self._at(self.value.get(name) if isinstance(self.value, dict) else None, path)
 
     def item(self, index: int) -> Place:
         """The place of this array's element ``index``."""
-        return Place(self._source, self._errors, self.value[index], f"{self.path}[{index}]")
+        return self._at(self.value[index], f"{self.path}[{index}]")
 
     def named(self, name: str) -> Place:
         """This place, its path followed by ``name`` in quotes (``routes[2] "orders"``)."""
-        return Place(self._source, self._errors, self.value, f"{self.path} {_q(name)}")
+        return self._at(self.value, f"{self.path} {_q(name)}")
 
     def error(self, message: str) -> None:
+        self._errors.append(self._line(message))
+
+    def warn(self, message: str) -> None:
+        """A problem that does not stop the file (``Config.warnings``)."""
+        self._warnings.append(self._line(message))
+
+    def _line(self, message: str) -> str:
         where = f"{self.path}: " if self.path else ""
-        self._errors.append(f"{self._source}: {where}{message}")
+        return f"{self._source}: {where}{message}"
 
     def convert(self, convert: Convert, default: Any = None) -> Any:
         """This place's value through ``convert``; on ``ValueError``, an error and ``default``."""
@@ -474,13 +562,20 @@ class Place:
 
     # -- table access -------------------------------------------------------
 
-    def check_unknown(self, known: Iterable[str], later: Iterable[str] = ()) -> None:
-        """An error for every key that is neither ``known`` nor ``later`` (not supported yet)."""
+    def check_unknown(
+        self, known: Iterable[str], later: Iterable[str] = (), elsewhere: Mapping[str, str] | None = None
+    ) -> None:
+        """An error for every key that is neither ``known`` nor ``later`` (not supported yet);
+        one that belongs ``elsewhere`` gets that map's message, at the key's place."""
         known, later = tuple(known), tuple(later)
         for name in self.value:
             if name in later:
                 self.error(f"{_q(name)} is not supported yet")
-            elif name not in known:
+            elif name in known:
+                continue
+            elif elsewhere and name in elsewhere:
+                self.key(name).error(elsewhere[name])
+            else:
                 self.error(f"unknown key {_q(name)}{_did_you_mean(name, known + later)}")
 
     def get(self, name: str, convert: Convert, default: Any = _REQUIRED) -> Any:
@@ -501,8 +596,8 @@ class Place:
     def get_str(self, name: str, default: Any = _REQUIRED) -> Any:
         return self.get(name, _string, default)
 
-    def get_choice(self, name: str, default: str, accepted: Iterable[str]) -> str:
-        return self.get(name, _choice(tuple(accepted)), default)
+    def get_choice(self, name: str, default: str, accepted: Iterable[str], ignore_case: bool = False) -> str:
+        return self.get(name, _choice(tuple(accepted), ignore_case), default)
 
     def get_duration(self, name: str, default: Any = _REQUIRED) -> Any:
         return self.get(name, parse_duration, default)
@@ -622,14 +717,15 @@ def _at_least(convert: Convert, minimum: int) -> Convert:
     return checked
 
 
-def _choice(accepted: tuple[str, ...]) -> Convert:
-    """One of ``accepted``."""
+def _choice(accepted: tuple[str, ...], ignore_case: bool = False) -> Convert:
+    """One of ``accepted`` (lower-case ones, with ``ignore_case``: in any case)."""
 
     def convert(value: Any) -> str:
-        if isinstance(value, str) and value in accepted:
-            return value
+        word = value.lower() if ignore_case and isinstance(value, str) else value
+        if isinstance(word, str) and word in accepted:
+            return word
         what = _list(accepted) if len(accepted) == 1 else f"one of {_list(accepted)}"
-        hint = _did_you_mean(value, accepted) if isinstance(value, str) else ""
+        hint = _did_you_mean(word, accepted) if isinstance(word, str) else ""
         raise ValueError(_expected(what, value) + hint)
 
     return convert
@@ -661,9 +757,11 @@ _SERVER_KEYS = (
     "max_header_bytes",
     "max_body_bytes",
     "trusted_proxies",
+    "pid_file",
 )
 _SERVER_LATER = ("tls",)
-_LOG_KEYS = ("access", "format")
+_LOG_KEYS = ("access", "format", "error", "level")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
 _UPSTREAM_KEYS = ("targets", "balance", "hash_on", "retries", "keepalive", "connect_timeout", "read_timeout",
                   "circuit_breaker", "health_check")
 _HEALTH_CHECK_KEYS = ("path", "interval", "timeout", "healthy_threshold", "unhealthy_threshold")
@@ -716,6 +814,27 @@ _ROUTE_LATER = (
     "cors",
     "aggregate",
 )
+
+
+def _stray_key_errors() -> dict[str, str]:
+    """The error for each key of a section written at the top level (above the section's
+    header, or with the header forgotten), which says where it goes."""
+    homes: dict[str, list[str]] = {}
+    for table, keys in (("[server]", _SERVER_KEYS), ("[log]", _LOG_KEYS), ("[cluster]", _CLUSTER_KEYS),
+                        ("[global]", _GLOBAL_KEYS), ("[upstreams.NAME]", _UPSTREAM_KEYS), ("[[routes]]", _ROUTE_KEYS)):
+        for key in keys:
+            homes.setdefault(key, []).append(table)
+    errors = {}
+    for key, tables in homes.items():
+        # (a route is one of many tables: "[[routes]].paths" would read as a path)
+        meant = " or ".join("a key of [[routes]]" if t == "[[routes]]" else f"{t}.{key}" for t in tables)
+        where = f" (it goes under {tables[0]})" if tables[0] != "[[routes]]" and len(tables) == 1 else ""
+        errors[key] = f"unknown top-level key; did you mean {meant}?{where}"
+    return errors
+
+
+_STRAY_KEY_ERRORS = _stray_key_errors()
+
 # llhttp's HTTP (not RTSP) method list, as httptools parses it.
 HTTP_METHODS = frozenset(
     "DELETE GET HEAD POST PUT CONNECT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH "
@@ -725,6 +844,8 @@ HTTP_METHODS = frozenset(
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _PARAM = re.compile(r"\{([^{}]*)\}")
 _PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: an Express or Rails parameter segment, ``/:id``: a literal here
+_COLON_PARAM = re.compile(r"(?<=/):([A-Za-z_][A-Za-z0-9_]*)(?=/|$)")
 
 
 class _Builder:
@@ -739,7 +860,7 @@ class _Builder:
 
     def config(self, source: str, digest: str) -> Config:
         root = self.root
-        root.check_unknown(_TOP_KEYS, _TOP_LATER)
+        root.check_unknown(_TOP_KEYS, _TOP_LATER, _STRAY_KEY_ERRORS)
         server = self.server(root.get_table("server"))
         log = self.log(root.get_table("log"))
         self.cluster_config = self.cluster(root.get_table("cluster"))
@@ -752,11 +873,15 @@ class _Builder:
             names = tuple(upstreams.value)
         elif "upstreams" in root.value:
             names = None
+        upstream_configs = self.upstreams(upstreams)
+        routes = self.routes(root.get_items("routes"), names)
+        if not routes:
+            root.warn("no routes: every request will be answered 404 (add a [[routes]] table)")
         return Config(
             server=server,
             log=log,
-            upstreams=self.upstreams(upstreams),
-            routes=self.routes(root.get_items("routes"), names),
+            upstreams=upstream_configs,
+            routes=routes,
             source=source,
             digest=digest,
             global_policies=global_policies,
@@ -826,6 +951,7 @@ class _Builder:
             max_header_bytes=place.get_size("max_header_bytes", d.max_header_bytes, minimum=1),
             max_body_bytes=place.get_size("max_body_bytes", d.max_body_bytes),
             trusted_proxies=place.get_tuple("trusted_proxies", _network),
+            pid_file=place.get("pid_file", self._pid_file, d.pid_file),
         )
 
     def log(self, place: Place | None) -> LogConfig:
@@ -833,16 +959,36 @@ class _Builder:
         if place is None:
             return d
         place.check_unknown(_LOG_KEYS)
-        access = place.get("access", self._access, d.access)
-        return LogConfig(access=access, format=place.get_choice("format", d.format, ("json",)))
+        return LogConfig(
+            access=place.get("access", lambda v: self._log_target(v, ("stdout", "stderr", "off")), d.access),
+            format=place.get_choice("format", d.format, ("json",)),
+            error=place.get("error", self._error_log, d.error),
+            level=place.get_choice("level", d.level, _LOG_LEVELS, ignore_case=True),
+        )
 
-    def _access(self, value: Any) -> str:
-        value = _string(value)
-        if value in ("stdout", "off"):
-            return value
-        if not value:
-            raise ValueError('expected "stdout", "off" or a file path, got string ""')
-        return os.path.normpath(os.path.join(os.path.abspath(self.base_dir), value))
+    def _pid_file(self, value: Any) -> str:
+        text = _string(value)
+        return text and _writable_file(self._path(text))
+
+    def _path(self, text: str) -> str:
+        """A file path of the config, absolute: relative ones are from the file's folder."""
+        return os.path.normpath(os.path.join(os.path.abspath(self.base_dir), text))
+
+    def _error_log(self, value: Any) -> str:
+        # (what the gateway says about itself, a failing upstream included, is never lost)
+        if isinstance(value, str) and value.lower() == "off":
+            raise ValueError('the error log cannot be turned off, use level = "error" to quiet it')
+        return self._log_target(value, ("stdout", "stderr"))
+
+    def _log_target(self, value: Any, keywords: tuple[str, ...]) -> str:
+        """One of ``keywords`` in any case (as lower-case), or a file path, resolved
+        against the config file's folder, that a log can be written to."""
+        text = _string(value)
+        if text.lower() in keywords:
+            return text.lower()
+        if not text or "\0" in text:
+            raise ValueError(_expected(f"{_list(keywords)} or a file path", text))
+        return _writable_file(self._path(text))
 
     def upstreams(self, place: Place | None) -> tuple[UpstreamConfig, ...]:
         if place is None:
@@ -894,7 +1040,13 @@ class _Builder:
     def route(self, place: Place, index: int, upstream_names: tuple[str, ...] | None) -> RouteConfig:
         place.check_unknown(_ROUTE_KEYS, _ROUTE_LATER)
         name = place.get("name", _nonempty_string)
-        paths = place.get_tuple("paths", _route_path, required=True, nonempty="path")
+        path_list = []
+        for item in place.get_items("paths", required=True, nonempty="path"):
+            path = item.convert(_route_path)
+            if path is not None:
+                _warn_colon_params(item, "matched")
+                path_list.append(path)
+        paths = tuple(path_list)
         upstream = self._route_upstream(place, upstream_names)
         strip_prefix = place.get("strip_prefix", _strip_prefix, None)
         rewrite = place.get_str("rewrite", None)
@@ -902,6 +1054,8 @@ class _Builder:
             place.error('"strip_prefix" and "rewrite" cannot be used together')
         elif rewrite is not None:
             rewrite = place.key("rewrite").convert(lambda v: _check_rewrite(v, paths))
+            if rewrite is not None:
+                _warn_colon_params(place.key("rewrite"), "sent")
         return RouteConfig(
             name=name,
             index=index,
@@ -1056,6 +1210,43 @@ def _target_address(value: Any) -> Address:
     return parse_address(value)
 
 
+def _writable_file(path: str) -> str:
+    """``path``, when a log can be written there: an existing regular file (or a device,
+    such as /dev/null) that may be written, or a new file in a folder that may be
+    written in. Nothing is created: ``fastgw check`` leaves no trace, and a file that
+    cannot be opened is found here, with every other error, not by each worker."""
+
+    def cannot(why: str) -> ValueError:
+        return ValueError(f"cannot write {path}: {why}")
+
+    try:
+        mode: int | None = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        mode = None
+    except OSError as exc:
+        raise cannot(exc.strerror or str(exc)) from None
+    if mode is not None:
+        if stat.S_ISDIR(mode):
+            raise cannot("it is a folder")
+        if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+            raise cannot("not a regular file")
+        if not os.access(path, os.W_OK):
+            raise cannot("permission denied")
+        return path
+    folder = os.path.dirname(path)
+    try:
+        mode = os.stat(folder).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise cannot(f"folder {folder} does not exist") from None
+    except OSError as exc:
+        raise cannot(f"folder {folder}: {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(mode):
+        raise cannot(f"{folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise cannot(f"permission denied in folder {folder}")
+    return path
+
+
 def _nonempty_string(value: Any) -> str:
     if _string(value) == "":
         raise ValueError("must not be empty")
@@ -1154,6 +1345,18 @@ def _strip_prefix(value: Any) -> str:
     return value
 
 
+def _warn_colon_params(place: Place, how: str) -> None:
+    """A warning for a path (or rewrite: ``how`` it is used) with ``:name`` segments,
+    Express's and Rails's parameters: here they are literal text, a valid path that
+    would only ever match itself."""
+    names = [f":{name}" for name in _COLON_PARAM.findall(place.value)]
+    if not names:
+        return
+    what = f"{_q(names[0])} is not a parameter" if len(names) == 1 else f"{_list(names)} are not parameters"
+    meant = _COLON_PARAM.sub(r"{\1}", place.value)
+    place.warn(f"{_q(place.value)} is {how} literally ({what}); did you mean {_q(meant)}?")
+
+
 def _check_rewrite(rewrite: str, paths: tuple[str, ...]) -> str:
     """``rewrite`` when its ``{param}``s are defined by every path, and ``{*}`` only
     when every path ends in ``/*``."""
@@ -1179,7 +1382,7 @@ def _check_rewrite(rewrite: str, paths: tuple[str, ...]) -> str:
 # TOML syntax errors
 # ---------------------------------------------------------------------------
 
-_TOML_AT = re.compile(r"(.*) \(at (?:line (\d+), column \d+|end of document)\)", re.S)
+_TOML_AT = re.compile(r"(.*) \(at (?:line (\d+), column (\d+)|end of document)\)", re.S)
 _TOML_MESSAGES = {
     "Expected '=' after a key in a key/value pair": "expected '=' after key",
     "Expected ']' at the end of a table declaration": "expected ']' after the table name",
@@ -1209,6 +1412,10 @@ def _syntax_error(message: str, text: str) -> str:
         return message[:1].lower() + message[1:]
     what = m[1]
     line = m[2] or str(text.rstrip().count("\n") + 1)
+    if what in ("Invalid value", "Unclosed array") and m[2]:
+        word = _unquoted_in_array(text.split("\n")[int(m[2]) - 1], int(m[3]) - 1, what == "Unclosed array")
+        if word:
+            return f"line {line}: invalid value in an array (strings need quotes: {_q(word)})"
     short = _TOML_MESSAGES.get(what)
     if short is None:
         for pattern, template in _TOML_PATTERNS:
@@ -1219,6 +1426,31 @@ def _syntax_error(message: str, text: str) -> str:
         else:
             short = what[:1].lower() + what[1:]
     return f"line {line}: {short}"
+
+
+#: a bare word: braces are a parameter's ("/users/{id}") unless they open an inline table
+_UNQUOTED = re.compile(r"[^\s\"'\[\]{},=#][^\s\"'\[\],=#]*")
+
+
+def _unquoted_in_array(line: str, at: int, inside: bool) -> str | None:
+    """The unquoted word where tomllib stopped, at ``line[at]``, when it is an array's
+    element: right after "[" or ",", or first on its line (a multi-line array).
+
+    ``inside``: tomllib stopped inside the word, not at its start. It says "Unclosed
+    array" for ``[127.0.0.1:8080]``, having read ``127.0`` as a float and found no ","
+    or "]" after it; an array that is really left open stops it at a line's start or
+    after a space (``[1, 2`` then a new line), which is left to say so.
+    """
+    start = max(line.rfind(c, 0, at) for c in "[,=") + 1
+    if start and line[start - 1] == "=":
+        return None  # a plain value, "key = users": the message without "array" says it
+    if inside and (at == 0 or line[at - 1].isspace() or at <= start):
+        return None
+    if not inside and line[start:at].strip():
+        return None
+    end = min([i for i in (line.find(c, at) for c in ",]#") if i >= 0] or [len(line)])
+    word = line[start:end].strip()
+    return word if _UNQUOTED.fullmatch(word) else None
 
 
 def _dotted(key_repr: str) -> str:
