@@ -2,7 +2,9 @@
 
 Every error that can end a request carries the HTTP ``status`` it maps to (h11's
 ``error_status_hint`` idea); ``proxy.pyx`` is the one place that turns them into
-responses. ``ConfigError`` carries every problem found in a config file at once.
+responses. The message is the detail, for the error log; ``public`` is what the client
+is told when the detail would show the inside of the network (an upstream's address, a
+DNS failure), so an upstream error's body says only "upstream unavailable". ``ConfigError`` carries every problem found in a config file at once.
 
 May import: the standard library only.
 """
@@ -14,6 +16,8 @@ class FastGWError(Exception):
     """Base of every fastgw error. ``status`` is the HTTP answer it maps to."""
 
     status = 500
+    #: the client's message, when it must not be the detail (None: the detail is fine)
+    public: str | None = None
 
 
 class ConfigError(FastGWError):
@@ -53,6 +57,7 @@ class UpstreamError(FastGWError):
     """The upstream refused, reset or answered garbage."""
 
     status = 502
+    public = "upstream unavailable"
 
 
 class UpstreamRetryable(UpstreamError):
@@ -69,6 +74,7 @@ class UpstreamTimeout(FastGWError):
     """The upstream did not answer within its timeout (or the route deadline passed)."""
 
     status = 504
+    public = "upstream timed out"
 
 
 class NoTarget(FastGWError):

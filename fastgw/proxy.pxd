@@ -30,7 +30,7 @@ cdef class Proxy(ResponseListener):
     cdef _forward(self, Exchange ex, route, RouteMatch match)
     cdef _finished(self, Exchange ex)
     cdef _send(self, Exchange ex, Pool pool)
-    cdef bint _retry(self, Exchange ex, Pool failed)
+    cdef bint _retry(self, Exchange ex, Pool failed, error)
     cpdef bint retry_status(self, Exchange ex, int status)
     cdef object _loop(self)
     cpdef bytes upstream_head(self, Exchange ex, str path, str target_address)

@@ -6,7 +6,7 @@ relay the answer, log it. This is the one place that turns errors into status co
 ``Proxy.handle(ex)`` reads the current ``Snapshot`` once, so a reload (one assignment to
 ``Proxy.snapshot``) never changes the world under a request in flight.
 
-What it writes upstream (SPEC "HTTP behaviour"): the normalised, possibly rewritten path
+What it writes upstream (README "What it does with a request"): the normalised, possibly rewritten path
 and the raw query; the client's headers minus hop-by-hop ones and minus the framing,
 which we write ourselves; ``X-Forwarded-For/-Proto/-Host`` (the client's own only when the
 peer is a trusted proxy, else replaced), ``X-Request-Id`` (kept when sane, else made) and
@@ -16,7 +16,7 @@ Compiled (Cython, declared in ``proxy.pxd``): this is the per-request path, type
 that its reads of the exchange, the route and the pool are C reads.
 
 May import: the standard library, orjson, fastgw.errors, fastgw.exchange, fastgw.upstream
-(the handler drives it), fastgw.accesslog; snapshot only for types.
+(the handler drives it), fastgw.logs; snapshot only for types.
 """
 
 import asyncio
@@ -26,7 +26,7 @@ import re
 
 import orjson
 
-from fastgw.errors import FastGWError, UpstreamError, UpstreamRetryable
+from fastgw.errors import FastGWError, UpstreamError, UpstreamRetryable, UpstreamTimeout
 from fastgw._core.router cimport RouteMatch
 from fastgw._core.wire cimport (
     H_CONNECTION, H_HOST, H_OTHER, H_TRACEPARENT, H_X_FORWARDED_FOR, H_X_FORWARDED_HOST,
@@ -135,13 +135,18 @@ cdef class Proxy(ResponseListener):
             self._end(ex, None)
 
     cdef _end(self, Exchange ex, exc):
-        """The request failed: answer (the protocol's reason wins over the upstream's), log."""
+        """The request failed: answer (the protocol's reason wins over the upstream's), log.
+        An upstream's failure goes to the error log in detail; the client is told only
+        what ``public`` says (never an internal address), with the request id that finds
+        the detail."""
         if ex.failure is not None:
             exc = ex.failure
+        elif isinstance(exc, (UpstreamError, UpstreamTimeout)):
+            _log_upstream_failure(ex, exc, f"answered {exc.status}")
         if exc is None:
             self.fail(ex, 500, "internal error")
         else:
-            self.fail(ex, exc.status, str(exc))
+            self.fail(ex, exc.status, exc.public or str(exc))
         self._finished(ex)
 
     cpdef fail(self, Exchange ex, int status, str message, list extra=None):
@@ -285,8 +290,9 @@ cdef class Proxy(ResponseListener):
         pool = upstream.pick(ex)
         if pool is None:  # every target is unhealthy or its circuit open
             now = monotonic()
-            self.fail(ex, 503, upstream.unavailable(now),
-                      [(b"retry-after", str(upstream.retry_after(now)).encode())])
+            why = upstream.unavailable(now)
+            _log_upstream_failure(ex, why, "answered 503")
+            self.fail(ex, 503, why, [(b"retry-after", str(upstream.retry_after(now)).encode())])
             self._finished(ex)
             return
         self._send(ex, pool)
@@ -310,9 +316,9 @@ cdef class Proxy(ResponseListener):
         else:
             conn.start(ex, head, self)
 
-    cdef bint _retry(self, Exchange ex, Pool failed):
-        """Send ``ex`` to another target after ``failed`` failed it, if ``retries`` allows
-        and one is left; False otherwise (the failure is the answer)."""
+    cdef bint _retry(self, Exchange ex, Pool failed, error):
+        """Send ``ex`` to another target after ``failed`` failed it with ``error``, if
+        ``retries`` allows and one is left; False otherwise (the failure is the answer)."""
         if ex.failure is not None or ex.response_started or ex.upstream is None:
             return False
         cdef Upstream upstream = ex.upstream
@@ -325,6 +331,7 @@ cdef class Proxy(ResponseListener):
         pool = upstream.pick(ex, tried)
         if pool is None:
             return False
+        _log_upstream_failure(ex, error, f"retrying on {pool.address}", logging.WARNING)
         self._send(ex, pool)
         return True
 
@@ -349,13 +356,16 @@ cdef class Proxy(ResponseListener):
             # comes back. That request never reached the application: send it again on a
             # new connection, once (a new connection is never "reused"), as nginx does.
             # (Not the target's failure: its circuit hears nothing of it.)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("request %s: pooled connection to %s closed while idle; sent again on a new one",
+                          ex.request_id, pool.address)
             self._loop().create_task(self._connect_and_send(ex, pool, conn.head))
         elif ex.failure is not None:  # the client left or broke a limit: no verdict
             pool.undecided(ex)
             self._end(ex, error)
         else:
             pool.record(ex, False)
-            if not (isinstance(error, UpstreamRetryable) and self._retry(ex, pool)):
+            if not (isinstance(error, UpstreamRetryable) and self._retry(ex, pool, error)):
                 self._end(ex, error)
 
     cdef object _loop(self):
@@ -370,7 +380,7 @@ cdef class Proxy(ResponseListener):
         except FastGWError as exc:
             # Nothing of the request went anywhere: any method may try another target.
             pool.record(ex, False)
-            if not self._retry(ex, pool):
+            if not self._retry(ex, pool, exc):
                 self._end(ex, exc)
             return
         if ex.failure is not None:  # the client gave up (or broke a limit) while we connected
@@ -384,6 +394,16 @@ cdef class Proxy(ResponseListener):
         """The request head for the upstream, built in one pass over the client's headers
         (two when a Connection header names other headers, which are hop-by-hop too)."""
         return _upstream_head(ex, path, target_address, None)
+
+
+cdef _log_upstream_failure(Exchange ex, error, str outcome, int level=logging.ERROR):
+    """One error log line for an upstream failure: the detail the client is not told,
+    under the request id, route, upstream and target that find it (nginx's error.log)."""
+    if log.isEnabledFor(level):
+        upstream = ex.upstream
+        log.log(level, "request %s route %s upstream %s target %s: %s; %s", ex.request_id,
+                ex.route_name or "-", upstream.name if upstream is not None else "-",
+                ex.upstream_addr or "-", error, outcome)
 
 
 cdef HeadWriter _head = HeadWriter()

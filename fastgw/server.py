@@ -39,10 +39,10 @@ import uvloop
 
 from fastgw import upstream
 from fastgw._core import limiter
-from fastgw.accesslog import AccessLog
 from fastgw.config import Config, ServerConfig, load_config
 from fastgw.errors import ConfigError
 from fastgw.health import HealthChecker
+from fastgw.logs import AccessLog, error_log
 from fastgw.protocols.http1 import HTTP1Connection
 from fastgw.proxy import Proxy
 from fastgw.snapshot import Snapshot, compile_snapshot, retire_replaced
@@ -53,32 +53,46 @@ SWEEP_INTERVAL = 0.25
 RESTART_BACKOFF = 1.0
 
 
-def setup_logging() -> None:
-    # %(process)d, not the pid at setup: workers are forked after this and log as themselves.
-    logging.basicConfig(
-        stream=sys.stderr, level=logging.INFO,
-        format="%(asctime)s fastgw[%(process)d] %(levelname)s %(message)s")
-
-
 def load(path: str) -> tuple[Config, Snapshot]:
-    """Load and compile ``path``; raises ConfigError with every problem."""
+    """Load and compile ``path``; raises ConfigError with every problem (a log file that
+    cannot be written among them: config.py checks that without creating anything)."""
     config = load_config(path)
-    check_access_log(config)
     return config, compile_snapshot(config)
 
 
-def check_access_log(config: Config) -> None:
-    """An access log file that cannot be opened is a config error: found here, once, it
-    is reported (and a reload refused); found by each worker, it would crash them in a
-    restart loop while the supervisor keeps the port open."""
-    target = config.log.access
-    if target in ("stdout", "off"):
-        return
+def open_logs(config: Config, access_log: AccessLog | None = None) -> AccessLog:
+    """Point this process's error log at ``[log].error`` and ``level``, and open the
+    access log: a new one when its target changed, else ``access_log`` opened again
+    (after ``mv access.log access.log.1``, a reload writes to a new ``access.log``, as
+    nginx's does). Raises OSError when a file cannot be opened."""
+    error_log().configure(config.log.error, config.log.level)
+    if access_log is not None and access_log.target == config.log.access:
+        access_log.reopen()
+        return access_log
+    return AccessLog(config.log.access)
+
+
+def reopen_logs() -> None:
+    """SIGUSR1 (logrotate's signal): every log file of this process opened again."""
     try:
-        os.close(os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+        error_log().reopen()
     except OSError as exc:
-        raise ConfigError([f"{config.source}: log.access: cannot open {target}: "
-                           f"{exc.strerror or exc}"]) from None
+        log.error("cannot reopen the error log %s: %s", error_log().target, exc.strerror or exc)
+
+
+def _watch_supervisor(supervisor_pid: int) -> None:
+    """In a new worker: be sent SIGTERM (drain) when the supervisor dies, however it dies
+    (SIGKILL included), so that no worker outlives it holding the port. Linux's
+    parent-death signal does it at once; the sweeper's ``getppid`` check is the fallback."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the sweeper notices within a sweep
+        pass
+    if os.getppid() != supervisor_pid:  # it died before we asked
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 # -- the worker ---------------------------------------------------------------------------------
@@ -88,8 +102,9 @@ class Worker:
     """One process serving its listen sockets with the current snapshot."""
 
     def __init__(self, config_path: str, config: Config, snapshot: Snapshot,
-                 sockets: list[socket.socket], slot: int = 0) -> None:
+                 sockets: list[socket.socket], slot: int = 0, supervisor_pid: int = 0) -> None:
         self.config_path = config_path
+        self.supervisor_pid = supervisor_pid
         # This worker's share of every route's machine-wide concurrency count; what a
         # predecessor in this slot died with is handed back.
         limiter.set_worker_slot(slot)
@@ -106,6 +121,9 @@ class Worker:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.stopped: asyncio.Future | None = None
         self.reload_generation = 0
+        #: connections closed unanswered over max_connections since the last report
+        self.refused_connections = 0
+        self.refusals_reported = 0.0
 
     def run(self) -> None:
         uvloop.run(self.serve())
@@ -120,6 +138,8 @@ class Worker:
         self.loop.add_signal_handler(signal.SIGHUP, self.reload)
         self.loop.add_signal_handler(signal.SIGTERM, self.begin_drain)
         self.loop.add_signal_handler(signal.SIGINT, self.begin_drain)
+        self.loop.add_signal_handler(signal.SIGQUIT, self.begin_drain)
+        self.loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
         # The supervisor forked us with its signals blocked; a SIGHUP or SIGTERM that came
         # meanwhile is pending and is delivered now, to the handlers (unblocked earlier, a
         # SIGHUP's default action would have killed this worker).
@@ -140,13 +160,28 @@ class Worker:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             now = time.monotonic()  # the clock of every deadline (exchange.monotonic)
+            if self.supervisor_pid and os.getppid() != self.supervisor_pid and not self.proxy.draining:
+                log.error("the supervisor (pid %d) is gone: draining", self.supervisor_pid)
+                self.begin_drain()
             try:
                 for conn in list(self.connections):
                     conn.check(now)
                 upstream.sweep(now)
                 self.access_log.flush()
+                if self.refused_connections and now - self.refusals_reported >= 1.0:
+                    log.warning("%d connection(s) closed unanswered: max_connections (%d) reached",
+                                self.refused_connections, self.limits.max_connections)
+                    self.refused_connections, self.refusals_reported = 0, now
             except Exception:  # a bug of ours must not stop every timeout of the worker
                 log.exception("sweep failed")
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1: the access and error log files opened again (logrotate moved them)."""
+        try:
+            self.access_log.reopen()
+        except OSError as exc:
+            log.error("cannot reopen the access log %s: %s", self.access_log.target, exc.strerror or exc)
+        reopen_logs()
 
     def reload(self) -> None:
         """SIGHUP: load and compile the file off the event loop, then swap on it.
@@ -171,13 +206,13 @@ class Worker:
             return
         if generation != self.reload_generation:
             return  # a later SIGHUP came while this one compiled: that one wins
-        if config.log.access != self.config.log.access:
-            try:
-                access_log = AccessLog(config.log.access)
-            except OSError as exc:
-                log.error("reload refused, the running config stays: log.access: cannot open %s: %s",
-                          config.log.access, exc.strerror or exc)
-                return
+        try:
+            access_log = open_logs(config, self.access_log)
+        except OSError as exc:
+            log.error("reload refused, the running config stays: cannot open a log file: %s",
+                      exc.strerror or exc)
+            return
+        if access_log is not self.access_log:
             old_log, self.access_log = self.access_log, access_log
             self.proxy.access_log = access_log
             old_log.close()
@@ -258,7 +293,9 @@ def _check_free(addr) -> None:
 class Supervisor:
     """Forks the workers, restarts the dead, forwards signals. Runs no event loop."""
 
-    SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+    # SIGQUIT drains too (nginx's graceful stop). Any other signal whose default is to end
+    # the process ends the supervisor; its workers, watching it, drain and go with it.
+    SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1)
 
     def __init__(self, config_path: str, config: Config, snapshot: Snapshot,
                  on_ready: Callable[[], None] | None = None) -> None:
@@ -266,12 +303,15 @@ class Supervisor:
         self.config = config
         self.snapshot = snapshot
         self.sockets = bind_sockets(config)
+        # What is bound and forked: a reload cannot change them (see ``reload``).
+        self.bound = (config.server.listen, config.server.workers)
         self.workers: dict[int, int] = {}   # pid -> slot
         self.started: dict[int, float] = {}
         self.stopping = False
         self.on_ready = on_ready
 
     def spawn(self, slot: int) -> None:
+        supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 0
@@ -281,7 +321,8 @@ class Supervisor:
                     if other != slot:
                         for sock in socks:
                             sock.close()
-                Worker(self.config_path, self.config, self.snapshot, self.sockets[slot], slot).run()
+                _watch_supervisor(supervisor)
+                Worker(self.config_path, self.config, self.snapshot, self.sockets[slot], slot, supervisor).run()
             except BaseException:  # noqa: BLE001 - a worker must never return into the supervisor
                 log.exception("worker crashed")
                 code = 1
@@ -295,8 +336,9 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
         for slot in range(self.config.server.workers):
             self.spawn(slot)
-        addrs = ", ".join(str(a) for a in self.config.server.listen)
-        log.info("listening on %s with %d worker(s)", addrs, len(self.workers))
+        self.pid_file = self.config.server.pid_file
+        write_pid_file(self.pid_file)
+        log.info("listening on %s with %d worker(s)", _addresses(self.config.server.listen), len(self.workers))
         if self.on_ready is not None:
             self.on_ready()
         stop_deadline = None
@@ -305,7 +347,11 @@ class Supervisor:
             if info is not None:
                 if info.si_signo == signal.SIGHUP:
                     self.reload()
-                elif info.si_signo in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
+                elif info.si_signo == signal.SIGUSR1:
+                    reopen_logs()
+                    log.info("log files reopened")
+                    self.signal_workers(signal.SIGUSR1)
+                elif info.si_signo in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT) and not self.stopping:
                     self.stopping = True
                     stop_deadline = time.monotonic() + self.config.server.drain_timeout + 5
                     log.info("draining (up to %ss)", self.config.server.drain_timeout)
@@ -314,6 +360,7 @@ class Supervisor:
             self.reap()
             if stop_deadline is not None and time.monotonic() > stop_deadline:
                 self.signal_workers(signal.SIGKILL)
+        remove_pid_file(self.pid_file)
         log.info("stopped")
         return 0
 
@@ -343,8 +390,23 @@ class Supervisor:
         except ConfigError as exc:
             log.error("reload refused, the running config stays:\n%s", exc)
             return
-        if config.server.listen != self.config.server.listen or config.server.workers != self.config.server.workers:
-            log.warning("server.listen and server.workers take effect at the next restart")
+        try:
+            error_log().configure(config.log.error, config.log.level)
+        except OSError as exc:
+            log.error("reload refused, the running config stays: cannot open the error log %s: %s",
+                      config.log.error, exc.strerror or exc)
+            return
+        listen, workers = self.bound
+        if config.server.listen != listen:
+            log.warning("server.listen is now %s, but %s stays bound until the next restart",
+                        _addresses(config.server.listen), _addresses(listen))
+        if config.server.workers != workers:
+            log.warning("server.workers is now %d, but %d keep running until the next restart",
+                        config.server.workers, workers)
+        if config.server.pid_file != self.pid_file:
+            remove_pid_file(self.pid_file)
+            self.pid_file = config.server.pid_file
+            write_pid_file(self.pid_file)
         # Workers forked later start from the new config.
         self.config, self.snapshot = config, snapshot
         self.signal_workers(signal.SIGHUP)
@@ -362,6 +424,76 @@ class Supervisor:
                 sock.close()
 
 
+def write_pid_file(path: str) -> None:
+    """The supervisor's pid in ``[server].pid_file`` (written whole, then renamed into
+    place, so a reader never sees half of it)."""
+    if not path:
+        return
+    try:
+        temporary = f"{path}.{os.getpid()}.tmp"
+        with open(temporary, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        os.replace(temporary, path)
+    except OSError as exc:
+        log.error("cannot write the pid file %s: %s", path, exc.strerror or exc)
+
+
+def remove_pid_file(path: str) -> None:
+    """Remove ``path`` when it still names this process (never another gateway's)."""
+    try:
+        if path and read_pid_file(path) == os.getpid():
+            os.unlink(path)
+    except (OSError, ValueError):
+        pass
+
+
+def read_pid_file(path: str) -> int:
+    """The pid in ``path``. Raises OSError, or ValueError when it holds no pid."""
+    with open(path) as f:
+        text = f.read().strip()
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{path} holds no pid ({text[:20]!r})")
+    return int(text)
+
+
+def signal_running(config_path: str, command: str) -> int:
+    """``fastgw reload|stop|reopen``: send the running supervisor, found through the
+    config's ``[server].pid_file``, SIGHUP, SIGTERM or SIGUSR1. Returns the exit code."""
+    signo = {"reload": signal.SIGHUP, "stop": signal.SIGTERM, "reopen": signal.SIGUSR1}[command]
+    try:
+        # A reload of a file with errors would be refused by the supervisor, which only
+        # logs why: refused here, the errors are shown to whoever asked.
+        config = load(config_path)[0] if command == "reload" else load_config(config_path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        if command == "reload":
+            print("fastgw: reload not sent: the running config stays", file=sys.stderr)
+        return 1
+    path = config.server.pid_file
+    if not path:
+        print(f"fastgw: {config_path} sets no [server].pid_file, so the running gateway cannot be "
+              f"found; set one, or send the supervisor {signo.name} yourself", file=sys.stderr)
+        return 1
+    try:
+        pid = read_pid_file(path)
+        os.kill(pid, signo)
+    except FileNotFoundError:
+        print(f"fastgw: not running (no pid file {path})", file=sys.stderr)
+        return 1
+    except ProcessLookupError:
+        print(f"fastgw: not running (pid {pid} of {path} is gone)", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"fastgw: cannot signal the gateway: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+        return 1
+    print(f"fastgw: sent {signo.name} to {pid} ({command})")
+    return 0
+
+
+def _addresses(listen) -> str:
+    return ", ".join(str(address) for address in listen)
+
+
 def _describe_status(status: int) -> str:
     if os.WIFSIGNALED(status):
         return f"signal {signal.Signals(os.WTERMSIG(status)).name}"
@@ -370,13 +502,16 @@ def _describe_status(status: int) -> str:
 
 def run(config_path: str, on_ready: Callable[[], None] | None = None) -> int:
     """``fastgw run``: validate, bind, fork, supervise. Returns the exit code."""
-    setup_logging()
+    error_log()  # on stderr until the config says where
     try:
         config, snapshot = load(config_path)
+        error_log().configure(config.log.error, config.log.level)  # each worker opens its access log
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"fastgw: cannot read {config_path}: {exc.strerror}", file=sys.stderr)
+        print(f"fastgw: cannot open {exc.filename or config_path}: {exc.strerror}", file=sys.stderr)
         return 1
+    for warning in config.warnings:
+        log.warning("%s", warning)
     return Supervisor(config_path, config, snapshot, on_ready).run()

@@ -243,4 +243,4 @@ def test_a_dropped_503_with_no_target_left_is_still_a_503(make_backend, gateway)
         assert [c.get("/flaky").status_code for _ in range(2)] == [200, 500]  # b's circuit opens
         a.flaky_status = 503
         r = c.get("/flaky")  # a answers 503: dropped for a retry, but no target is left
-    assert r.status_code == 503 and r.json()["error"] == "upstream answered 503"
+    assert r.status_code == 503 and r.json()["error"] == "upstream unavailable"

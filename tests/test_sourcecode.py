@@ -21,7 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "exchange": set(),
     "config": {"errors", "_core"},
-    "accesslog": set(),
+    "logs": set(),
     "upstream": {"errors", "exchange", "_core"},
     "snapshot": {"config", "errors", "upstream", "ratelimit", "cluster", "_core"},
     "proxy": {"errors", "exchange", "upstream", "ratelimit", "_core"},

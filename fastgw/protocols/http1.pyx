@@ -9,7 +9,7 @@ one before has sent its whole response, so responses leave in request order. Req
 whose body is being read (``reading``); the exchange streams them upstream or holds a
 bounded amount.
 
-What llhttp refuses by itself (HARDENING.md §3.1) becomes 400 and a close. What it leaves
+What llhttp refuses by itself (in its strict mode: no leniency flag is set) becomes 400 and a close. What it leaves
 to us is checked here: HTTP/1.0 with Transfer-Encoding, any transfer coding but chunked
 alone, missing or repeated Host (and the authority of an absolute-form target replacing
 Host), HTTP/0.9 and HTTP/2.0 request lines, fragments and non-origin-form targets, path
@@ -143,7 +143,9 @@ cdef class HTTP1Connection(Downstream):
         self.transport = transport
         connections = self.worker.connections
         if len(connections) >= self.limits.max_connections:
-            # Over the limit: closed at once, no answer, no parsing (SPEC max_connections).
+            # Over the limit: closed at once, no answer, no parsing (max_connections); the
+            # worker's sweeper reports how many, at most once a second.
+            self.worker.refused_connections += 1
             self.closing = True
             transport.close()
             return
@@ -577,8 +579,8 @@ cdef class HTTP1Connection(Downstream):
         self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
     cdef _upgrade_requested(self):
-        # llhttp stops after a request carrying Upgrade (or CONNECT). WebSocket and h2c come
-        # with their own work; until then the request is served as plain HTTP (Upgrade is
+        # llhttp stops after a request carrying Upgrade (or CONNECT). WebSocket and h2c are
+        # not served yet: the request is served as plain HTTP (Upgrade is
         # hop-by-hop and not forwarded) and the connection closes after it, since llhttp
         # will not parse what follows. (CONNECT never gets here: on_headers_complete
         # refuses it.)
