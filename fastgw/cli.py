@@ -1,8 +1,11 @@
-"""The ``fastgw`` command line (SPEC "Command line"): run, demo, check, explain.
+"""The ``fastgw`` command line: run, demo, check, explain, and reload, stop and reopen,
+which signal a running gateway found through its ``[server].pid_file``.
 
 ``check`` and ``explain`` are the config's debugging tools: they compile exactly what
-``run`` would, then print the route table (with warnings for routes that can never
-match) or walk one request through the router.
+``run`` would, then print the route table, every route's and upstream's settings (with
+warnings for routes that can never match), or walk one request through the router and
+the route's choice of upstream (``Route.match_split_entry`` and ``split_shares``, what
+the proxy's ``Route.pick_upstream`` decides by).
 
 May import: fastgw.config, fastgw.snapshot, fastgw.server, fastgw.demo, fastgw._core.
 """
@@ -11,15 +14,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from fastgw import __version__
 from fastgw._core.router import normalize_path
-from fastgw.config import Config, RouteConfig
+from fastgw.config import Config, RateLimit, RouteConfig, UpstreamConfig
 from fastgw.errors import ConfigError
-from fastgw.snapshot import Snapshot
+from fastgw.snapshot import Route, Snapshot, served_methods
+
+if TYPE_CHECKING:
+    from fastgw.upstream import Upstream
 
 DEFAULT_CONFIG = "fastgw.toml"
+DEFAULT_MAX_KEYS = RateLimit.__dataclass_fields__["max_keys"].default
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,10 +50,19 @@ def main(argv: list[str] | None = None) -> int:
     explain.add_argument("url", help="a path (/users/1) or a URL (http://api.example.com/users/1)")
     explain.add_argument("-H", "--header", action="append", default=[], metavar='"NAME: VALUE"')
 
+    for command, does in (("reload", "reload the running gateway's config (SIGHUP), once it checks out"),
+                          ("stop", "drain and stop the running gateway (SIGTERM)"),
+                          ("reopen", "reopen the running gateway's log files (SIGUSR1), after logrotate")):
+        signaller = commands.add_parser(command, help=does + "; found through [server].pid_file")
+        signaller.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+
     args = parser.parse_args(argv)
     if args.command == "run":
         from fastgw.server import run as run_server
         return run_server(args.config)
+    if args.command in ("reload", "stop", "reopen"):
+        from fastgw.server import signal_running
+        return signal_running(args.config, args.command)
     if args.command == "demo":
         from fastgw.demo import run_demo
         return run_demo(args.port)
@@ -58,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load(path: str) -> Snapshot | None:
-    # server.load, exactly what ``run`` does: it also refuses an access log that cannot
-    # be opened (and, as ``nginx -t`` does, creates the file when it can).
+    # server.load, exactly what ``run`` does (log files that cannot be written included);
+    # it creates nothing.
     from fastgw.server import load
     try:
         return load(path)[1]
@@ -71,25 +88,101 @@ def _load(path: str) -> Snapshot | None:
 
 
 def cmd_check(snapshot: Snapshot) -> int:
+    """The route table, each route's settings beneath its row, then the upstreams': every
+    key the file sets is shown (with the defaults of those it leaves out)."""
     config = snapshot.config
     print(f"{config.source}: ok ({len(config.routes)} routes, {len(config.upstreams)} upstreams, "
           f"digest {config.digest[:12]})")
     print()
     rows = [("#", "ROUTE", "HOSTS", "METHODS", "PATHS", "PRI", "UPSTREAM → TARGETS")]
+    details: list[list[str]] = [[]]
     for route in snapshot.routes:
         rc = route.config
-        targets = ", ".join(p.address + (f"*{p.weight}" if p.weight != 1 else "") for p in route.upstream.pools)
-        rows.append((str(rc.index), rc.name, " ".join(rc.hosts) or "*", " ".join(rc.methods) or "*",
-                     " ".join(rc.paths), str(rc.priority), f"{rc.upstream} → {targets}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
-    warnings = snapshot.router.shadowed()
-    for shadowed, by, reason in warnings:
+        rows.append((str(rc.index), rc.name, " ".join(rc.hosts) or "*", describe_methods(rc.methods),
+                     " ".join(rc.paths), str(rc.priority), f"{rc.upstream} → {describe_targets(route.upstream)}"))
+        details.append(describe_route(config, route))
+    _print_table(rows, details)
+    print()
+    rows = [("UPSTREAM", "BALANCE", "RETRIES", "KEEPALIVE", "CONNECT_TIMEOUT", "READ_TIMEOUT", "TARGETS")]
+    details = [[]]
+    for up in config.upstreams:
+        balance = up.balance + (f" on {up.hash_on}" if up.balance == "consistent_hash" else "")
+        rows.append((up.name, balance, str(up.retries), str(up.keepalive), _seconds(up.connect_timeout),
+                     _seconds(up.read_timeout), describe_targets(snapshot.upstreams[up.name])))
+        details.append(describe_upstream(up))
+    _print_table(rows, details)
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for shadowed, by, reason in snapshot.router.shadowed():
         a, b = config.routes[shadowed], config.routes[by]
         print(f'warning: {config.source}: routes[{a.index}] "{a.name}" can never match: '
               f'shadowed by routes[{b.index}] "{b.name}" ({reason})', file=sys.stderr)
     return 0
+
+
+def _print_table(rows: list[tuple[str, ...]], details: list[list[str]]) -> None:
+    """Columns padded to their widest cell (the last one is not), each row's detail lines
+    beneath it, indented to the second column."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    indent = " " * (widths[0] + 2)
+    for row, lines in zip(rows, details):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+        for line in lines:
+            print(indent + line)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
+
+
+def _quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def describe_methods(methods: tuple[str, ...]) -> str:
+    """A route's methods as the router serves them: HEAD that GET brings is marked "(+HEAD)"."""
+    served = served_methods(methods)
+    return (" ".join(methods) + (" (+HEAD)" if served != methods else "")) or "*"
+
+
+def describe_targets(upstream: Upstream) -> str:
+    return ", ".join(p.address + (f"*{p.weight}" if p.weight != 1 else "") for p in upstream.pools)
+
+
+def describe_route(config: Config, route: Route) -> list[str]:
+    """What applies to a request on ``route`` besides its table row, one line each."""
+    rc = route.config
+    lines = []
+    if rc.headers:
+        lines.append("headers " + ", ".join(f"{name} = {_quoted(value)}" for name, value in rc.headers))
+    if rc.rewrite is not None:
+        lines.append(f"rewrite {rc.rewrite}")
+    if rc.strip_prefix is not None:
+        lines.append(f"strip_prefix {rc.strip_prefix}")
+    if rc.timeout:
+        lines.append(f"timeout {_seconds(rc.timeout)}")
+    policies = describe_policies(config, rc)
+    if policies != "none":
+        lines.append(policies)
+    for header, value, name in rc.match_split:
+        lines.append(f"match_split {header} = {_quoted(value)} → {name}")
+    if route.split_shares:
+        lines.append("split " + " / ".join(f"{percent}% {up.name}" for up, percent in route.split_shares))
+    return lines
+
+
+def describe_upstream(up: UpstreamConfig) -> list[str]:
+    """An upstream's active and passive health settings, one line each."""
+    lines = []
+    check = up.health_check
+    if check is not None:
+        lines.append(f"health_check GET {check.path} every {_seconds(check.interval)}, timeout "
+                     f"{_seconds(check.timeout)}, healthy after {check.healthy_threshold} passes, "
+                     f"unhealthy after {check.unhealthy_threshold} failures")
+    if up.circuit_breaker is not None:
+        failures, cooldown = up.circuit_breaker
+        lines.append(f"circuit_breaker {failures} failures, cooldown {_seconds(cooldown)}")
+    return lines
 
 
 def cmd_explain(snapshot: Snapshot, method: str, url: str, header_args: list[str]) -> int:
@@ -100,13 +193,15 @@ def cmd_explain(snapshot: Snapshot, method: str, url: str, header_args: list[str
     if path is None:
         print(f"{raw_path}: refused with 400 (the path cannot be normalised safely)")
         return 1
-    headers: dict[str, str] = {}
+    headers: dict[str, str] = {}  # what the router reads: the first of each name, lower-cased
+    sent: list[tuple[bytes, bytes]] = []  # what the proxy has: every header as sent, in order
     for item in header_args:
         name, sep, value = item.partition(":")
         if not sep:
             print(f'fastgw: -H wants "NAME: VALUE", got {item!r}', file=sys.stderr)
             return 2
         headers.setdefault(name.strip().lower(), value.strip())
+        sent.append((name.strip().encode("latin-1", "replace"), value.strip().encode("latin-1", "replace")))
     if "host" in headers and not host:
         host = headers["host"].split(":")[0].lower()
     method = method.upper()
@@ -131,10 +226,28 @@ def cmd_explain(snapshot: Snapshot, method: str, url: str, header_args: list[str
     if match.params:
         print("params: " + ", ".join(f"{k}={v}" for k, v in match.params.items()))
     print(f"policies: {describe_policies(snapshot.config, rc)}")
-    targets = ", ".join(p.address for p in route.upstream.pools)
-    print(f"upstream: {rc.upstream} [{targets}] path {upstream_path}"
-          + (f" timeout {rc.timeout:g}s" if rc.timeout else ""))
+    print(f"upstream: {describe_choice(route, sent)} path {upstream_path}"
+          + (f" timeout {_seconds(rc.timeout)}" if rc.timeout else ""))
     return 0
+
+
+def describe_choice(route: Route, headers: list[tuple[bytes, bytes]]) -> str:
+    """The upstream a request with these headers goes to, as ``Route.pick_upstream``
+    decides it: the ``match_split`` entry that takes it, else the shares of ``split``
+    (which one a given request takes depends on the requests before it), else the
+    route's upstream."""
+    def named(upstream: Upstream) -> str:
+        return f"{upstream.name} [{', '.join(p.address for p in upstream.pools)}]"
+
+    entry = route.match_split_entry(headers)
+    if entry is not None:
+        header, value, upstream = entry
+        return f"{named(upstream)} (match_split: {header.decode('latin-1')} = {_quoted(value.decode('latin-1'))})"
+    if route.split_shares:
+        choice = "split " + " / ".join(f"{percent}% {named(up)}" for up, percent in route.split_shares)
+    else:
+        choice = named(route.upstream)
+    return choice + (" (no match_split matched)" if route.config.match_split else "")
 
 
 def describe_policies(config: Config, rc: RouteConfig) -> str:
@@ -142,7 +255,8 @@ def describe_policies(config: Config, rc: RouteConfig) -> str:
     chain = []
     for owner, limit in (("[global] ", config.global_policies.rate_limit), ("", rc.rate_limit)):
         if limit is not None:
-            chain.append(f"rate_limit {owner}{limit.rate:g}/s burst {limit.burst} per {limit.key} ({limit.scope})")
+            chain.append(f"rate_limit {owner}{limit.rate:g}/s burst {limit.burst} per {limit.key} ({limit.scope}"
+                         + (f", max_keys {limit.max_keys})" if limit.max_keys != DEFAULT_MAX_KEYS else ")"))
     if rc.max_concurrent:
         chain.append(f"max_concurrent {rc.max_concurrent}")
     return " → ".join(chain) or "none"

@@ -41,8 +41,8 @@ class Route:
     """A route as a request sees it: where it goes and how its path is rewritten."""
 
     __slots__ = ("name", "index", "upstream", "strip_prefix", "rewrite", "timeout", "config",
-                 "splits", "_match_split", "_split_upstreams", "_split", "limits", "cluster_limited",
-                 "guard")
+                 "splits", "split_shares", "_match_split", "_split_upstreams", "_split", "limits",
+                 "cluster_limited", "guard")
 
     def __init__(self, config: RouteConfig, upstreams: dict[str, Upstream], policies: Policies) -> None:
         self.name = config.name
@@ -59,9 +59,10 @@ class Route:
         # round robin over percents, so 10 is exactly 1 request in 10).
         shares = [(self.upstream, 100 - sum(w for _, w in config.split))]
         shares += [(upstreams[name], weight) for name, weight in config.split]
-        shares = [(up, w) for up, w in shares if w > 0]
-        self._split_upstreams = [up for up, _ in shares]
-        self._split = SmoothWeighted([w for _, w in shares]) if config.split else None
+        #: (upstream, percent) of ``split``, the route's own upstream first; () without one
+        self.split_shares = tuple((up, w) for up, w in shares if w > 0) if config.split else ()
+        self._split_upstreams = [up for up, _ in self.split_shares]
+        self._split = SmoothWeighted([w for _, w in self.split_shares]) if config.split else None
         #: the route sends some requests elsewhere than ``upstream``: ask ``pick_upstream``
         self.splits = bool(config.split or config.match_split)
         #: the rate limits a request must pass, [global]'s first
@@ -72,16 +73,29 @@ class Route:
         self.guard = policies.guard_of(config)
 
     def pick_upstream(self, headers: list[tuple[bytes, bytes]]) -> Upstream:
-        """The upstream for a request with these headers: ``match_split``, then ``split``."""
-        for header, value, upstream in self._match_split:
-            for name, sent in headers:
-                if name.lower() == header:
-                    if sent == value:
-                        return upstream
-                    break  # the first such header decides
+        """The upstream for a request with these headers: ``match_split``, then ``split``
+        (the proxy's choice, per request; ``fastgw explain`` asks ``match_split_entry``
+        and reads ``split_shares``, so both decide by the same code)."""
+        if self._match_split:
+            entry = self.match_split_entry(headers)
+            if entry is not None:
+                return entry[2]
         if self._split is not None:
             return self._split_upstreams[self._split.pick()]
         return self.upstream
+
+    def match_split_entry(self, headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes, Upstream] | None:
+        """The ``match_split`` entry (lower-case header name, value, upstream) that takes
+        a request with these headers (name as sent, value), or None: the first entry
+        whose header's first occurrence equals its value."""
+        for entry in self._match_split:
+            header, value, _ = entry
+            for name, sent in headers:
+                if name.lower() == header:
+                    if sent == value:
+                        return entry
+                    break  # the first such header decides
+        return None
 
     def upstream_path(self, path: str, params: dict[str, str]) -> str:
         """The path sent upstream: the normalised request path, with ``strip_prefix`` or
@@ -244,6 +258,14 @@ def build_upstream(up: UpstreamConfig, previous: Snapshot | None = None) -> Upst
     return Upstream(up.name, pools, signature, up.balance, up.hash_on, up.retries, up.health_check)
 
 
+def served_methods(methods: tuple[str, ...]) -> tuple[str, ...]:
+    """The methods a route with ``methods`` is routed for: HEAD wherever GET is, as in
+    nginx (a GET route answers HEAD rather than 405); empty (any method) stays empty."""
+    if "GET" in methods and "HEAD" not in methods:
+        return (*methods, "HEAD")
+    return methods
+
+
 def compile_snapshot(config: Config, previous: Snapshot | None = None) -> Snapshot:
     """Build the snapshot, or raise ``ConfigError`` listing every route pattern the router
     refuses (config.py has already checked everything else)."""
@@ -252,7 +274,7 @@ def compile_snapshot(config: Config, previous: Snapshot | None = None) -> Snapsh
     policies = Policies(config, cluster)
     routes = tuple(Route(rc, upstreams, policies) for rc in config.routes)
     rules = [
-        Rule(route, rc.paths, rc.methods, rc.hosts, rc.headers, rc.priority)
+        Rule(route, rc.paths, served_methods(rc.methods), rc.hosts, rc.headers, rc.priority)
         for route, rc in zip(routes, config.routes)
     ]
     try:

@@ -94,19 +94,107 @@ def test_check_prints_the_route_table(conf):
     assert (result.returncode, result.stderr) == (0, "")
     digest = hashlib.sha256(CONFIG.encode()).hexdigest()[:12]
     out = lines(result.stdout)
-    assert out[0] == f"fastgw.toml: ok (3 routes, 2 upstreams, digest {digest})"
-    assert out[1] == ""
-    assert [cells(line) for line in out[2:]] == [
-        ["#", "ROUTE", "HOSTS", "METHODS", "PATHS", "PRI", "UPSTREAM → TARGETS"],
-        ["0", "users", "api.example.com", "GET POST", "/users/{id}", "0",
-         "users → 127.0.0.1:9001, 127.0.0.1:9002*3"],
-        ["1", "orders-v2", "*", "*", "/orders/*", "5", "orders → 127.0.0.1:9003"],
-        ["2", "orders", "*", "*", "/orders/*", "0", "orders → 127.0.0.1:9003"],
+    assert out == [
+        f"fastgw.toml: ok (3 routes, 2 upstreams, digest {digest})",
+        "",
+        "#  ROUTE      HOSTS            METHODS           PATHS        PRI  UPSTREAM → TARGETS",
+        "0  users      api.example.com  GET POST (+HEAD)  /users/{id}  0    users → 127.0.0.1:9001, 127.0.0.1:9002*3",
+        "   rewrite /v2/users/{id}",
+        "1  orders-v2  *                *                 /orders/*    5    orders → 127.0.0.1:9003",
+        '   headers x-api-version = "2"',
+        "   timeout 5s",
+        "2  orders     *                *                 /orders/*    0    orders → 127.0.0.1:9003",
+        "   strip_prefix /orders",
+        "",
+        "UPSTREAM  BALANCE      RETRIES  KEEPALIVE  CONNECT_TIMEOUT  READ_TIMEOUT  TARGETS",
+        "users     round_robin  1        64         2s               30s           127.0.0.1:9001, 127.0.0.1:9002*3",
+        "orders    round_robin  1        64         2s               30s           127.0.0.1:9003",
     ]
     # Columns line up: every row's cells start where the header's do.
+    rows = [line for line in out[3:10] if line[0].isdigit()]
+    assert [cells(row)[1] for row in rows] == ["users", "orders-v2", "orders"]
     starts = [out[2].index(name) for name in ("ROUTE", "HOSTS", "METHODS", "PATHS", "PRI", "UPSTREAM")]
-    for row in out[3:]:
+    for row in rows:
         assert all(row[i - 1] == " " and row[i] != " " for i in starts), row
+
+
+FULL_CONFIG = """\
+[global]
+rate_limit = { rate = "1000/s", burst = 2000 }
+
+[upstreams.a]
+targets = ["127.0.0.1:9001", { address = "127.0.0.1:9004", weight = 2 }]
+circuit_breaker = { failures = 5, cooldown = "30s" }
+health_check = { path = "/healthz", interval = "5s" }
+
+[upstreams.b]
+targets = ["127.0.0.1:9002"]
+balance = "consistent_hash"
+hash_on = "header:x-user"
+retries = 0
+keepalive = 8
+connect_timeout = "250ms"
+read_timeout = "500ms"
+
+[upstreams.spare]
+targets = ["127.0.0.1:9005"]
+health_check = { path = "/up?deep=1", interval = "2s", timeout = "500ms", healthy_threshold = 1, unhealthy_threshold = 4 }
+
+[[routes]]
+name = "canary"
+paths = ["/c/*"]
+methods = ["POST"]
+upstream = "a"
+strip_prefix = "/c"
+timeout = "5s"
+max_concurrent = 100
+split = [{ upstream = "b", weight = 10 }]
+match_split = [{ header = "X-Beta", value = "1", upstream = "b" }, { header = "x-old", value = "yes", upstream = "a" }]
+
+[[routes]]
+name = "users"
+hosts = ["api.example.com"]
+paths = ["/users/{id}"]
+methods = ["GET", "HEAD"]
+headers = { "x-api-version" = "2" }
+upstream = "b"
+rewrite = "/v2/users/{id}"
+rate_limit = { rate = "600/m", key = "header:X-User", max_keys = 1000 }
+"""
+
+
+def test_check_shows_each_route_and_upstream_whole(tmp_path):
+    # Every key the file sets is somewhere in the output: the route's path handling,
+    # timeout, policies and splits under its row; each upstream's balance, retries,
+    # pool and timeouts in a second table, its health check and circuit breaker beneath.
+    (tmp_path / "fastgw.toml").write_text(FULL_CONFIG)
+    result = fastgw_cmd("check", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert lines(result.stdout)[2:] == [
+        "#  ROUTE   HOSTS            METHODS   PATHS        PRI  UPSTREAM → TARGETS",
+        "0  canary  *                POST      /c/*         0    a → 127.0.0.1:9001, 127.0.0.1:9004*2",
+        "   strip_prefix /c",
+        "   timeout 5s",
+        "   rate_limit [global] 1000/s burst 2000 per ip (local) → max_concurrent 100",
+        '   match_split x-beta = "1" → b',
+        '   match_split x-old = "yes" → a',
+        "   split 90% a / 10% b",
+        "1  users   api.example.com  GET HEAD  /users/{id}  0    b → 127.0.0.1:9002",
+        '   headers x-api-version = "2"',
+        "   rewrite /v2/users/{id}",
+        "   rate_limit [global] 1000/s burst 2000 per ip (local) → "
+        "rate_limit 10/s burst 10 per header:x-user (local, max_keys 1000)",
+        "",
+        "UPSTREAM  BALANCE                           RETRIES  KEEPALIVE  CONNECT_TIMEOUT  READ_TIMEOUT  TARGETS",
+        "a         round_robin                       1        64         2s               30s           "
+        "127.0.0.1:9001, 127.0.0.1:9004*2",
+        "          health_check GET /healthz every 5s, timeout 1s, healthy after 2 passes, unhealthy after 3 failures",
+        "          circuit_breaker 5 failures, cooldown 30s",
+        "b         consistent_hash on header:x-user  0        8          0.25s            0.5s          127.0.0.1:9002",
+        "spare     round_robin                       1        64         2s               30s           127.0.0.1:9005",
+        "          health_check GET /up?deep=1 every 2s, timeout 0.5s, healthy after 1 passes, "
+        "unhealthy after 4 failures",
+    ]
 
 
 def test_check_prints_every_error_and_exits_1(tmp_path):
@@ -135,8 +223,31 @@ def test_check_refuses_an_access_log_run_could_not_open(tmp_path):
     (tmp_path / "fastgw.toml").write_text(CONFIG + '\n[log]\naccess = "missing/dir/access.log"\n')
     result = fastgw_cmd("check", cwd=tmp_path)
     assert (result.returncode, result.stdout) == (1, "")
-    assert result.stderr.strip() == (f"fastgw.toml: log.access: cannot open {tmp_path}/missing/dir/access.log: "
-                                     "No such file or directory")
+    assert result.stderr.strip() == (f"fastgw.toml: log.access: cannot write {tmp_path}/missing/dir/access.log: "
+                                     f"folder {tmp_path}/missing/dir does not exist")
+
+
+def test_check_creates_no_log_file(tmp_path):
+    (tmp_path / "fastgw.toml").write_text(CONFIG + '\n[log]\naccess = "access.log"\nerror = "error.log"\n')
+    result = fastgw_cmd("check", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fastgw.toml"]
+
+
+def test_check_prints_the_config_warnings(tmp_path):
+    (tmp_path / "fastgw.toml").write_text(
+        '[upstreams.a]\ntargets = ["127.0.0.1:9001"]\n[[routes]]\nname = "users"\npaths = ["/users/:id"]\n'
+        'upstream = "a"\n')
+    result = fastgw_cmd("check", cwd=tmp_path)
+    assert result.returncode == 0
+    assert lines(result.stderr) == [
+        'warning: fastgw.toml: routes[0] "users".paths[0]: "/users/:id" is matched literally (":id" is not a '
+        'parameter); did you mean "/users/{id}"?']
+    (tmp_path / "fastgw.toml").write_text("")
+    result = fastgw_cmd("check", cwd=tmp_path)
+    assert result.returncode == 0
+    assert lines(result.stderr) == [
+        "warning: fastgw.toml: no routes: every request will be answered 404 (add a [[routes]] table)"]
 
 
 def test_check_warns_about_a_shadowed_route(tmp_path):
@@ -206,6 +317,70 @@ def test_explain_walks_past_a_header_condition(conf):
     assert out[-1] == "upstream: orders [127.0.0.1:9003] path /orders/b?x=1&y timeout 5s"
 
 
+SPLIT_CONFIG = """\
+[upstreams.a]
+targets = ["127.0.0.1:9001"]
+
+[upstreams.b]
+targets = ["127.0.0.1:9002"]
+
+[[routes]]
+name = "beta"
+paths = ["/c/*"]
+upstream = "a"
+strip_prefix = "/c"
+match_split = [{ header = "x-beta", value = "1", upstream = "b" }]
+
+[[routes]]
+name = "canary"
+paths = ["/s/*"]
+upstream = "a"
+timeout = "5s"
+split = [{ upstream = "b", weight = 10 }]
+match_split = [{ header = "x-beta", value = "1", upstream = "b" }]
+"""
+
+
+@pytest.mark.parametrize(("args", "upstream"), [
+    (["-H", "x-beta: 1"], 'b [127.0.0.1:9002] (match_split: x-beta = "1")'),
+    (["-H", "X-Beta:1"], 'b [127.0.0.1:9002] (match_split: x-beta = "1")'),  # the name in any case
+    (["-H", "x-beta: 2"], "a [127.0.0.1:9001] (no match_split matched)"),
+    (["-H", "x-beta: 2", "-H", "x-beta: 1"], "a [127.0.0.1:9001] (no match_split matched)"),  # the first decides
+    ([], "a [127.0.0.1:9001] (no match_split matched)"),
+])
+def test_explain_follows_match_split_as_the_proxy_does(tmp_path, args, upstream):
+    (tmp_path / "f.toml").write_text(SPLIT_CONFIG)
+    result = fastgw_cmd("explain", "-c", "f.toml", "GET", "/c/x", *args, cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert lines(result.stdout)[-1] == f"upstream: {upstream} path /x"
+
+
+def test_explain_shows_the_shares_of_a_split(tmp_path):
+    # Which share a given request takes depends on the requests before it: explain gives
+    # the shares pick_upstream turns between; a matching match_split header still decides.
+    (tmp_path / "f.toml").write_text(SPLIT_CONFIG)
+    result = fastgw_cmd("explain", "-c", "f.toml", "GET", "/s/x?q=1", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert lines(result.stdout)[-1] == ("upstream: split 90% a [127.0.0.1:9001] / 10% b [127.0.0.1:9002] "
+                                        "(no match_split matched) path /s/x?q=1 timeout 5s")
+    result = fastgw_cmd("explain", "-c", "f.toml", "GET", "/s/x", "-H", "x-beta: 1", cwd=tmp_path)
+    assert lines(result.stdout)[-1] == 'upstream: b [127.0.0.1:9002] (match_split: x-beta = "1") path /s/x timeout 5s'
+
+
+def test_explain_head_takes_a_get_route(conf):
+    result = fastgw_cmd("explain", "HEAD", "http://api.example.com/users/7", cwd=conf)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert lines(result.stdout) == [
+        "request: HEAD host=api.example.com path=/users/7",
+        "candidates, in the order tried:",
+        '  route "users" pattern /users/{id} host api.example.com : path matches, selected',
+        'result: route "users" (routes[0]) pattern /users/{id}',
+        "params: id=7",
+        "policies: none",
+        "upstream: users [127.0.0.1:9001, 127.0.0.1:9002] path /v2/users/7",
+    ]
+
+
 def test_explain_a_404(conf):
     result = fastgw_cmd("explain", "GET", "http://other.example.com/users/7", cwd=conf)
     assert (result.returncode, result.stderr) == (1, "")
@@ -224,10 +399,10 @@ def test_explain_a_405(conf):
     assert lines(result.stdout) == [
         "request: DELETE host=api.example.com path=/users/7",
         "candidates, in the order tried:",
-        '  route "users" pattern /users/{id} host api.example.com : path matches, method DELETE not in GET, POST',
+        '  route "users" pattern /users/{id} host api.example.com : path matches, method DELETE not in GET, HEAD, POST',
         "  host * : no pattern matches /users/7",
-        "  405: the path is routed but not for DELETE (Allow: GET, POST)",
-        "result: 405 method not allowed (Allow: GET, POST)",
+        "  405: the path is routed but not for DELETE (Allow: GET, HEAD, POST)",
+        "result: 405 method not allowed (Allow: GET, HEAD, POST)",
     ]
 
 
@@ -320,7 +495,7 @@ def test_demo_serves_the_printed_curl_lines_and_stops_on_ctrl_c(tmp_path):
         echo = tried["GET /api/orders?x=1"].json()
         assert (echo["service"], echo["path"], echo["query"]) == ("echo", "/orders", "x=1")
         assert tried["GET /anything"].json()["path"] == "/anything"  # the host-only route
-        assert tried["DELETE /users/1"].headers["allow"] == "GET, POST"
+        assert tried["DELETE /users/1"].headers["allow"] == "GET, HEAD, POST"  # HEAD wherever GET is
         for key, status, error in (("GET /nowhere", 404, "no route"), ("DELETE /users/1", 405, "method not allowed")):
             r = tried[key]
             assert r.json() == {"error": error, "status": status, "request_id": r.headers["x-request-id"]}

@@ -1,5 +1,5 @@
 """End to end through a real gateway process: what reaches the upstream, what comes
-back, and the error answers (SPEC "HTTP behaviour" and its status table).
+back, and the error answers (the README's "What it does with a request" and its refusals).
 
 One gateway serves the whole module (routes below); the tests that need other settings
 start their own.
@@ -186,13 +186,44 @@ def test_404_and_405_when_nothing_takes_the_request(backend, gateway):
     gw = gateway(toml, port)
     r = httpx.delete(gw.url + "/only/7")
     assert r.status_code == 405
-    assert r.headers["allow"] == "GET, POST, PUT"
+    assert r.headers["allow"] == "GET, HEAD, POST, PUT"  # HEAD wherever GET is
     assert r.json() == {"error": "method not allowed", "status": 405, "request_id": r.headers["x-request-id"]}
     r = httpx.get(gw.url + "/elsewhere")
     assert r.status_code == 404
     assert r.headers["content-type"] == "application/json"
     assert r.json() == {"error": "no route", "status": 404, "request_id": r.headers["x-request-id"]}
     assert backend.requests == 0
+
+
+def test_head_is_served_wherever_get_is(backend, gateway):
+    # As nginx: a route for GET takes HEAD too, and the upstream gets it as HEAD; a route
+    # without GET still answers HEAD with 405, its Allow unchanged.
+    toml, port = config_for(backend, routes='''
+        [[routes]]
+        name = "read"
+        paths = ["/read/*"]
+        methods = ["GET"]
+        upstream = "app"
+        strip_prefix = "/read"
+        [[routes]]
+        name = "write"
+        paths = ["/write/*"]
+        methods = ["POST"]
+        upstream = "app"
+        ''')
+    gw = gateway(toml, port)
+    answer = raw_request(port, b"HEAD /read/big?bytes=123 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head, sep, body = answer.partition(b"\r\n\r\n")
+    status_line, *fields = head.decode("latin-1").split("\r\n")
+    fields = {name.lower(): value for name, _, value in (f.partition(": ") for f in fields)}
+    assert (status_line, sep, body) == ("HTTP/1.1 200 OK", b"\r\n\r\n", b""), answer
+    assert (fields["content-length"], fields["x-backend"]) == ("123", "b1")  # the upstream's length, no body
+    assert [(seen["method"], seen["target"]) for seen in backend.seen] == [("HEAD", "/big?bytes=123")]
+    r = httpx.head(gw.url + "/write/echo")
+    assert (r.status_code, r.headers["allow"]) == (405, "POST")
+    r = httpx.get(gw.url + "/read/echo")
+    assert r.status_code == 200 and r.json()["method"] == "GET"
+    assert backend.requests == 2  # the 405 never went upstream
 
 
 def test_normalised_path_is_what_routes_and_what_goes_upstream(world):
