@@ -3,36 +3,50 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
+# The demo's port: make run PORT=9000
+PORT   ?= 8080
+# Parallel compiler jobs for the native modules.
+JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: run test compile debug bench-micro bench bench-quick bench-memory clean lint
 
 $(VENV)/bin/activate:
+	@echo "fastgw: making the virtual environment $(VENV)"
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
+	$(PIP) install --upgrade pip
 
-# Installed "editable", with the build tools in the venv, so that `make compile`
-# rebuilds the extensions in place after a .pyx changes.
+# Built once: the extensions are compiled in place first (the compiler's lines show; the
+# objects stay in build/), then fastgw is installed "editable" with its test extras, without
+# build isolation, so that its build finds every module up to date and copies it instead of
+# compiling it again (setup.py). After that `make compile` is a no-op until a .pyx or .pxd
+# changes, and then rebuilds only what changed.
 $(VENV)/.installed: $(VENV)/bin/activate pyproject.toml setup.py
-	$(PIP) install -q 'Cython>=3.0' 'setuptools>=68' wheel
-	$(PIP) install -q -e '.[test]'
+	@echo "fastgw: installing the build tools into $(VENV)"
+	$(PIP) install 'Cython>=3.0' 'setuptools>=77' wheel
+	@echo "fastgw: building the native modules (10 Cython modules, a minute or two the first time)..."
+	$(PY) setup.py build_ext --inplace --parallel $(JOBS)
+	@echo "fastgw: installing fastgw and its dependencies into $(VENV)"
+	$(PIP) install --no-build-isolation -e '.[test]'
 	touch $@
+	@echo "fastgw: installed; the fastgw command is $(VENV)/bin/fastgw (or '. $(VENV)/bin/activate', then fastgw)"
 
 run: $(VENV)/.installed
-	$(VENV)/bin/fastgw demo
+	$(VENV)/bin/fastgw demo --port $(PORT)
 
 test: $(VENV)/.installed compile
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 compile: $(VENV)/.installed
-	$(PY) setup.py -q build_ext --inplace
+	$(PY) setup.py -q build_ext --inplace --parallel $(JOBS)
 
 debug: $(VENV)/.installed
-	FASTGW_DEBUG=1 $(PY) setup.py -q build_ext --inplace --force
+	FASTGW_DEBUG=1 $(PY) setup.py -q build_ext --inplace --force --parallel $(JOBS)
 
 bench-micro: $(VENV)/.installed compile
 	$(PY) -m pytest benchmarks -q
 
-# fastgw against nginx (needs nginx, wrk, h2load: apt-get install nginx-light wrk nghttp2-client).
+# fastgw against nginx (needs nginx and wrk, and benchmarks/macro.py checks for h2load too:
+# apt-get install nginx-light wrk nghttp2-client).
 # The full suite takes about 13 minutes and wants an otherwise idle machine; BENCH_ARGS
 # passes options through, e.g. make bench BENCH_ARGS="--scenario json_4k --duration 5".
 bench: $(VENV)/.installed compile

@@ -42,8 +42,8 @@ the connection, for a place in flight and for the answers. When it fires, or an 
 comes back, or the connection breaks under calls in flight, Redis is down: the
 connection is dropped and every request queued or in flight is answered locally.
 (A connection that closes while idle, as by Redis's own ``timeout``, is not a failure:
-the next request opens another.) ``fallbacks`` counts the requests answered locally (the
-metric), ``up`` says which way they go.
+the next request opens another.) ``fallbacks`` counts the requests answered locally (a
+counter for operators), ``up`` says which way they go.
 
 May import: the standard library, redis, hiredis, fastgw._core.
 """

@@ -106,17 +106,43 @@ def _serve_backends(sockets: dict[str, socket.socket]) -> None:
     signal.sigwait({signal.SIGTERM})
 
 
+CONFIG_BEGIN = "# ---- the demo's config: begin ----"
+CONFIG_END = "# ---- the demo's config: end ----"
+
+
 def demo_config(port: int, ports: dict[str, int]) -> str:
-    text = resources.files("fastgw").joinpath("demo.toml").read_text()
+    """``demo.toml`` with its port placeholders filled in: a config that runs as is.
+
+    ``ports`` maps ``users_a``, ``users_b``, ``echo`` and ``dead`` to the backends' ports.
+    The template's own header (which explains the placeholders) is replaced by one that
+    names the ports, so that the text has no placeholder left outside path patterns.
+    """
+    template = resources.files("fastgw").joinpath("demo.toml").read_text()
+    lines = template.splitlines(keepends=True)
+    while lines and (lines[0].startswith("#") or not lines[0].strip()):
+        lines.pop(0)  # the template's header
+    text = "".join(lines)
     for name, value in {"port": port, **ports}.items():
         text = text.replace("{" + name + "}", str(value))
-    return text
+    backends = ", ".join(f"{name.replace('_', '-')} on {value}" for name, value in ports.items() if name != "dead")
+    dead = f"; nothing listens on {ports['dead']}" if "dead" in ports else ""
+    return (f"# The config `fastgw demo --port {port}` runs. Its backends listen on loopback ports\n"
+            f"# picked at start ({backends}{dead}).\n\n" + text)
 
 
-def tour(port: int) -> str:
+def tour(port: int, config: str) -> str:
+    """What the demo prints once it serves: the config it runs, then what to try."""
     base = f"http://127.0.0.1:{port}"
     return f"""
 fastgw demo: the gateway listens on {base}, in front of demo backends on loopback.
+The config it runs, as is (the backends' ports change with every run): save it as
+demo.toml, and `fastgw check -c demo.toml` or `fastgw explain -c demo.toml GET /users/2`
+work on it.
+
+{CONFIG_BEGIN}
+{config.rstrip()}
+{CONFIG_END}
+
 Try, in another terminal (each response carries an X-Request-Id; the access log is below):
 
   curl -i {base}/users                 # routed; two backends 1:3, see "served_by"; RateLimit-* fields
@@ -130,8 +156,7 @@ Try, in another terminal (each response carries an X-Request-Id; the access log 
   curl -i {base}/broken                # 502: nothing listens behind this route
   curl -i {base}/slow                  # 504: the route's timeout is 1s, the backend takes 3s
 
-The config it runs: `python -c "import fastgw.demo as d; print(d.demo_config(8080, {{}}))"`.
-Stop with Ctrl-C.
+Another port: `fastgw demo --port 9000` (or `make run PORT=9000`). Stop with Ctrl-C.
 """
 
 
@@ -152,10 +177,11 @@ def run_demo(port: int = 8080) -> int:
         sock.close()
     with tempfile.TemporaryDirectory(prefix="fastgw-demo-") as folder:
         path = os.path.join(folder, "demo.toml")
+        config = demo_config(port, ports)
         with open(path, "w") as f:
-            f.write(demo_config(port, ports))
+            f.write(config)
         try:
-            return run(path, on_ready=lambda: print(tour(port), file=sys.stderr, flush=True))
+            return run(path, on_ready=lambda: print(tour(port, config), file=sys.stderr, flush=True))
         finally:
             os.kill(backend, signal.SIGTERM)
             os.waitpid(backend, 0)

@@ -1,9 +1,9 @@
 """The HTTP/1.1 front end against hostile and broken clients: raw bytes on a real socket
 to a real gateway process, with a real backend behind it.
 
-Covers SPEC "HTTP behaviour" (ambiguous framing is refused, never guessed; paths are
-normalised; the status table) and HARDENING.md §3.1 (what llhttp refuses and what it
-leaves to us), §6 (slowloris, idle, connection limit) and §8.3 (paths). Every refusal is
+Covers the refusals of the README and docs/routing.md (ambiguous framing is refused,
+never guessed; paths are normalised; the status table): what llhttp refuses and what it
+leaves to us, slowloris, idle and connection limits, and paths. Every refusal is
 checked for its exact status line, the JSON error body, the connection being closed, and
 the backend never having seen the request: the backend records every request *head* it
 parses (``SniffingBackend.heads``), so even a head forwarded without its body is caught.
@@ -320,7 +320,7 @@ REFUSED = [
     ("http_version_1_32", b"GET /echo/{M} HTTP/1.32\r\nHost: gw.test\r\n\r\n", 400),
     ("lowercase_method", b"get /echo/{M} HTTP/1.1\r\nHost: gw.test\r\n\r\n", 400),
     ("space_in_target", b"GET /echo/{M} x HTTP/1.1\r\nHost: gw.test\r\n\r\n", 400),
-    # targets and paths (HARDENING §8.3)
+    # targets and paths (docs/routing.md)
     ("fragment", b"GET /echo/{M}#frag HTTP/1.1\r\nHost: gw.test\r\n\r\n", 400),
     ("backslash", b"GET /public\\..\\echo\\{M} HTTP/1.1\r\nHost: gw.test\r\n\r\n", 400),
     ("encoded_slash", b"GET /public/..%2Fecho/{M} HTTP/1.1\r\nHost: gw.test\r\n\r\n", 400),
@@ -617,7 +617,7 @@ def test_body_not_received_in_time_is_408(gw, app):
     assert app.completed(mark) == []
 
 
-# -- slowloris, idle and the connection limit (HARDENING §6) -----------------------------------
+# -- slowloris, idle and the connection limit ------------------------------------------------
 
 
 def test_slowloris_head_trickled_is_408_within_header_timeout(gw, app):
@@ -711,7 +711,7 @@ def test_max_connections_closes_the_extra_one_at_once(limited_gw, app):
 
 
 def test_no_llhttp_leniency_is_ever_set():
-    """HARDENING §3.1: each leniency flag re-opens a smuggling class; fastgw sets none."""
+    """Each llhttp leniency flag re-opens a request smuggling class; fastgw sets none."""
     offenders = []
     for path in sorted((ROOT / "fastgw").rglob("*")):
         if path.is_file() and b"set_dangerous_leniencies" in path.read_bytes():

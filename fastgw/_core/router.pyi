@@ -16,7 +16,7 @@ def normalize_path(raw: str) -> str | None:
     """Give a request path its one normal spelling, or refuse it.
 
     Route, policies and the forwarded request all use the result, so that no
-    spelling of a path escapes its route (HARDENING.md §8.3, RFC 3986 §5.2.4).
+    spelling of a path escapes its route (RFC 3986 §5.2.4; docs/routing.md).
 
     In order: ``%XX`` is decoded when it stands for an unreserved character
     (ALPHA, DIGIT, ``-``, ``.``, ``_``, ``~``) and otherwise kept with upper-case

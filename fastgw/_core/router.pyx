@@ -3,7 +3,7 @@
 
 What lives here:
 
-* ``normalize_path(raw)``: one spelling per path (HARDENING.md §8.3), or ``None``
+* ``normalize_path(raw)``: one spelling per path (docs/routing.md), or ``None``
   for a path that must be refused with 400.
 * ``Rule``: one route's matching conditions, as plain values.
 * ``Router(rules)``: the rules compiled once into per-host tries; ``match`` is the
@@ -75,7 +75,7 @@ cdef str _EMPTY = ""
 cdef str _SLASH = "/"
 cdef tuple _NO_METHODS = ()
 
-# Characters that refuse a whole request path (HARDENING.md §8.3). Encoded, the
+# Characters that refuse a whole request path (docs/routing.md). Encoded, the
 # same plus ";" (%3B): a backend that decodes and then splits path parameters must
 # never see a ";" the router did not. Raw, "?" cannot occur (it ends the path).
 cdef inline bint _refused_escape(int v) noexcept nogil:

@@ -1,4 +1,4 @@
-"""Tests of fastgw._core.router.normalize_path (HARDENING.md §8.3, RFC 3986 §5.2.4):
+"""Tests of fastgw._core.router.normalize_path (RFC 3986 §5.2.4, docs/routing.md):
 examples of every rule, every refusal, and property tests (idempotent, no dot
 segment or "//" survives, the result starts with "/", agreement with a small
 Python model written another way).

@@ -1,0 +1,193 @@
+"""A new user's first steps, checked: the README's set-up and its ``fastgw`` commands,
+``make run PORT=...``, the config ``fastgw demo`` prints, the packaging metadata, and docs
+that stand alone (they promise only what works, and cite no file a user does not have).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, free_port, wait_port
+
+README = ROOT / "README.md"
+USER_DOCS = [README, *sorted((ROOT / "docs").glob("*.md")), ROOT / "benchmarks" / "README.md"]
+# Files of ours a user reads besides the docs: the build, the packaging, CI.
+OWN_FILES = [ROOT / "Makefile", ROOT / "pyproject.toml", ROOT / "setup.py", ROOT / ".ci" / "run"]
+# Internal planning documents: not in the repository, so never cited by what is.
+PLANNING = re.compile(r"\bSPEC\b|SPEC\.md|DESIGN\.md|HARDENING")
+
+
+def fastgw(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fastgw", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=30, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+# -- the README's set-up -----------------------------------------------------------------------
+
+
+def test_readme_says_how_the_fastgw_command_gets_on_the_path():
+    text = README.read_text()
+    for way in (". .venv/bin/activate", ".venv/bin/fastgw", "python -m fastgw", "pipx install .", "pip install ."):
+        assert way in text, way
+
+
+def test_readme_shows_how_to_run_the_demo_on_another_port():
+    text = README.read_text()
+    assert "make run PORT=" in text
+    assert "fastgw demo --port" in text
+
+
+def test_the_readme_config_passes_fastgw_check(tmp_path):
+    config = re.findall(r"```toml\n(.*?)```", README.read_text(), re.S)[0]
+    (tmp_path / "fastgw.toml").write_text(config)
+    result = fastgw("check", "-c", "fastgw.toml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("fastgw.toml: ok (3 routes, 1 upstreams")
+
+
+def _make_dry_run(tmp_path: Path, *args: str) -> str:
+    """``make -n ARGS`` on a copy of the Makefile whose .venv counts as installed: the
+    commands make would run, none of them run."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    for name in ("Makefile", "pyproject.toml", "setup.py"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    (tmp_path / ".venv" / "bin").mkdir(parents=True, exist_ok=True)
+    later = time.time() + 60
+    for stamp in (".venv/bin/activate", ".venv/.installed"):
+        (tmp_path / stamp).touch()
+        os.utime(tmp_path / stamp, (later, later))
+    result = subprocess.run(["make", "-n", *args], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_make_run_passes_port_to_the_demo(tmp_path):
+    assert ".venv/bin/fastgw demo --port 9000" in _make_dry_run(tmp_path, "run", "PORT=9000").splitlines()
+    assert ".venv/bin/fastgw demo --port 8080" in _make_dry_run(tmp_path, "run").splitlines()
+
+
+def test_make_test_after_the_install_installs_nothing_again(tmp_path):
+    commands = _make_dry_run(tmp_path, "test")
+    assert "pip install" not in commands
+    assert "build_ext --inplace" in commands  # the no-op compile: setup.py skips what is up to date
+
+
+def test_the_install_says_what_it_builds_and_builds_once(tmp_path):
+    """The install step is not silenced (pip -q hid a 2-minute build), announces the build,
+    compiles in place first and installs without build isolation, whose own build then
+    finds every module up to date (setup.py's BuildExt) instead of compiling it again."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    for name in ("Makefile", "pyproject.toml", "setup.py"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    result = subprocess.run(["make", "-n", ".venv/.installed"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0, result.stderr
+    commands = result.stdout.splitlines()
+    pip_lines = [line for line in commands if "pip install" in line]
+    assert pip_lines and not any(re.search(r"\s-q\b", line) for line in pip_lines), pip_lines
+    assert any("building the native modules" in line for line in commands)
+    build = next(i for i, line in enumerate(commands) if "setup.py build_ext --inplace" in line)
+    install = next(i for i, line in enumerate(commands) if "pip install" in line and "-e" in line)
+    assert build < install and "--no-build-isolation" in commands[install]
+
+
+# -- packaging ---------------------------------------------------------------------------------
+
+
+def test_pyproject_license_is_an_spdx_string_with_a_setuptools_that_reads_it():
+    """A license table is deprecated by setuptools (a banner in every build); the SPDX
+    string needs setuptools 77, and forbids License classifiers beside it."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert isinstance(project["project"]["license"], str)
+    assert not [c for c in project["project"].get("classifiers", []) if c.startswith("License ::")]
+    setuptools = next(r for r in project["build-system"]["requires"] if r.startswith("setuptools"))
+    assert tuple(int(n) for n in setuptools.partition(">=")[2].split(".")) >= (77,)
+
+
+# -- the demo's config -------------------------------------------------------------------------
+
+
+def test_the_demo_prints_a_config_that_runs_as_is(tmp_path):
+    """What ``fastgw demo`` prints as the config it runs is that config, ports filled in:
+    ``fastgw check`` accepts it, and no ``{placeholder}`` is left outside path patterns."""
+    from fastgw.demo import CONFIG_BEGIN, CONFIG_END
+
+    port = free_port()
+    err = tmp_path / "stderr"
+    proc = subprocess.Popen([sys.executable, "-m", "fastgw", "demo", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=err.open("wb"), stdin=subprocess.DEVNULL,
+                            cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                            start_new_session=True)  # its own process group, as in a terminal
+    try:
+        wait_port(port, proc=proc)
+        deadline = time.monotonic() + 10
+        while "Stop with Ctrl-C." not in err.read_text():
+            assert time.monotonic() < deadline, err.read_text()
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    printed = err.read_text()
+    config = printed.split(CONFIG_BEGIN + "\n", 1)[1].split(CONFIG_END, 1)[0]
+    assert f'listen = ["127.0.0.1:{port}"]' in config
+
+    # A placeholder is a {name} anywhere but inside a path ("/users/{id}").
+    outside_paths = re.sub(r'"/[^"]*"', '""', config)
+    assert not re.findall(r"\{\w*\}", outside_paths)
+
+    (tmp_path / "demo.toml").write_text(config)
+    result = fastgw("check", "-c", "demo.toml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("demo.toml: ok (6 routes, 3 upstreams")
+
+
+# -- docs that stand alone ---------------------------------------------------------------------
+
+
+def _citations(paths: list[Path]) -> list[str]:
+    return [f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+            for path in paths for number, line in enumerate(path.read_text().splitlines(), 1)
+            if PLANNING.search(line)]
+
+
+def test_docs_cite_no_internal_planning_file():
+    """Users have no SPEC.md, DESIGN.md or HARDENING.md: the docs say what they mean."""
+    assert _citations(USER_DOCS + OWN_FILES) == []
+
+
+def _tracked_sources() -> list[Path]:
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    names = subprocess.run(["git", "ls-files", "fastgw"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split()
+    return [ROOT / name for name in names if (ROOT / name).suffix in {".py", ".pyx", ".pxd", ".pyi", ".toml"}
+            and (ROOT / name).exists()]
+
+
+def test_sources_cite_no_internal_planning_file():
+    """Nor do the docstrings and comments of the code they read."""
+    assert _citations(_tracked_sources()) == []
+
+
+def test_docs_promise_nothing_that_is_not_there():
+    """fastgw serves HTTP/1.1 only and has no metrics yet: no doc says otherwise (HTTP/2
+    appears only in the not-yet list and as the request line fastgw refuses)."""
+    for path in USER_DOCS:
+        text = path.read_text()
+        assert "h2c" not in text, path
+        assert not re.search(r"metrics?\b", text, re.I), path
