@@ -144,17 +144,17 @@ def error_body(response: httpx.Response) -> dict:
     return body
 
 
+def gateway_to(gateway, backend, name: str, target: str, extra: str = ""):
+    """A gateway whose route NAME, path /NAME, goes to the upstream NAME of one ``target``."""
+    toml, port = config_for(backend, log='access = "off"', routes=(
+        f'[upstreams.{name}]\ntargets = ["{target}"]\n{extra}\n'
+        f'[[routes]]\nname = "{name}"\npaths = ["/{name}"]\nupstream = "{name}"\n'))
+    return gateway(toml, port)
+
+
 def test_a_refused_connect_is_a_generic_502_and_a_detailed_error_line(backend, gateway):
     dead = free_port()
-    toml, port = config_for(backend, routes=f"""
-        [upstreams.gone]
-        targets = ["127.0.0.1:{dead}"]
-        [[routes]]
-        name = "gone"
-        paths = ["/gone"]
-        upstream = "gone"
-        """, log='access = "off"')
-    gw = gateway(toml, port)
+    gw = gateway_to(gateway, backend, "gone", f"127.0.0.1:{dead}")
     r = fresh_get(gw.url + "/gone")
     assert r.status_code == 502
     body = error_body(r)
@@ -167,16 +167,7 @@ def test_a_refused_connect_is_a_generic_502_and_a_detailed_error_line(backend, g
 
 
 def test_an_unresolvable_target_names_no_host_to_the_client(backend, gateway):
-    toml, port = config_for(backend, routes="""
-        [upstreams.nowhere]
-        targets = ["backend.invalid:80"]
-        connect_timeout = "1s"
-        [[routes]]
-        name = "nowhere"
-        paths = ["/nowhere"]
-        upstream = "nowhere"
-        """, log='access = "off"')
-    gw = gateway(toml, port)
+    gw = gateway_to(gateway, backend, "nowhere", "backend.invalid:80", extra='connect_timeout = "1s"')
     r = fresh_get(gw.url + "/nowhere")
     assert r.status_code in (502, 504)  # a resolver that answers, or one that never does
     body = error_body(r)
@@ -189,7 +180,7 @@ def test_an_unresolvable_target_names_no_host_to_the_client(backend, gateway):
 def test_a_timeout_is_a_generic_504_and_a_retry_is_a_warning(make_backend, gateway):
     slow, good = make_backend("slow"), make_backend("good")
     dead = free_port()
-    toml, port = config_for({"slow": slow, "pair": good}, routes=f"""
+    toml, port = config_for({"slow": slow, "pair": good}, routes="""
         [[routes]]
         name = "slow"
         paths = ["/hang"]
