@@ -16,10 +16,19 @@ Signals go to the supervisor, which forwards them:
 - SIGHUP: the supervisor validates the file; when valid every worker loads and compiles
   it (in a thread, so its event loop keeps serving) and swaps its snapshot in one assignment (requests in flight finish on the old one,
   no connection is touched); when invalid every error is logged and nothing changes.
-  ``listen`` and ``workers`` changes need a restart (logged).
-- SIGTERM / SIGINT: drain. Workers stop accepting, close idle keep-alive connections,
-  finish requests in flight (their responses say ``Connection: close``) for up to
-  ``drain_timeout``, then close what is left and exit 0; the supervisor exits 0 after them.
+  ``listen`` and ``workers`` changes need a restart (logged, with the values). Every
+  process opens its log files again (logrotate).
+- SIGUSR1: every process opens its log files again (fastgw.logs), as nginx's ``reopen``.
+- SIGTERM / SIGINT / SIGQUIT: drain. Workers stop accepting, close idle keep-alive
+  connections, finish requests in flight (their responses say ``Connection: close``) for
+  up to ``drain_timeout``, then close what is left and exit 0; the supervisor exits 0
+  after them.
+- Any other deadly signal, SIGKILL included, ends the supervisor alone; each worker
+  watches it (the kernel's parent-death signal, and ``getppid`` in the sweeper) and
+  drains when it is gone, so no worker outlives it holding the port.
+
+``[server].pid_file`` holds the supervisor's pid while it runs; ``signal_running`` is
+``fastgw reload|stop|reopen``, which finds it there.
 
 May import: everything in fastgw (it is the top of the house).
 """
