@@ -31,7 +31,8 @@ COMPILED_MODULES = [
     "fastgw._core.limiter",
     "fastgw.exchange",
     "fastgw.upstream",
-    "fastgw.ratelimit",
+    "fastgw.policy",
+    "fastgw.policies.limits",
     "fastgw.proxy",
     "fastgw.protocols.http1",
 ]

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from fastgw import __version__
 from fastgw._core.router import normalize_path
-from fastgw.config import Config, RateLimit, RouteConfig, UpstreamConfig
+from fastgw.config import Config, UpstreamConfig
 from fastgw.errors import ConfigError
 from fastgw.snapshot import Route, Snapshot, served_methods
 
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from fastgw.upstream import Upstream
 
 DEFAULT_CONFIG = "fastgw.toml"
-DEFAULT_MAX_KEYS = RateLimit.__dataclass_fields__["max_keys"].default
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,7 +160,7 @@ def describe_route(config: Config, route: Route) -> list[str]:
         lines.append(f"strip_prefix {rc.strip_prefix}")
     if rc.timeout:
         lines.append(f"timeout {_seconds(rc.timeout)}")
-    policies = describe_policies(config, rc)
+    policies = route.chain.describe()
     if policies != "none":
         lines.append(policies)
     for header, value, name in rc.match_split:
@@ -225,7 +224,7 @@ def cmd_explain(snapshot: Snapshot, method: str, url: str, header_args: list[str
     print(f'result: route "{route.name}" (routes[{rc.index}]) pattern {match.pattern}')
     if match.params:
         print("params: " + ", ".join(f"{k}={v}" for k, v in match.params.items()))
-    print(f"policies: {describe_policies(snapshot.config, rc)}")
+    print(f"policies: {route.chain.describe()}")
     print(f"upstream: {describe_choice(route, sent)} path {upstream_path}"
           + (f" timeout {_seconds(rc.timeout)}" if rc.timeout else ""))
     return 0
@@ -250,13 +249,3 @@ def describe_choice(route: Route, headers: list[tuple[bytes, bytes]]) -> str:
     return choice + (" (no match_split matched)" if route.config.match_split else "")
 
 
-def describe_policies(config: Config, rc: RouteConfig) -> str:
-    """The policies a request on route ``rc`` passes, in order."""
-    chain = []
-    for owner, limit in (("[global] ", config.global_policies.rate_limit), ("", rc.rate_limit)):
-        if limit is not None:
-            chain.append(f"rate_limit {owner}{limit.rate:g}/s burst {limit.burst} per {limit.key} ({limit.scope}"
-                         + (f", max_keys {limit.max_keys})" if limit.max_keys != DEFAULT_MAX_KEYS else ")"))
-    if rc.max_concurrent:
-        chain.append(f"max_concurrent {rc.max_concurrent}")
-    return " → ".join(chain) or "none"

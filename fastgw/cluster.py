@@ -232,6 +232,11 @@ class ClusterLimits:
                     return answer
                 # microseconds to nanoseconds, never more than one interval (rounding)
                 return -min(-answer * 1000, interval_ns)
+        return self.acquire_here(key, local, now_ns)
+
+    def acquire_here(self, key: bytes, local: Limiter, now_ns: int) -> int:
+        """While Redis is down (``up`` is False): ``local`` answers at once, counted in
+        ``fallbacks``. The proxy calls this without a task when it sees Redis down."""
         self.fallbacks += 1
         return local.acquire(key, now_ns)
 

@@ -3,6 +3,8 @@
 
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
+from fastgw._core.wire cimport HeadWriter
+
 
 cdef inline double monotonic() noexcept nogil:
     """time.monotonic() as a C call: the clock of every deadline and ``started``."""
@@ -32,6 +34,16 @@ cdef class UpstreamSide:
     cpdef cancel(self, error)
 
 
+cdef class ResponseEdit:
+    # what a route's policies do to every response head written for it (policy.Chain)
+    cdef readonly tuple drop_names      # lower-case names removed from the head, or None
+    cdef readonly list static_fields    # (name, value) added to every head
+    cdef readonly bytes static_lines    # the same as "name: value" CRLF lines
+    cdef readonly bint dynamic          # response_head hooks that read the head
+
+    cpdef list edit(self, Exchange ex, int status, list fields)
+
+
 cdef class Exchange:
     cdef public Downstream downstream
     cdef public str method, path, host, version, peer_ip, client_ip, request_id
@@ -51,10 +63,16 @@ cdef class Exchange:
     cdef public str upstream_path
     cdef public list tried
     cdef public object trial
-    # the policies' bookkeeping: fields they add to the response head (RateLimit-*), and
-    # the route's concurrency guard to leave when the exchange ends
+    # the policies' bookkeeping: the route's chain when it acts on the response head or
+    # at the end (None otherwise); fields its request phase adds to the response head
+    # (RateLimit-*, CORS); a policy's answer (status, message or None, fields); the
+    # route's concurrency guard to leave when the exchange ends; the per-request state
+    # of policies and plugins (None until one needs it)
+    cdef public ResponseEdit chain
     cdef public list response_fields
+    cdef public tuple answer
     cdef public object guard
+    cdef public dict state
     cdef public UpstreamSide upstream_side
 
     cpdef feed_body(self, bytes data)
@@ -63,6 +81,10 @@ cdef class Exchange:
     cpdef attach_body(self, sink, end)
     cpdef detach_body(self)
     cpdef fail(self, error)
+
+
+cdef list head_fields(Exchange ex, int status, list fields)
+cdef int add_head_lines(Exchange ex, HeadWriter lines) except -1
 
 
 cdef Exchange new_exchange(Downstream downstream, str method, str path, bytes query, str host,

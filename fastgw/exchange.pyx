@@ -19,10 +19,20 @@ struct reads and C calls (PERF: the attribute traffic of ~20 field reads per req
 the largest part of the per-request Python cost). A pure-Python protocol front end
 subclasses ``Downstream`` and overrides its methods.
 
-May import: the standard library only.
+Every response head fastgw writes for an exchange (the upstream's, relayed by the
+plain-head shortcut or read by llhttp, and fastgw's own answers) gets its last fields
+in one place: ``head_fields`` for a list of fields, ``add_head_lines`` for the
+shortcut's lines. They add ``X-Request-Id``, the fields the route's policies decided
+in the request phase (``response_fields``), and apply the route's ``ResponseEdit``
+(``exchange.chain``): fields dropped and added as the config says, then the policies'
+``response_head`` hooks, which need the head as a list and so keep the shortcut off.
+
+May import: the standard library, fastgw._core.
 """
 
 cimport cython
+
+from fastgw._core.wire cimport HeadWriter
 
 # Bytes of request body held while no upstream is attached before the client is paused.
 cdef Py_ssize_t BODY_BUFFER_HIGH = 64 * 1024
@@ -77,6 +87,58 @@ cdef class UpstreamSide:
 
     cpdef cancel(self, error):
         """Abandon the request in flight: the protocol gave up on it."""
+
+
+cdef class ResponseEdit:
+    """What a route's policies do to its response heads: ``drop_names`` (lower-case
+    bytes) removed, ``static_fields`` added (both known at config time, so the plain-head
+    shortcut applies them to its lines), and, when ``dynamic``, ``edit`` called on the
+    head as a list. ``policy.Chain`` is the one implementation."""
+
+    def __init__(self, drop_names=(), static_fields=(), bint dynamic=False):
+        self.drop_names = tuple(name.lower() for name in drop_names) or None
+        self.static_fields = list(static_fields)
+        self.static_lines = b"".join(name + b": " + value + b"\r\n" for name, value in self.static_fields)
+        self.dynamic = dynamic
+
+    cpdef list edit(self, Exchange ex, int status, list fields):
+        """The head's fields after the route's response hooks (only when ``dynamic``)."""
+        return fields
+
+
+cdef list head_fields(Exchange ex, int status, list fields):
+    """``fields`` (the upstream's, or fastgw's own answer's) made the head the client
+    gets: the route's dropped names out, then X-Request-Id, the policies' response
+    fields, the route's static fields, and its response hooks."""
+    cdef ResponseEdit edit = ex.chain
+    cdef tuple field
+    if edit is not None and edit.drop_names is not None:
+        drop = edit.drop_names
+        fields = [field for field in fields if (<bytes>field[0]).lower() not in drop]
+    fields.append((b"x-request-id", ex.request_id.encode()))
+    if ex.response_fields is not None:
+        fields.extend(ex.response_fields)
+    if edit is not None:
+        if edit.static_fields:
+            fields.extend(edit.static_fields)
+        if edit.dynamic:
+            fields = edit.edit(ex, status, fields)
+    return fields
+
+
+cdef int add_head_lines(Exchange ex, HeadWriter lines) except -1:
+    """``head_fields`` for the plain-head shortcut, whose upstream fields are lines in
+    ``lines`` already (the route's dropped names left out by the scan). Only for a
+    route whose edit is not ``dynamic``."""
+    cdef tuple field
+    cdef ResponseEdit edit = ex.chain
+    lines.add_field(b"x-request-id", ex.request_id.encode())
+    if ex.response_fields is not None:
+        for field in ex.response_fields:
+            lines.add_field(<bytes>field[0], <bytes>field[1])
+    if edit is not None and edit.static_lines:
+        lines.add(edit.static_lines)
+    return 0
 
 
 @cython.freelist(64)

@@ -1,10 +1,7 @@
 # C-level declarations of fastgw/proxy.pyx, cimported by the protocols.
 
-from libc.stdint cimport int64_t
-
 from fastgw._core.router cimport RouteMatch
 from fastgw.exchange cimport Exchange
-from fastgw.ratelimit cimport RateLimitPolicy
 from fastgw.upstream cimport Pool, ResponseListener, UpstreamConnection
 
 
@@ -25,8 +22,8 @@ cdef class Proxy(ResponseListener):
     cpdef fail(self, Exchange ex, int status, str message, list extra=*)
     cpdef prepare(self, Exchange ex, client_request_id)
     cdef _route_and_send(self, Exchange ex, snap)
-    cdef bint _admit(self, Exchange ex, tuple limits)
-    cdef _refuse(self, Exchange ex, RateLimitPolicy policy, int64_t wait_ns)
+    cdef _run_policies(self, Exchange ex, route, RouteMatch match, Py_ssize_t start)
+    cdef _answer(self, Exchange ex)
     cdef _forward(self, Exchange ex, route, RouteMatch match)
     cdef _finished(self, Exchange ex)
     cdef _send(self, Exchange ex, Pool pool)

@@ -1,7 +1,8 @@
 # cython: boundscheck=True, wraparound=True
 # (Python semantics for indexing: this module is the request path, not the numeric core.)
-"""The life of a request, whatever protocol brought it: route it, forward it upstream,
-relay the answer, log it. This is the one place that turns errors into status codes.
+"""The life of a request, whatever protocol brought it: route it, run its route's policy
+chain, forward it upstream, relay the answer, log it. This is the one place that turns
+errors (and the policies' answers) into responses.
 
 ``Proxy.handle(ex)`` reads the current ``Snapshot`` once, so a reload (one assignment to
 ``Proxy.snapshot``) never changes the world under a request in flight.
@@ -15,8 +16,13 @@ peer is a trusted proxy, else replaced), ``X-Request-Id`` (kept when sane, else 
 Compiled (Cython, declared in ``proxy.pxd``): this is the per-request path, typed so
 that its reads of the exchange, the route and the pool are C reads.
 
-May import: the standard library, orjson, fastgw.errors, fastgw.exchange, fastgw.upstream
-(the handler drives it), fastgw.logs; snapshot only for types.
+The chain (``fastgw.policy``): its request phase runs as C calls in ``_run_policies``;
+a policy that waits gets a task for that request only (``_wait_then_go_on``), and the
+walk goes on after it; its log phase runs in ``_finished``; its response-head phase
+runs wherever a head is written (``exchange.head_fields``).
+
+May import: the standard library, orjson, fastgw.errors, fastgw.exchange, fastgw.policy,
+fastgw.upstream (the handler drives it), fastgw.logs; snapshot only for types.
 """
 
 import asyncio
@@ -32,13 +38,11 @@ from fastgw._core.wire cimport (
     H_CONNECTION, H_HOST, H_OTHER, H_TRACEPARENT, H_X_FORWARDED_FOR, H_X_FORWARDED_HOST,
     H_X_FORWARDED_PROTO, H_FORWARDED, H_X_REAL_IP, HeadWriter, header_id, new_traceparent)
 from fastgw._core.wire import seed_trace_ids
-from fastgw.exchange cimport BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Downstream, Exchange, monotonic
-from fastgw.ratelimit cimport RateLimitPolicy
-from fastgw._core.limiter cimport ConcurrencyGuard
+from fastgw.exchange cimport (
+    BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Downstream, Exchange, head_fields, monotonic)
+from fastgw.policy cimport ANSWERED, CONTINUE, WAIT, Chain, Policy
 from fastgw.upstream cimport Pool, ResponseListener, Upstream, UpstreamConnection
 from cpython.unicode cimport PyUnicode_FromFormat
-from libc.stdint cimport int64_t
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 log = logging.getLogger("fastgw")
 
@@ -150,24 +154,27 @@ cdef class Proxy(ResponseListener):
         self._finished(ex)
 
     cpdef fail(self, Exchange ex, int status, str message, list extra=None):
-        """Answer ``status`` with the JSON error body, or cut the connection when a
-        response is already under way (a half-sent body must never look complete)."""
+        """Answer ``status`` with the JSON error body (no body when ``message`` is None),
+        or cut the connection when a response is already under way (a half-sent body
+        must never look complete). The head gets the route's policies' fields, as every
+        head does."""
         if status == 499:  # the client left: nothing to answer, only to log
             ex.status = 499
             return
         if ex.response_started:
             ex.downstream.abort(ex)
             return
-        body = error_body(status, message, ex.request_id)
-        headers = [(b"content-type", b"application/json"),
-                   (b"x-request-id", ex.request_id.encode())]
+        cdef Downstream downstream = ex.downstream
+        headers = [] if message is None else [(b"content-type", b"application/json")]
         if extra:
             headers.extend(extra)
-        elif ex.response_fields:  # an allowed request's RateLimit fields (a 429 has its own)
-            headers.extend(ex.response_fields)
-        cdef Downstream downstream = ex.downstream
-        downstream.send_head(ex, status, headers, len(body))
-        downstream.send_body(ex, body)
+        headers = head_fields(ex, status, headers)
+        if message is None:
+            downstream.send_head(ex, status, headers, 0)
+        else:
+            body = error_body(status, message, ex.request_id)
+            downstream.send_head(ex, status, headers, len(body))
+            downstream.send_body(ex, body)
         downstream.send_end(ex)
 
     cpdef prepare(self, Exchange ex, client_request_id):
@@ -213,77 +220,61 @@ cdef class Proxy(ResponseListener):
         ex.route_name = route.name
         if route.timeout:
             ex.deadline = ex.started + route.timeout
-        if route.limits:
-            if route.cluster_limited:
-                # Redis answers asynchronously: the rest of this request runs in a task.
-                self._loop().create_task(self._limit_in_cluster_then_forward(ex, route, match))
-                return
-            if not self._admit(ex, route.limits):
-                return
+        cdef Chain chain = route.chain
+        if chain.on_exchange:
+            ex.chain = chain
+        if chain.request_phase:
+            self._run_policies(ex, route, match, 0)
+        else:
+            self._forward(ex, route, match)
+
+    cdef _run_policies(self, Exchange ex, route, RouteMatch match, Py_ssize_t start):
+        """The route's request phase from policy ``start`` on, then forward. A policy that
+        answers ends it; one that waits goes on in a task (``_wait_then_go_on``)."""
+        cdef tuple phase = (<Chain>route.chain).request_phase
+        cdef Policy policy
+        cdef Py_ssize_t i
+        cdef int outcome
+        for i in range(start, len(phase)):
+            policy = phase[i]
+            outcome = policy.request(ex)
+            if outcome == CONTINUE:
+                continue
+            if outcome == ANSWERED:
+                self._answer(ex)
+            else:  # WAIT
+                self._loop().create_task(self._wait_then_go_on(ex, route, match, i))
+            return
         self._forward(ex, route, match)
 
-    cdef bint _admit(self, Exchange ex, tuple limits):
-        """Take a token from every rate limit of the route (the global one first); on the
-        first refusal answer 429 and return False. An allowed request's response carries
-        the tightest limit's RateLimit fields."""
-        cdef RateLimitPolicy policy, tightest = None
-        cdef int64_t now = _now_ns(), left, least = -1
-        for policy in limits:
-            left = policy.local.acquire(policy.key_of(ex), now)
-            if left < 0:
-                self._refuse(ex, policy, -left)
-                return False
-            if tightest is None or left < least:
-                tightest, least = policy, left
-        ex.response_fields = tightest.allowed_fields(least)
-        return True
-
-    cdef _refuse(self, Exchange ex, RateLimitPolicy policy, int64_t wait_ns):
-        self.fail(ex, 429, f"rate limit of {policy.owner!r} exceeded", policy.refusal_fields(wait_ns))
-        self._finished(ex)
-
-    async def _limit_in_cluster_then_forward(self, Exchange ex, route, RouteMatch match):
-        """``_admit`` for a route with a cluster-scope limit: each such limit asks Redis
-        (one script call, or the machine's buckets at once when Redis is away)."""
-        cdef RateLimitPolicy policy, tightest = None
-        cdef int64_t left, least = -1
+    async def _wait_then_go_on(self, Exchange ex, route, RouteMatch match, Py_ssize_t i):
+        """Policy ``i``'s async step, then the rest of the request phase (the body waits
+        in the exchange meanwhile, as it does during a connect)."""
+        cdef Policy policy = (<Chain>route.chain).request_phase[i]
         try:
-            for policy in route.limits:
-                key = policy.key_of(ex)
-                if policy.cluster is None:
-                    left = policy.local.acquire(key, _now_ns())
-                else:
-                    left = await policy.cluster.acquire(policy.cluster_name, key, policy.local.interval_ns,
-                                                        policy.local.burst, policy.local, _now_ns())
-                if left < 0:
-                    self._refuse(ex, policy, -left)
-                    return
-                if tightest is None or left < least:
-                    tightest, least = policy, left
-            ex.response_fields = tightest.allowed_fields(least)
+            outcome = await policy.wait(ex)
             if ex.failure is not None:  # the client left (or broke a limit) meanwhile
                 self._end(ex, None)
-                return
-            self._forward(ex, route, match)
+            elif outcome == ANSWERED:
+                self._answer(ex)
+            else:
+                self._run_policies(ex, route, match, i + 1)
         except FastGWError as exc:
             self._end(ex, exc)
-        except Exception:  # a bug of ours: answer 500 and keep serving
+        except Exception:  # a bug (ours, or a plugin's): answer 500 and keep serving
             log.exception("request %s failed", ex.request_id)
             self._end(ex, None)
 
+    cdef _answer(self, Exchange ex):
+        """A policy answered: write its answer (``Exchange.answer``), end the exchange."""
+        status, message, fields = ex.answer
+        self.fail(ex, status, message, fields)
+        self._finished(ex)
+
     cdef _forward(self, Exchange ex, route, RouteMatch match):
-        """The request passed the route's policies: count it in the route's
-        ``max_concurrent``, pick a target, send."""
+        """The request passed the route's policies: pick a target, send."""
         cdef Upstream upstream
         cdef Pool pool
-        guard = route.guard
-        if guard is not None:
-            if not (<ConcurrencyGuard>guard).enter():
-                self.fail(ex, 503, f"route {route.name!r} has {(<ConcurrencyGuard>guard).maximum} "
-                                   "requests in flight (max_concurrent)", [(b"retry-after", b"1")])
-                self._finished(ex)
-                return
-            ex.guard = guard
         upstream = route.pick_upstream(ex.headers) if route.splits else route.upstream
         ex.upstream = upstream
         ex.upstream_path = route.upstream_path(ex.path, match.params)
@@ -298,12 +289,16 @@ cdef class Proxy(ResponseListener):
         self._send(ex, pool)
 
     cdef _finished(self, Exchange ex):
-        """The exchange is over (answered, or cut): leave the route's concurrency count,
-        write the access log line. Every exchange the proxy handles ends here, once."""
-        guard = ex.guard
-        if guard is not None:
-            ex.guard = None
-            (<ConcurrencyGuard>guard).leave()
+        """The exchange is over (answered, or cut): the chain's log phase (a concurrency
+        count left), the access log line. Every exchange the proxy handles ends here, once."""
+        cdef Policy policy
+        chain = ex.chain
+        if chain is not None:
+            for policy in (<Chain>chain).log_phase:
+                try:
+                    policy.log(ex)
+                except Exception:  # one policy's bug must not keep the others from ending
+                    log.exception("request %s: the log phase of %s failed", ex.request_id, policy.name)
         self.access_log.write(ex)
 
     cdef _send(self, Exchange ex, Pool pool):
@@ -407,13 +402,6 @@ cdef _log_upstream_failure(Exchange ex, error, str outcome, int level=logging.ER
 
 
 cdef HeadWriter _head = HeadWriter()
-
-
-cdef inline int64_t _now_ns() noexcept:
-    """CLOCK_MONOTONIC in nanoseconds: the clock of the rate limiters, in every process."""
-    cdef timespec now
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return now.tv_sec * 1_000_000_000 + now.tv_nsec
 
 
 cdef bytes _upstream_head(Exchange ex, str path, str target_address, set listed):

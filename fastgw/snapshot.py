@@ -4,15 +4,16 @@ Everything a request needs is decided here, once per (re)load: route patterns ar
 checked and built into the Cython trie, rewrite templates are split into parts, upstream
 groups get their pools, each target its slot of the state every worker shares
 (``_core.targets``: the supervisor's first load maps that table, before it forks), and
-routes their policies: rate limits and concurrency guards in the shared arena of
-``_core.limiter``, and the cluster's Redis connection (``fastgw.cluster``).
+each route its policy chain (``fastgw.policy.Chain``: [global]'s policies and its own,
+by priority), the limits' state in the shared arena of ``_core.limiter``, and the
+cluster's Redis connection (``fastgw.cluster``).
 ``compile_snapshot(config, previous)`` keeps an ``Upstream`` (and
 its warm keep-alive pools) whose settings did not change, so a reload does not cold-start
 upstream connections; the ones that left the config are retired by the caller once the
 new snapshot is in place.
 
 May import: the standard library, fastgw.config, fastgw.errors, fastgw.upstream,
-fastgw.ratelimit, fastgw.cluster, fastgw._core.
+fastgw.policy, fastgw.policies, fastgw.cluster, fastgw._core.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from fastgw._core.router import Router, Rule
 from fastgw._core.limiter import ConcurrencyGuard, shared_arena
 from fastgw._core.targets import shared_table
 from fastgw.errors import ConfigError
-from fastgw.ratelimit import RateLimitPolicy
+from fastgw.policies.limits import MaxConcurrent, RateLimitPolicy, RateLimits
+from fastgw.policy import Chain
 from fastgw.upstream import Pool, Upstream
 
 if TYPE_CHECKING:
@@ -41,8 +43,8 @@ class Route:
     """A route as a request sees it: where it goes and how its path is rewritten."""
 
     __slots__ = ("name", "index", "upstream", "strip_prefix", "rewrite", "timeout", "config",
-                 "splits", "split_shares", "_match_split", "_split_upstreams", "_split", "limits",
-                 "cluster_limited", "guard")
+                 "splits", "split_shares", "_match_split", "_split_upstreams", "_split", "chain",
+                 "guard")
 
     def __init__(self, config: RouteConfig, upstreams: dict[str, Upstream], policies: Policies) -> None:
         self.name = config.name
@@ -65,12 +67,10 @@ class Route:
         self._split = SmoothWeighted([w for _, w in self.split_shares]) if config.split else None
         #: the route sends some requests elsewhere than ``upstream``: ask ``pick_upstream``
         self.splits = bool(config.split or config.match_split)
-        #: the rate limits a request must pass, [global]'s first
-        self.limits = policies.limits_of(config)
-        #: some of them ask Redis (the proxy then goes on in a task)
-        self.cluster_limited = any(limit.cluster is not None for limit in self.limits)
-        #: max_concurrent, counted for the machine; or None
+        #: max_concurrent, counted for the machine; or None (its policy holds it too)
         self.guard = policies.guard_of(config)
+        #: the policies a request on this route passes, compiled
+        self.chain = policies.chain_of(config, self.guard)
 
     def pick_upstream(self, headers: list[tuple[bytes, bytes]]) -> Upstream:
         """The upstream for a request with these headers: ``match_split``, then ``split``
@@ -151,9 +151,16 @@ class Policies:
                         "(a restart reclaims the arena)", owner)
         return policy
 
-    def limits_of(self, route: RouteConfig) -> tuple[RateLimitPolicy, ...]:
+    def chain_of(self, route: RouteConfig, guard: ConcurrencyGuard | None) -> Chain:
+        """The route's chain: [global]'s policies and its own."""
         own = self._policy(route.name, route.rate_limit) if route.rate_limit is not None else None
-        return tuple(p for p in (self.global_limit, own) if p is not None)
+        limits = tuple(p for p in (self.global_limit, own) if p is not None)
+        policies = []
+        if limits:
+            policies.append(RateLimits(route.name, limits))
+        if guard is not None:
+            policies.append(MaxConcurrent(route.name, guard))
+        return Chain(policies)
 
     def guard_of(self, route: RouteConfig) -> ConcurrencyGuard | None:
         if not route.max_concurrent:

@@ -46,7 +46,8 @@ from fastgw._core.wire cimport (
     H_PROXY_CONNECTION, H_TE, H_TRAILER, H_TRANSFER_ENCODING, H_UPGRADE, H_X_REQUEST_ID,
     HeadWriter, ResponseHead, header_id, scan_response_head)
 from fastgw.errors import FastGWError, UpstreamError, UpstreamRetryable, UpstreamTimeout
-from fastgw.exchange cimport BODY_CHUNKED, BODY_NONE, Downstream, Exchange, UpstreamSide, monotonic
+from fastgw.exchange cimport (
+    BODY_CHUNKED, BODY_NONE, Downstream, Exchange, UpstreamSide, add_head_lines, head_fields, monotonic)
 
 # Response headers never relayed to the client: hop-by-hop ones (RFC 9110 §7.6.1), the
 # framing the downstream protocol writes itself, and the request id we set ourselves.
@@ -169,8 +170,9 @@ cdef class UpstreamConnection(UpstreamSide):
         cdef ResponseHead head
         if self.relay_left >= 0:
             self._relay(ex, data, 0)
-        elif (not self.parser_fed and not ex.is_head
-              and scan_response_head(data, RESPONSE_DROP_MASK, _fields, &head)):
+        elif (not self.parser_fed and not ex.is_head and (ex.chain is None or not ex.chain.dynamic)
+              and scan_response_head(data, RESPONSE_DROP_MASK,
+                                     None if ex.chain is None else ex.chain.drop_names, _fields, &head)):
             # PERF: the plainest responses (one Content-Length, nothing unusual) are read
             # by a C shortcut that llhttp agrees with, and their fields relayed as lines:
             # no callback per field. Anything else is llhttp's, below.
@@ -180,10 +182,7 @@ cdef class UpstreamConnection(UpstreamSide):
             self.length = head.content_length
             self.keep_alive = head.keep_alive
             self.relay_left = head.content_length
-            _fields.add_field(b"x-request-id", ex.request_id.encode())
-            if ex.response_fields is not None:
-                for field in ex.response_fields:
-                    _fields.add_field(field[0], field[1])
+            add_head_lines(ex, _fields)
             ex.downstream.send_head_lines(ex, head.status, _fields.finish(), head.content_length)
             self._relay(ex, data, head.head_end)
         else:
@@ -374,10 +373,7 @@ cdef class UpstreamConnection(UpstreamSide):
             headers = [(n, v) for n, v in headers if n.lower() not in drop]
         if self.body_chunked:
             self.length = -1
-        headers.append((b"x-request-id", ex.request_id.encode()))
-        if ex.response_fields is not None:
-            headers.extend(ex.response_fields)
-        ex.downstream.send_head(ex, status, headers, self.length)
+        ex.downstream.send_head(ex, status, head_fields(ex, status, headers), self.length)
         if ex.is_head:
             # The parser cannot be told this response has no body; finish it here and
             # give the next request on this connection a fresh parser.

@@ -57,7 +57,7 @@ ctypedef struct ResponseHead:
     bint keep_alive_asked       # Connection: keep-alive
 
 
-cdef int scan_response_head(bytes data, unsigned int drop_mask, HeadWriter fields,
+cdef int scan_response_head(bytes data, unsigned int drop_mask, tuple drop_names, HeadWriter fields,
                             ResponseHead* out) except -1
 
 

@@ -223,13 +223,14 @@ cdef int _connection_tokens(const char* p, Py_ssize_t n, ResponseHead* out) noex
     return 1
 
 
-cdef int scan_response_head(bytes data, unsigned int drop_mask, HeadWriter fields,
+cdef int scan_response_head(bytes data, unsigned int drop_mask, tuple drop_names, HeadWriter fields,
                             ResponseHead* out) except -1:
     """Read a whole response head at the start of ``data`` when it is of the plainest kind:
     HTTP/1.x, a final status other than 204 and 304, one Content-Length and no
     Transfer-Encoding, a Connection header naming at most close and keep-alive, every
     line well formed by RFC 9112 with CRLF endings. Its fields, less those whose id is in
-    ``drop_mask``, go into ``fields`` as ``name: value`` lines. Returns 1 and fills
+    ``drop_mask`` and those named in ``drop_names`` (lower-case bytes, or None), go into
+    ``fields`` as ``name: value`` lines. Returns 1 and fills
     ``out``; returns 0 for anything else, ``fields`` untouched, and the caller's general
     parser (llhttp) reads the response instead. This shortcut accepts only heads that
     llhttp reads the same way (tests/core/test_wire.py checks it against httptools)."""
@@ -308,6 +309,9 @@ cdef int scan_response_head(bytes data, unsigned int drop_mask, HeadWriter field
             if not _connection_tokens(<const char*>p + value_start, value_end - value_start, out):
                 fields.reset()
                 return 0
+        if drop_names is not None and ident == H_OTHER and _named_in(p + name_start, name_end - name_start,
+                                                                      drop_names):
+            continue
         if not drop_mask & (1u << ident):
             fields.add_chars(<const char*>p + name_start, name_end - name_start)
             fields.add_chars(b": ", 2)
@@ -323,12 +327,29 @@ cdef int scan_response_head(bytes data, unsigned int drop_mask, HeadWriter field
     return 1
 
 
-def scan_response(bytes data, unsigned int drop_mask=0):
+cdef bint _named_in(const unsigned char* name, Py_ssize_t n, tuple names) noexcept:
+    """Whether ``name`` (any case) is one of ``names`` (lower-case bytes)."""
+    cdef bytes candidate
+    cdef const unsigned char* c
+    cdef Py_ssize_t i
+    for candidate in names:
+        if PyBytes_GET_SIZE(candidate) != n:
+            continue
+        c = <const unsigned char*>PyBytes_AS_STRING(candidate)
+        for i in range(n):
+            if (name[i] + 32 if 65 <= name[i] <= 90 else name[i]) != c[i]:
+                break
+        else:
+            return True
+    return False
+
+
+def scan_response(bytes data, unsigned int drop_mask=0, tuple drop_names=None):
     """``scan_response_head`` for Python callers (the tests): None when it declines, else
     (status, field lines, content length, head length, keep-alive)."""
     cdef ResponseHead head
     cdef HeadWriter fields = HeadWriter()
-    if not scan_response_head(data, drop_mask, fields, &head):
+    if not scan_response_head(data, drop_mask, drop_names, fields, &head):
         return None
     return head.status, fields.finish(), head.content_length, head.head_end, head.keep_alive
 

@@ -210,6 +210,16 @@ def test_shortcut_reads_a_plain_response():
     assert check_against_llhttp(data)
 
 
+def test_shortcut_drops_the_named_fields_in_any_case():
+    data = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nX-Powered-By: php\r\nContent-Length: 2\r\n"
+            b"SERVER: again\r\nX-Kept: 1\r\nServe: r\r\n\r\nok")
+    got = scan_response(data, DROP_MASK, (b"server", b"x-powered-by"))
+    assert got[:3] == (200, b"X-Kept: 1\r\nServe: r\r\n", 2)
+    assert scan_response(data, DROP_MASK, ())[1] == scan_response(data, DROP_MASK)[1]
+    # (named ids stay the mask's business: a name that has an id is not looked up)
+    assert scan_response(data, 0, (b"content-length",))[1].count(b"Content-Length") == 1
+
+
 @pytest.mark.parametrize("data, keep_alive", [
     (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", True),
     (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", False),
