@@ -33,6 +33,8 @@ COMPILED_MODULES = [
     "fastgw.upstream",
     "fastgw.policy",
     "fastgw.policies.limits",
+    "fastgw.policies.ip",
+    "fastgw.policies.headers",
     "fastgw.proxy",
     "fastgw.protocols.http1",
 ]

@@ -20,8 +20,12 @@ compiled later by ``snapshot`` (log files are only checked: can they be written?
 Keys reserved for features still to come are refused with "is not supported yet",
 never ignored.
 
-May import: the standard library, ``fastgw.errors`` and ``fastgw._core`` (the router
-judges path pattern syntax).
+The route policies of ``fastgw.policies`` (and plugins) declare their keys' schema beside
+their code (``fastgw.policy.PolicySpec``); ``policy_settings`` validates a policy's
+table against it with the same machinery, the kinds of value being ``SCHEMA_KINDS``.
+
+May import: the standard library, ``fastgw.errors``, ``fastgw._core`` (the router
+judges path pattern syntax), ``fastgw.policy`` and ``fastgw.policies`` (their specs).
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ from typing import Any
 from fastgw._core.errors import RouteError
 from fastgw._core.router import Router, Rule
 from fastgw.errors import ConfigError
+from fastgw.policies import BUILTIN as BUILTIN_POLICIES
+from fastgw.policy import REQUIRED
 
 __all__ = [
     "Address",
@@ -189,6 +195,8 @@ class GlobalConfig:
     """``[global]``: policies applied to every route, before the route's own."""
 
     rate_limit: RateLimit | None = None
+    #: (policy key, validated settings) of the chain's policies declared by a spec
+    policies: tuple[tuple[str, dict[str, Any]], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +221,8 @@ class RouteConfig:
     rate_limit: RateLimit | None = None
     #: requests in flight on this route, machine-wide (0: unlimited)
     max_concurrent: int = 0
+    #: (policy key, validated settings) of the chain's policies declared by a spec
+    policies: tuple[tuple[str, dict[str, Any]], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -742,7 +752,7 @@ def _list(words: Iterable[str]) -> str:
 _TOP_KEYS = ("server", "log", "upstreams", "routes", "global", "cluster")
 _TOP_LATER = ("admin", "consumers", "auth", "plugins")
 _GLOBAL_KEYS = ("rate_limit",)
-_GLOBAL_LATER = ("ip",)
+_GLOBAL_LATER = ()
 _CLUSTER_KEYS = ("redis", "timeout")
 _RATE_LIMIT_KEYS = ("rate", "burst", "key", "scope", "max_keys")
 #: buckets a rate limit's table may hold (16 bytes each: 256 MiB at most)
@@ -808,9 +818,6 @@ _ROUTE_LATER = (
     "websocket",
     "auth",
     "acl",
-    "ip",
-    "request_headers",
-    "response_headers",
     "cors",
     "aggregate",
 )
@@ -901,8 +908,20 @@ class _Builder:
     def global_policies(self, place: Place | None) -> GlobalConfig:
         if place is None:
             return GlobalConfig()
-        place.check_unknown(_GLOBAL_KEYS, _GLOBAL_LATER)
-        return GlobalConfig(rate_limit=self.rate_limit(place))
+        specs = {name: spec for name, spec in BUILTIN_POLICIES.items() if spec.in_global}
+        place.check_unknown((*_GLOBAL_KEYS, *specs), _GLOBAL_LATER)
+        return GlobalConfig(rate_limit=self.rate_limit(place), policies=self.policies(place, specs))
+
+    def policies(self, place: Place, specs: dict[str, Any]) -> tuple[tuple[str, dict[str, Any]], ...]:
+        """The tables of ``place`` that name a policy of ``specs``, each validated."""
+        found = []
+        for name, spec in specs.items():
+            table = place.get_table(name)
+            if table is not None:
+                settings = policy_settings(table, spec)
+                if settings is not None:
+                    found.append((name, settings))
+        return tuple(found)
 
     def rate_limit(self, place: Place) -> RateLimit | None:
         """``rate_limit`` of a route or of ``[global]``."""
@@ -1038,7 +1057,7 @@ class _Builder:
         return tuple(result)
 
     def route(self, place: Place, index: int, upstream_names: tuple[str, ...] | None) -> RouteConfig:
-        place.check_unknown(_ROUTE_KEYS, _ROUTE_LATER)
+        place.check_unknown((*_ROUTE_KEYS, *BUILTIN_POLICIES), _ROUTE_LATER)
         name = place.get("name", _nonempty_string)
         path_list = []
         for item in place.get_items("paths", required=True, nonempty="path"):
@@ -1072,6 +1091,7 @@ class _Builder:
             match_split=self._match_split(place, upstream_names),
             rate_limit=self.rate_limit(place),
             max_concurrent=place.get_int("max_concurrent", 0, minimum=0),
+            policies=self.policies(place, BUILTIN_POLICIES),
         )
 
     @staticmethod
@@ -1330,6 +1350,136 @@ def _route_host(value: Any) -> str:
     if not _is_hostname(name):
         raise ValueError(f'{_q(value)} is not a host name (use e.g. "api.example.com" or "*.example.com")')
     return host
+
+
+# -- policy schemas ------------------------------------------------------------
+
+def policy_settings(place: Place, spec: Any) -> dict[str, Any] | None:
+    """``place`` (a policy's table) checked against ``spec.schema`` and ``spec.check``:
+    the settings, each key converted or its default; None when something is wrong (the
+    errors are recorded, each at its place)."""
+    errors_before = len(place._errors)
+    place.check_unknown(spec.schema)
+    settings = {key: place.get(key, SCHEMA_KINDS[kind], _REQUIRED if default is REQUIRED else default)
+                for key, (kind, default) in spec.schema.items()}
+    if len(place._errors) > errors_before:
+        return None
+    return _checked(place, spec, settings)
+
+
+def _checked(place: Place, spec: Any, settings: dict[str, Any]) -> dict[str, Any] | None:
+    problems = spec.check(settings) if spec.check is not None else []
+    for key, message in problems:
+        (place if key is None else place.key(key)).error(message)
+    return None if problems else settings
+
+
+# Request and response fields a policy may not write or remove: the framing and the
+# hop-by-hop fields fastgw writes itself, and the forwarding fields it sets.
+_RESERVED_FIELDS = frozenset((
+    "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer", "upgrade",
+    "proxy-connection", "proxy-authenticate", "proxy-authorization", "host", "x-request-id",
+    "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip", "traceparent",
+))
+_TEMPLATE_VARIABLE = re.compile(r"\{([^{}]*)\}")
+TEMPLATE_VARIABLES = ("request_id", "route", "client_ip", "consumer")
+
+
+def _field_name(value: Any) -> str:
+    name = _string(value)
+    if not _TOKEN.fullmatch(name):
+        raise ValueError(f"{_q(name)} is not a valid header name")
+    if name.lower() in _RESERVED_FIELDS:
+        raise ValueError(f"{_q(name)} is written by fastgw itself and cannot be changed here")
+    return name.lower()
+
+
+def _each(items: Iterable[Any], convert: Convert) -> list[Any]:
+    """``convert`` of every item; a ValueError naming every item that failed (so that a
+    policy's list or table reports all its problems at once, in one line)."""
+    results, problems = [], []
+    for item in items:
+        try:
+            results.append(convert(item))
+        except ValueError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ValueError("; ".join(problems))
+    return results
+
+
+def _header_names(value: Any) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(_each(_array(value), _field_name)))
+
+
+def _header_fields(value: Any) -> tuple[tuple[str, str], ...]:
+    """``{ "x-name" = "value {request_id}" }`` → ((lower name, value), ...)."""
+    return tuple(_each(_table(value).items(), _header_field))
+
+
+def _header_field(item: tuple[str, Any]) -> tuple[str, str]:
+    name, text = item
+    lower = _field_name(name)
+    text = _string(text)
+    if any(c in text for c in "\r\n\0"):
+        raise ValueError(f"the value of {_q(name)} holds a line break or NUL")
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError(f"the value of {_q(name)} is not Latin-1 text") from None
+    for variable in _TEMPLATE_VARIABLE.findall(text):
+        if variable not in TEMPLATE_VARIABLES:
+            raise ValueError(f"{{{variable}}} in the value of {_q(name)} is not one of "
+                             + ", ".join(f"{{{v}}}" for v in TEMPLATE_VARIABLES)
+                             + _did_you_mean(variable, TEMPLATE_VARIABLES))
+    return lower, text
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(_expected("true or false", value))
+    return value
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    return tuple(_each(_array(value), _string))
+
+
+def _networks(value: Any) -> tuple[IPNetwork, ...]:
+    return tuple(_each(_array(value), _network))
+
+
+def _methods(value: Any) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(_each(_array(value), _method)))
+
+
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|\*", re.IGNORECASE)
+
+
+def _origins(value: Any) -> tuple[str, ...]:
+    return tuple(_each(_array(value), _origin))
+
+
+def _origin(value: Any) -> str:
+    text = _string(value)
+    if not _ORIGIN.fullmatch(text):
+        raise ValueError(f'{_q(text)} is not an origin (scheme://host[:port], as "https://app.example.com", '
+                         'or "*")')
+    return text.lower()
+
+
+#: the kinds of value a policy's schema may name (fastgw.policy.PolicySpec)
+SCHEMA_KINDS: dict[str, Convert] = {
+    "bool": _boolean,
+    "int": _integer(0),
+    "duration": parse_duration,
+    "cidrs": _networks,
+    "header_names": _header_names,
+    "header_fields": _header_fields,
+    "methods": _methods,
+    "origins": _origins,
+    "strings": _strings,
+}
 
 
 def _method(value: Any) -> str:

@@ -78,6 +78,34 @@ cpdef int answer(Exchange ex, int status, str message, list fields=None) except 
     return ANSWERED
 
 
+class PolicySpec:
+    """What the config and the compiler know of a kind of policy, declared beside its
+    code: its key (under a route, and in ``[global]`` when ``in_global``), its priority,
+    the schema of its keys, a check of the keys together, and how to build it.
+
+    ``schema`` maps each key to ``(kind, default)``; ``default`` is ``REQUIRED`` for a
+    key that must be there. The kinds are the config file's value syntaxes
+    (``fastgw.config.SCHEMA_KINDS``: "bool", "int", "duration", "cidrs", "header_names",
+    "header_fields", "methods", "origins", "strings"), validated through the config's
+    error machinery: every error at once, at its place, with the near miss. ``check(settings)``
+    returns ``[(key or None, message)]`` for what no single key can say. ``build(owner,
+    settings)`` makes the ``Policy``."""
+
+    def __init__(self, name, priority, schema, build, check=None, in_global=False):
+        self.name = name
+        self.priority = priority
+        self.schema = dict(schema)
+        self.build = build
+        self.check = check
+        self.in_global = in_global
+
+    def __repr__(self):
+        return f"PolicySpec({self.name!r})"
+
+
+REQUIRED = object()
+
+
 cdef class Chain(ResponseEdit):
     """A route's policies, compiled once per config (``snapshot``)."""
 

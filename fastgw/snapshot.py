@@ -28,6 +28,7 @@ from fastgw._core.router import Router, Rule
 from fastgw._core.limiter import ConcurrencyGuard, shared_arena
 from fastgw._core.targets import shared_table
 from fastgw.errors import ConfigError
+from fastgw.policies import BUILTIN as BUILTIN_POLICIES
 from fastgw.policies.limits import MaxConcurrent, RateLimitPolicy, RateLimits
 from fastgw.policy import Chain
 from fastgw.upstream import Pool, Upstream
@@ -143,6 +144,9 @@ class Policies:
         self.workers = config.server.workers
         limit = config.global_policies.rate_limit
         self.global_limit = self._policy("global", limit) if limit is not None else None
+        #: [global]'s other policies, built once: every route's chain shares them
+        self.global_policies = [BUILTIN_POLICIES[name].build("global", settings)
+                                for name, settings in config.global_policies.policies]
 
     def _policy(self, owner: str, limit: RateLimit) -> RateLimitPolicy:
         policy = RateLimitPolicy(owner, limit, self.arena, self.cluster)
@@ -155,7 +159,8 @@ class Policies:
         """The route's chain: [global]'s policies and its own."""
         own = self._policy(route.name, route.rate_limit) if route.rate_limit is not None else None
         limits = tuple(p for p in (self.global_limit, own) if p is not None)
-        policies = []
+        policies = list(self.global_policies)
+        policies += [BUILTIN_POLICIES[name].build(route.name, settings) for name, settings in route.policies]
         if limits:
             policies.append(RateLimits(route.name, limits))
         if guard is not None:

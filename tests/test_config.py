@@ -933,15 +933,45 @@ def test_bad_hash_on(balance, hash_on, error):
         ("websocket", '"proxy"'),
         ("auth", '{ methods = ["key"] }'),
         ("acl", '{ allow_groups = ["admin"] }'),
-        ("ip", '{ allow = ["10.0.0.0/8"] }'),
-        ("request_headers", "{}"),
-        ("response_headers", "{}"),
         ("cors", "{}"),
         ("aggregate", '{ mode = "sequence" }'),
     ],
 )
 def test_route_keys_not_supported_yet(key, value):
     assert only_error(route(BASE + f"{key} = {value}")) == f'fastgw.toml: routes[0] "r": "{key}" is not supported yet'
+
+
+def test_policies_are_validated_by_their_own_schema_all_at_once():
+    text = ('[global]\nip = { allow = ["10.0.0.0/33", "nope"], deny = "10.0.0.1" }\n'
+            + route(BASE + '[routes.ip]\nalow = ["10.0.0.0/8"]\n'
+                    '[routes.request_headers]\nset = { "content-length" = "5", "x-a" = "{reqest_id}", '
+                    '"bad name" = "x", "x-ok" = "a\\nb" }\nremove = ["host"]\n'
+                    '[routes.response_headers]\nset = { "x-b" = "1" }\nremove = ["x-b"]\nadd = 5\n'))
+    assert errors_of(text) == [
+        'fastgw.toml: global.ip.allow: "10.0.0.0/33" is not an IP network (use e.g. "10.0.0.0/8" or "192.0.2.1"); '
+        '"nope" is not an IP network (use e.g. "10.0.0.0/8" or "192.0.2.1")',
+        'fastgw.toml: global.ip.deny: expected an array, got string "10.0.0.1"',
+        'fastgw.toml: routes[0] "r".ip: unknown key "alow" (did you mean "allow"?)',
+        'fastgw.toml: routes[0] "r".request_headers.set: "content-length" is written by fastgw itself and cannot '
+        'be changed here; {reqest_id} in the value of "x-a" is not one of {request_id}, {route}, {client_ip}, '
+        '{consumer} (did you mean "request_id"?); "bad name" is not a valid header name; the value of "x-ok" '
+        'holds a line break or NUL',
+        'fastgw.toml: routes[0] "r".request_headers.remove: "host" is written by fastgw itself and cannot be '
+        'changed here',
+        'fastgw.toml: routes[0] "r".response_headers.add: expected a table, got integer 5',
+    ]
+
+
+def test_policies_parsed():
+    config = parse_config('[global]\nip = { deny = ["192.0.2.0/24"] }\n' + route(
+        BASE + '[routes.response_headers]\nset = { "X-B" = "1 {route}" }\nremove = ["Server"]\n'
+               '[routes.request_headers]\nadd = { "x-a" = "2" }\n'))
+    assert config.global_policies.policies == (("ip", {"allow": (), "deny": (ipaddress.ip_network("192.0.2.0/24"),)}),)
+    assert config.routes[0].policies == (
+        ("request_headers", {"set": (), "add": (("x-a", "2"),), "remove": ()}),
+        ("response_headers", {"set": (("x-b", "1 {route}"),), "add": (), "remove": ("server",)}))
+    text = route(BASE + '[routes.response_headers]\nset = { "x-b" = "1" }\nremove = ["X-B"]\n')
+    assert errors_of(text) == ['fastgw.toml: routes[0] "r".response_headers.remove: \'x-b\' is both set and removed']
 
 
 def test_route_plugin_table_not_supported_yet():
@@ -982,10 +1012,10 @@ def test_rate_limit_errors_all_at_once():
                     'key = "header:bad name"\nmax_keys = 99999999999\nper = "ip"\n'))
     assert errors_of(text) == [
         'fastgw.toml: cluster.redis: "http://x" is not a Redis URL (use e.g. "redis://127.0.0.1:6379/0")',
-        'fastgw.toml: global: "ip" is not supported yet',
         'fastgw.toml: global.rate_limit.rate: a rate must be greater than 0, got "0/s"',
         'fastgw.toml: global.rate_limit.key: "consumer" needs authentication ([consumers], [routes.auth]), '
         "which is not supported yet",
+        'fastgw.toml: global.ip: needs "allow" or "deny" (or both)',
         'fastgw.toml: routes[0] "r".rate_limit: unknown key "per"',
         'fastgw.toml: routes[0] "r".rate_limit.burst: must be at least 1, got 0',
         'fastgw.toml: routes[0] "r".rate_limit.key: "bad name" is not a header name',

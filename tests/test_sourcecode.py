@@ -20,7 +20,7 @@ ALLOWED: dict[str, set[str]] = {
     "_core": set(),
     "errors": set(),
     "exchange": {"_core"},
-    "config": {"errors", "_core"},
+    "config": {"errors", "_core", "policy", "policies"},
     "logs": set(),
     "upstream": {"errors", "exchange", "_core"},
     "snapshot": {"config", "errors", "upstream", "policy", "policies", "cluster", "_core"},
