@@ -35,6 +35,7 @@ COMPILED_MODULES = [
     "fastgw.policies.limits",
     "fastgw.policies.ip",
     "fastgw.policies.headers",
+    "fastgw.policies.cors",
     "fastgw.proxy",
     "fastgw.protocols.http1",
 ]

@@ -818,7 +818,6 @@ _ROUTE_LATER = (
     "websocket",
     "auth",
     "acl",
-    "cors",
     "aggregate",
 )
 
@@ -1412,6 +1411,18 @@ def _header_names(value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(_each(_array(value), _field_name)))
 
 
+def _any_field_name(value: Any) -> str:
+    name = _string(value)
+    if not _TOKEN.fullmatch(name):
+        raise ValueError(f"{_q(name)} is not a valid header name")
+    return name.lower()
+
+
+def _any_header_names(value: Any) -> tuple[str, ...]:
+    """Header names to mention (CORS lists), reserved ones too."""
+    return tuple(dict.fromkeys(_each(_array(value), _any_field_name)))
+
+
 def _header_fields(value: Any) -> tuple[tuple[str, str], ...]:
     """``{ "x-name" = "value {request_id}" }`` → ((lower name, value), ...)."""
     return tuple(_each(_table(value).items(), _header_field))
@@ -1475,6 +1486,7 @@ SCHEMA_KINDS: dict[str, Convert] = {
     "duration": parse_duration,
     "cidrs": _networks,
     "header_names": _header_names,
+    "header_names_any": _any_header_names,
     "header_fields": _header_fields,
     "methods": _methods,
     "origins": _origins,

@@ -83,7 +83,7 @@ cdef class Exchange:
     cpdef fail(self, error)
 
 
-cdef list head_fields(Exchange ex, int status, list fields)
+cdef list head_fields(Exchange ex, int status, list fields, list extra=*)
 cdef int add_head_lines(Exchange ex, HeadWriter lines) except -1
 
 

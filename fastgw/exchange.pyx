@@ -106,16 +106,19 @@ cdef class ResponseEdit:
         return fields
 
 
-cdef list head_fields(Exchange ex, int status, list fields):
+cdef list head_fields(Exchange ex, int status, list fields, list extra=None):
     """``fields`` (the upstream's, or fastgw's own answer's) made the head the client
-    gets: the route's dropped names out, then X-Request-Id, the policies' response
-    fields, the route's static fields, and its response hooks."""
+    gets: the route's dropped names out, then X-Request-Id, ``extra`` (the fields of an
+    answer of fastgw's: a 429's RateLimit fields, a preflight's CORS fields), the
+    policies' response fields, the route's static fields, and its response hooks."""
     cdef ResponseEdit edit = ex.chain
     cdef tuple field
     if edit is not None and edit.drop_names is not None:
         drop = edit.drop_names
         fields = [field for field in fields if (<bytes>field[0]).lower() not in drop]
     fields.append((b"x-request-id", ex.request_id.encode()))
+    if extra:
+        fields.extend(extra)
     if ex.response_fields is not None:
         fields.extend(ex.response_fields)
     if edit is not None:

@@ -85,8 +85,9 @@ class PolicySpec:
 
     ``schema`` maps each key to ``(kind, default)``; ``default`` is ``REQUIRED`` for a
     key that must be there. The kinds are the config file's value syntaxes
-    (``fastgw.config.SCHEMA_KINDS``: "bool", "int", "duration", "cidrs", "header_names",
-    "header_fields", "methods", "origins", "strings"), validated through the config's
+    (``fastgw.config.SCHEMA_KINDS``: "bool", "int", "duration", "cidrs", "header_names"
+    (fields a policy may write), "header_names_any", "header_fields", "methods",
+    "origins", "strings"), validated through the config's
     error machinery: every error at once, at its place, with the near miss. ``check(settings)``
     returns ``[(key or None, message)]`` for what no single key can say. ``build(owner,
     settings)`` makes the ``Policy``."""

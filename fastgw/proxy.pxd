@@ -22,6 +22,7 @@ cdef class Proxy(ResponseListener):
     cpdef fail(self, Exchange ex, int status, str message, list extra=*)
     cpdef prepare(self, Exchange ex, client_request_id)
     cdef _route_and_send(self, Exchange ex, snap)
+    cdef bint _preflight(self, Exchange ex, snap, headers)
     cdef _run_policies(self, Exchange ex, route, RouteMatch match, Py_ssize_t start)
     cdef _answer(self, Exchange ex)
     cdef _forward(self, Exchange ex, route, RouteMatch match)

@@ -165,10 +165,8 @@ cdef class Proxy(ResponseListener):
             ex.downstream.abort(ex)
             return
         cdef Downstream downstream = ex.downstream
-        headers = [] if message is None else [(b"content-type", b"application/json")]
-        if extra:
-            headers.extend(extra)
-        headers = head_fields(ex, status, headers)
+        headers = head_fields(ex, status, [] if message is None else [(b"content-type", b"application/json")],
+                              extra)
         if message is None:
             downstream.send_head(ex, status, headers, 0)
         else:
@@ -213,6 +211,8 @@ cdef class Proxy(ResponseListener):
         cdef Pool pool
         cdef UpstreamConnection conn
         if route is None:
+            if ex.method == "OPTIONS" and self._preflight(ex, snap, headers):
+                return
             allow = ", ".join(match.allowed).encode()
             self.fail(ex, 405, "method not allowed", [(b"allow", allow)])
             self._finished(ex)
@@ -227,6 +227,29 @@ cdef class Proxy(ResponseListener):
             self._run_policies(ex, route, match, 0)
         else:
             self._forward(ex, route, match)
+
+    cdef bint _preflight(self, Exchange ex, snap, headers):
+        """A CORS preflight on a path whose route leaves OPTIONS out of its methods: the
+        route of the method it announces answers it, when that route has ``cors``."""
+        cdef tuple field
+        method = None
+        for field in ex.headers:
+            if (<bytes>field[0]).lower() == b"access-control-request-method":
+                method = (<bytes>field[1]).decode("latin-1").strip().upper()
+                break
+        if not method:
+            return False
+        cdef RouteMatch match = snap.router.match(method, ex.host, ex.path, headers)
+        if match is None or match.target is None or match.target.cors is None:
+            return False
+        route = match.target
+        ex.route_name = route.name
+        if (<Chain>route.chain).on_exchange:
+            ex.chain = route.chain
+        if (<Policy>route.cors).request(ex) == ANSWERED:
+            self._answer(ex)
+            return True
+        return False
 
     cdef _run_policies(self, Exchange ex, route, RouteMatch match, Py_ssize_t start):
         """The route's request phase from policy ``start`` on, then forward. A policy that

@@ -45,7 +45,7 @@ class Route:
 
     __slots__ = ("name", "index", "upstream", "strip_prefix", "rewrite", "timeout", "config",
                  "splits", "split_shares", "_match_split", "_split_upstreams", "_split", "chain",
-                 "guard")
+                 "guard", "cors")
 
     def __init__(self, config: RouteConfig, upstreams: dict[str, Upstream], policies: Policies) -> None:
         self.name = config.name
@@ -72,6 +72,8 @@ class Route:
         self.guard = policies.guard_of(config)
         #: the policies a request on this route passes, compiled
         self.chain = policies.chain_of(config, self.guard)
+        #: its cors policy, or None: a preflight its methods leave out is still its own
+        self.cors = next((p for p in self.chain.policies if p.name == "cors"), None)
 
     def pick_upstream(self, headers: list[tuple[bytes, bytes]]) -> Upstream:
         """The upstream for a request with these headers: ``match_split``, then ``split``

@@ -933,7 +933,6 @@ def test_bad_hash_on(balance, hash_on, error):
         ("websocket", '"proxy"'),
         ("auth", '{ methods = ["key"] }'),
         ("acl", '{ allow_groups = ["admin"] }'),
-        ("cors", "{}"),
         ("aggregate", '{ mode = "sequence" }'),
     ],
 )
@@ -975,8 +974,8 @@ def test_policies_parsed():
 
 
 def test_route_plugin_table_not_supported_yet():
-    text = route(BASE + '[routes.cors]\norigins = ["https://app.example.com"]')
-    assert errors_of(text) == ['fastgw.toml: routes[0] "r": "cors" is not supported yet']
+    text = route(BASE + '[routes.acl]\nallow_groups = ["admin"]')
+    assert errors_of(text) == ['fastgw.toml: routes[0] "r": "acl" is not supported yet']
 
 
 # ---------------------------------------------------------------------------
@@ -1197,8 +1196,8 @@ def test_every_error_is_reported_at_once():
     name = "orders"
     paths = ["/orders"]
     upstream = "order"
-    [routes.cors]
-    origins = []
+    [routes.acl]
+    allow_groups = []
     """
     assert errors_of(text) == [
         'fastgw.toml: "admin" is not supported yet',
@@ -1213,7 +1212,7 @@ def test_every_error_is_reported_at_once():
         'fastgw.toml: routes[0] "users": "strip_prefix" and "rewrite" cannot be used together',
         'fastgw.toml: routes[0] "users".methods[1]: "GETT" is not an HTTP method (did you mean "GET"?)',
         'fastgw.toml: routes[1] "users": name "users" is already used by routes[0]',
-        'fastgw.toml: routes[2] "orders": "cors" is not supported yet',
+        'fastgw.toml: routes[2] "orders": "acl" is not supported yet',
         'fastgw.toml: routes[2] "orders": upstream "order" is not defined (did you mean "orders"?)',
     ]
 

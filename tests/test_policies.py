@@ -1,13 +1,15 @@
 """The policy chain and its built-in policies: the chain's order and phases (``Chain`` with
 fake policies), and end to end through a real gateway with real backends: ``ip`` (route
 and ``[global]``, deny over allow, behind trusted proxies), ``request_headers`` and
-``response_headers`` (set, add, remove, variables; every way a response head is written).
+``response_headers`` (set, add, remove, variables; every way a response head is written),
+and ``cors`` (preflights with curl, actual requests, its config errors).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import subprocess
 
 import httpx
 import pytest
@@ -176,3 +178,106 @@ def test_response_headers_on_fastgws_own_answers(backend, gateway):
         assert "content-type" not in r.headers
         assert json.loads(r.content)["status"] == r.status_code
     assert statuses == [502, 502, 502, 429]
+
+
+# -- cors ----------------------------------------------------------------------------------------
+
+
+CORS_ROUTES = """
+    [[routes]]
+    name = "api"
+    paths = ["/api/*"]
+    methods = ["GET", "POST"]
+    upstream = "app"
+    strip_prefix = "/api"
+    [routes.cors]
+    origins = ["https://app.example.com", "http://localhost:3000"]
+    methods = ["GET", "POST"]
+    headers = ["content-type", "authorization"]
+    expose_headers = ["x-request-id"]
+    max_age = "10m"
+    credentials = true
+    [routes.rate_limit]
+    rate = "1/m"
+    burst = 1
+    [[routes]]
+    name = "public"
+    paths = ["/public/*"]
+    upstream = "app"
+    strip_prefix = "/public"
+    cors = { origins = ["*"] }
+    """
+
+
+def curl(url: str, *args: str) -> tuple[int, dict[str, str]]:
+    """curl -s -i: the status and the head's fields (lower-case names; repeated ones joined)."""
+    out = subprocess.run(["curl", "-s", "-i", "--max-time", "5", *args, url], capture_output=True, text=True,
+                         timeout=10).stdout
+    head = out.replace("\r\n", "\n").split("\n\n", 1)[0].split("\n")
+    got: dict[str, str] = {}
+    for line in head[1:]:
+        name, _, value = line.partition(": ")
+        got[name.lower()] = f"{got[name.lower()]}, {value}" if name.lower() in got else value
+    return int(head[0].split()[1]), got
+
+
+def test_cors_preflight_is_answered_at_the_gateway(backend, gateway):
+    toml, port = config_for(backend, routes=CORS_ROUTES)
+    gw = gateway(toml, port)
+    preflight = ("-X", "OPTIONS", "-H", "Access-Control-Request-Method: POST")
+    for _ in range(2):  # the rate limit (burst 1) never refuses a preflight: cors runs first
+        status, got = curl(gw.url + "/api/echo", *preflight, "-H", "Origin: https://app.example.com",
+                           "-H", "Access-Control-Request-Headers: content-type")
+        assert status == 204
+        assert got["access-control-allow-origin"] == "https://app.example.com"
+        assert got["access-control-allow-methods"] == "GET, POST"
+        assert got["access-control-allow-headers"] == "content-type, authorization"
+        assert got["access-control-max-age"] == "600"
+        assert got["access-control-allow-credentials"] == "true"
+        assert got["vary"] == "Origin"
+    status, got = curl(gw.url + "/api/echo", *preflight, "-H", "Origin: https://evil.example.com")
+    assert status == 204 and not [n for n in got if n.startswith("access-control-")]
+    # "*": any origin, no Vary; the headers asked for are echoed when none are configured
+    status, got = curl(gw.url + "/public/echo", *preflight, "-H", "Origin: https://anyone.example",
+                       "-H", "Access-Control-Request-Headers: x-custom")
+    assert status == 204 and got["access-control-allow-origin"] == "*" and "vary" not in got
+    assert got["access-control-allow-headers"] == "x-custom"
+    assert backend.requests == 0  # never forwarded
+
+
+def test_cors_actual_requests(backend, gateway):
+    toml, port = config_for(backend, routes=CORS_ROUTES)
+    gw = gateway(toml, port)
+    status, got = curl(gw.url + "/api/echo", "-H", "Origin: http://localhost:3000")
+    assert status == 200
+    assert got["access-control-allow-origin"] == "http://localhost:3000"
+    assert got["access-control-allow-credentials"] == "true"
+    assert got["access-control-expose-headers"] == "x-request-id"
+    assert got["vary"] == "Origin"
+    status, got = curl(gw.url + "/api/echo", "-H", "Origin: https://evil.example.com")
+    assert status == 429 and not [n for n in got if n.startswith("access-control-")]  # burst 1, spent above
+    assert got["vary"] == "Origin"  # on fastgw's own answers too
+    status, got = curl(gw.url + "/public/echo", "-H", "Origin: https://anyone.example")
+    assert status == 200 and got["access-control-allow-origin"] == "*" and "vary" not in got
+    status, got = curl(gw.url + "/public/echo")
+    assert status == 200 and "access-control-allow-origin" not in got
+
+
+def test_cors_config_errors():
+    from fastgw.config import parse_config
+    from fastgw.errors import ConfigError
+
+    base = '[upstreams.a]\ntargets = ["127.0.0.1:1"]\n[[routes]]\nname = "r"\npaths = ["/"]\nupstream = "a"\n'
+    with pytest.raises(ConfigError) as info:
+        parse_config(base + '[routes.cors]\norigins = ["*"]\ncredentials = true\n')
+    assert info.value.errors == ['fastgw.toml: routes[0] "r".cors.credentials: cannot go with origins = ["*"]: '
+                                 'browsers refuse credentials for any origin; list the origins']
+    with pytest.raises(ConfigError) as info:
+        parse_config(base + '[routes.cors]\norigins = ["app.example.com"]\nmethod = ["GET"]\n')
+    assert info.value.errors == [
+        'fastgw.toml: routes[0] "r".cors: unknown key "method" (did you mean "methods"?)',
+        'fastgw.toml: routes[0] "r".cors.origins: "app.example.com" is not an origin (scheme://host[:port], '
+        'as "https://app.example.com", or "*")']
+    with pytest.raises(ConfigError) as info:
+        parse_config(base + '[routes.cors]\nmethods = ["GET"]\n')
+    assert info.value.errors == ['fastgw.toml: routes[0] "r".cors: missing required key "origins"']
