@@ -49,6 +49,7 @@ from typing import Any
 from fastgw._core.errors import RouteError
 from fastgw._core.router import Router, Rule
 from fastgw.errors import ConfigError
+from fastgw.plugin import load_plugins
 from fastgw.policies import BUILTIN as BUILTIN_POLICIES
 from fastgw.policy import REQUIRED
 
@@ -240,6 +241,8 @@ class Config:
     #: problems that do not stop the file, each one full line as an error is
     #: (``SOURCE: PLACE: MESSAGE``; the printers add "warning: ")
     warnings: tuple[str, ...] = ()
+    #: the plugins of ``[plugins].paths``, loaded (fastgw.policy.PolicySpec each)
+    plugins: tuple[Any, ...] = ()
 
     def upstream(self, name: str) -> UpstreamConfig:
         """The upstream called ``name``; ``KeyError`` when there is none."""
@@ -749,8 +752,9 @@ def _list(words: Iterable[str]) -> str:
 # The sections
 # ---------------------------------------------------------------------------
 
-_TOP_KEYS = ("server", "log", "upstreams", "routes", "global", "cluster")
-_TOP_LATER = ("admin", "consumers", "auth", "plugins")
+_TOP_KEYS = ("server", "log", "upstreams", "routes", "global", "cluster", "plugins")
+_TOP_LATER = ("admin", "consumers", "auth")
+_PLUGINS_KEYS = ("paths",)
 _GLOBAL_KEYS = ("rate_limit",)
 _GLOBAL_LATER = ()
 _CLUSTER_KEYS = ("redis", "timeout")
@@ -869,6 +873,9 @@ class _Builder:
         root.check_unknown(_TOP_KEYS, _TOP_LATER, _STRAY_KEY_ERRORS)
         server = self.server(root.get_table("server"))
         log = self.log(root.get_table("log"))
+        self.plugin_specs = self.plugins(root.get_table("plugins"))
+        #: every policy a route (or [global]) may name a table of
+        self.policy_specs = {**BUILTIN_POLICIES, **{spec.name: spec for spec in self.plugin_specs}}
         self.cluster_config = self.cluster(root.get_table("cluster"))
         global_policies = self.global_policies(root.get_table("global"))
         upstreams = root.get_table("upstreams")
@@ -892,6 +899,7 @@ class _Builder:
             digest=digest,
             global_policies=global_policies,
             cluster=self.cluster_config,
+            plugins=self.plugin_specs,
         )
 
     def cluster(self, place: Place | None) -> ClusterConfig | None:
@@ -907,9 +915,29 @@ class _Builder:
     def global_policies(self, place: Place | None) -> GlobalConfig:
         if place is None:
             return GlobalConfig()
-        specs = {name: spec for name, spec in BUILTIN_POLICIES.items() if spec.in_global}
+        specs = {name: spec for name, spec in self.policy_specs.items() if spec.in_global}
         place.check_unknown((*_GLOBAL_KEYS, *specs), _GLOBAL_LATER)
         return GlobalConfig(rate_limit=self.rate_limit(place), policies=self.policies(place, specs))
+
+    def plugins(self, place: Place | None) -> tuple[Any, ...]:
+        """``[plugins].paths``: every module of those folders loaded as a policy spec;
+        a module that cannot be loaded is an error at its folder's place."""
+        if place is None:
+            return ()
+        place.check_unknown(_PLUGINS_KEYS)
+        folders = []
+        for item in place.get_items("paths", nonempty="folder"):
+            folder = item.convert(_string)
+            if folder is not None:
+                folders.append((item, self._path(folder)))
+        reserved = {*BUILTIN_POLICIES, *_ROUTE_KEYS, *_ROUTE_LATER}
+        specs = []
+        for item, folder in folders:
+            found, problems = load_plugins([folder], reserved | {s.name for s in specs})
+            for path, message in problems:
+                item.error(f"{os.path.relpath(path, self.base_dir) if path != folder else folder}: {message}")
+            specs.extend(found)
+        return tuple(specs)
 
     def policies(self, place: Place, specs: dict[str, Any]) -> tuple[tuple[str, dict[str, Any]], ...]:
         """The tables of ``place`` that name a policy of ``specs``, each validated."""
@@ -1056,7 +1084,7 @@ class _Builder:
         return tuple(result)
 
     def route(self, place: Place, index: int, upstream_names: tuple[str, ...] | None) -> RouteConfig:
-        place.check_unknown((*_ROUTE_KEYS, *BUILTIN_POLICIES), _ROUTE_LATER)
+        place.check_unknown((*_ROUTE_KEYS, *self.policy_specs), _ROUTE_LATER)
         name = place.get("name", _nonempty_string)
         path_list = []
         for item in place.get_items("paths", required=True, nonempty="path"):
@@ -1090,7 +1118,7 @@ class _Builder:
             match_split=self._match_split(place, upstream_names),
             rate_limit=self.rate_limit(place),
             max_concurrent=place.get_int("max_concurrent", 0, minimum=0),
-            policies=self.policies(place, BUILTIN_POLICIES),
+            policies=self.policies(place, self.policy_specs),
         )
 
     @staticmethod
@@ -1479,8 +1507,10 @@ def _origin(value: Any) -> str:
     return text.lower()
 
 
-#: the kinds of value a policy's schema may name (fastgw.policy.PolicySpec)
+#: the kinds of value a policy's schema may name (fastgw.policy.PolicySpec, and plugins)
 SCHEMA_KINDS: dict[str, Convert] = {
+    "string": _string,
+    "table": _table,
     "bool": _boolean,
     "int": _integer(0),
     "duration": parse_duration,

@@ -3,7 +3,7 @@
 
 from fastgw.exchange cimport Exchange, ResponseEdit
 
-cdef enum:
+cpdef enum Outcome:  # (cpdef: the Python plugin adapter uses the names too)
     CONTINUE = 0    # the request goes on to the next policy
     ANSWERED = 1    # the policy answered (``Exchange.answer``): the proxy writes it
     WAIT = 2        # the policy has an async step: the proxy awaits ``wait(ex)``

@@ -146,8 +146,10 @@ class Policies:
         self.workers = config.server.workers
         limit = config.global_policies.rate_limit
         self.global_limit = self._policy("global", limit) if limit is not None else None
+        #: the specs of the policies a route may name: the built-ins and the plugins
+        self.specs = {**BUILTIN_POLICIES, **{spec.name: spec for spec in config.plugins}}
         #: [global]'s other policies, built once: every route's chain shares them
-        self.global_policies = [BUILTIN_POLICIES[name].build("global", settings)
+        self.global_policies = [self.specs[name].build("global", settings)
                                 for name, settings in config.global_policies.policies]
 
     def _policy(self, owner: str, limit: RateLimit) -> RateLimitPolicy:
@@ -162,7 +164,7 @@ class Policies:
         own = self._policy(route.name, route.rate_limit) if route.rate_limit is not None else None
         limits = tuple(p for p in (self.global_limit, own) if p is not None)
         policies = list(self.global_policies)
-        policies += [BUILTIN_POLICIES[name].build(route.name, settings) for name, settings in route.policies]
+        policies += [self.specs[name].build(route.name, settings) for name, settings in route.policies]
         if limits:
             policies.append(RateLimits(route.name, limits))
         if guard is not None:

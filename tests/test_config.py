@@ -852,7 +852,7 @@ def test_known_methods(method):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key", ["admin", "consumers", "auth", "plugins"])
+@pytest.mark.parametrize("key", ["admin", "consumers", "auth"])
 def test_top_level_not_supported_yet(key):
     assert only_error(f"[{key}]\n") == f'fastgw.toml: "{key}" is not supported yet'
 
