@@ -113,7 +113,8 @@ CONFIG_END = "# ---- the demo's config: end ----"
 def demo_config(port: int, ports: dict[str, int]) -> str:
     """``demo.toml`` with its port placeholders filled in: a config that runs as is.
 
-    ``ports`` maps ``users_a``, ``users_b``, ``echo`` and ``dead`` to the backends' ports.
+    ``ports`` maps ``users_a``, ``users_b``, ``echo`` and ``dead`` to the backends' ports;
+    ``{examples}`` is the folder of the example plugins shipped with fastgw.
     The template's own header (which explains the placeholders) is replaced by one that
     names the ports, so that the text has no placeholder left outside path patterns.
     """
@@ -122,7 +123,8 @@ def demo_config(port: int, ports: dict[str, int]) -> str:
     while lines and (lines[0].startswith("#") or not lines[0].strip()):
         lines.pop(0)  # the template's header
     text = "".join(lines)
-    for name, value in {"port": port, **ports}.items():
+    examples = os.path.join(os.path.dirname(os.path.abspath(__file__)), "examples")
+    for name, value in {"port": port, "examples": examples, **ports}.items():
         text = text.replace("{" + name + "}", str(value))
     backends = ", ".join(f"{name.replace('_', '-')} on {value}" for name, value in ports.items() if name != "dead")
     dead = f"; nothing listens on {ports['dead']}" if "dead" in ports else ""
@@ -149,6 +151,8 @@ Try, in another terminal (each response carries an X-Request-Id; the access log 
   curl -i {base}/users/2               # a {{param}} segment
   curl -i {base}/profile/3             # rewritten upstream to /users/3
   curl -i {base}/api/orders?x=1        # prefix route, /api stripped: echo shows what arrived
+  curl -i -H 'x-api-key: k-1234' {base}/tenants/hello   # a plugin put X-Tenant: acme on it
+  curl -i -X OPTIONS -H 'Origin: http://localhost:3000' -H 'Access-Control-Request-Method: GET' {base}/api/x
   curl -i --path-as-is {base}/api/../users/1   # paths are normalised before routing
   curl -i -H 'Host: admin.localhost' {base}/anything   # a host-only route
   curl -i -X DELETE {base}/users/1     # 405 with Allow

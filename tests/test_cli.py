@@ -474,7 +474,7 @@ def test_demo_serves_the_printed_curl_lines_and_stops_on_ctrl_c(tmp_path):
         assert {k: r.status_code for k, r in tried.items()} == {
             "GET /users": 200, "GET /users/2": 200, "GET /profile/3": 200, "GET /api/orders?x=1": 200,
             "GET /api/../users/1": 200, "GET /anything": 200, "DELETE /users/1": 405, "GET /nowhere": 404,
-            "GET /broken": 502, "GET /slow": 504}
+            "GET /broken": 502, "GET /slow": 504, "GET /tenants/hello": 200, "OPTIONS /api/x": 204}
         assert len(ids) == len(tried)
         assert tried["GET /users/2"].json() == {"served_by": tried["GET /users/2"].json()["served_by"],
                                                 "id": 2, "name": "Alan Turing"}
@@ -482,6 +482,9 @@ def test_demo_serves_the_printed_curl_lines_and_stops_on_ctrl_c(tmp_path):
         assert tried["GET /api/../users/1"].json()["name"] == "Ada Lovelace"  # not the api route
         echo = tried["GET /api/orders?x=1"].json()
         assert (echo["service"], echo["path"], echo["query"]) == ("echo", "/orders", "x=1")
+        assert echo["headers"]["x-gateway"] == "fastgw " + tried["GET /api/orders?x=1"].headers["x-request-id"]
+        assert tried["GET /tenants/hello"].json()["headers"]["x-tenant"] == "acme"  # the example plugin
+        assert tried["OPTIONS /api/x"].headers["access-control-allow-origin"] == "http://localhost:3000"
         assert tried["GET /anything"].json()["path"] == "/anything"  # the host-only route
         assert tried["DELETE /users/1"].headers["allow"] == "GET, HEAD, POST"  # HEAD wherever GET is
         for key, status, error in (("GET /nowhere", 404, "no route"), ("DELETE /users/1", 405, "method not allowed")):
@@ -510,14 +513,15 @@ def test_demo_serves_the_printed_curl_lines_and_stops_on_ctrl_c(tmp_path):
     assert stderr.count(": healthy (check: status 200)") == 2  # users-a and users-b, each once
 
     # The config it printed is the one it ran, ports filled in: `fastgw check` takes it
-    # as is, and no {placeholder} is left outside path patterns ("/users/{id}").
+    # as is, and none of the demo's {placeholders} is left (a path's "{id}" and a
+    # header's "{request_id}" are the config's own syntax).
     config = stderr.split(CONFIG_BEGIN + "\n", 1)[1].split(CONFIG_END, 1)[0]
     assert f'listen = ["127.0.0.1:{port}"]' in config
-    assert not re.findall(r"\{\w*\}", re.sub(r'"/[^"]*"', '""', config))
+    assert not re.findall(r"\{(port|examples|users_a|users_b|echo|dead)\}", config)
     (tmp_path / "demo.toml").write_text(config)
     result = fastgw_cmd("check", "-c", "demo.toml", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("demo.toml: ok (6 routes, 3 upstreams")
+    assert result.stdout.startswith("demo.toml: ok (7 routes, 3 upstreams")
     _wait(lambda: not any(_alive(pid) for pid in family), 5, "the demo's processes to end")
     for backend_port in backend_ports:
         with pytest.raises(ConnectionRefusedError):

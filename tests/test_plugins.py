@@ -239,3 +239,66 @@ def test_explain_shows_the_plugins_in_the_chain(tmp_path, backend):
     assert result.returncode == 0, result.stderr
     assert ("policies: ip deny 192.0.2.0/24 → tenant (plugin: request, response) → slow_check (plugin: request)"
             in result.stdout.splitlines())
+
+
+# -- the shipped examples (docs/plugins.md teaches with them) ----------------------------------
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "fastgw" / "examples"
+
+
+def test_the_docs_show_the_examples_as_they_are():
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "plugins.md").read_text()
+    for name in ("tenant_header.py", "external_check.py"):
+        assert f"```python\n{(EXAMPLES / name).read_text().rstrip()}\n```" in doc, name
+
+
+def test_the_examples_work(make_backend, gateway, tmp_path):
+    app, checker = make_backend("app"), make_backend("checker")
+    toml, port = config_for({"app": app}, log='access = "off"', routes=f"""
+        [plugins]
+        paths = ["{EXAMPLES}"]
+        [[routes]]
+        name = "tenants"
+        paths = ["/tenants/*"]
+        upstream = "app"
+        strip_prefix = "/tenants"
+        tenant_header = {{ tenants = {{ "k-1" = "acme" }} }}
+        [[routes]]
+        name = "checked"
+        paths = ["/checked/{{answer}}"]
+        upstream = "app"
+        rewrite = "/echo"
+        [routes.external_check]
+        url = "http://{checker.address}/status/204"
+        timeout = "300ms"
+        [[routes]]
+        name = "refused"
+        paths = ["/refused"]
+        upstream = "app"
+        rewrite = "/echo"
+        external_check = {{ url = "http://{checker.address}/status/401" }}
+        [[routes]]
+        name = "slow"
+        paths = ["/slow"]
+        upstream = "app"
+        rewrite = "/echo"
+        external_check = {{ url = "http://{checker.address}/hang", timeout = "200ms" }}
+        """)
+    gw = gateway(toml, port)
+    r = fresh_get(gw.url + "/tenants/echo", headers={"x-api-key": "k-1", "authorization": "Bearer t"})
+    sent = dict(r.json()["headers"])
+    assert (r.status_code, sent["x-tenant"], "x-api-key" in sent) == (200, "acme", False)
+    assert r.headers["x-served-tenant"] == "acme"
+    r = fresh_get(gw.url + "/tenants/echo", headers={"x-api-key": "k-2"})
+    assert (r.status_code, r.json()["error"], r.headers["x-served-tenant"]) == (403, "unknown API key", "-")
+
+    r = fresh_get(gw.url + "/checked/x", headers={"authorization": "Bearer t"})
+    assert r.status_code == 200
+    asked = [seen for seen in checker.seen if seen["target"].startswith("/status/204")]
+    assert asked and dict(asked[-1]["headers"])["authorization"] == "Bearer t"
+    assert dict(asked[-1]["headers"])["x-original-path"] == "/checked/x"
+    r = fresh_get(gw.url + "/refused")
+    assert (r.status_code, r.json()["error"]) == (403, "refused by the authorization service")
+    r = fresh_get(gw.url + "/slow")
+    assert (r.status_code, r.headers["retry-after"]) == (503, "1")
+    assert app.count("/echo") == 2  # the tenant's and the checked one's

@@ -22,6 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "exchange": {"_core"},
     "config": {"errors", "_core", "policy", "policies", "plugin"},
     "plugin": {"policy", "exchange", "errors"},
+    "examples": {"plugin"},
     "logs": set(),
     "upstream": {"errors", "exchange", "_core"},
     "snapshot": {"config", "errors", "upstream", "policy", "policies", "cluster", "_core"},
