@@ -149,10 +149,11 @@ http {{
 """
 
 
-def route_table(n: int) -> str:
+def route_table(n: int, target_extra: str = "") -> str:
     """``n`` routes: n - 1 fillers in four kinds taken in turn (exact; {param}; catch-all;
     host rules, exact or wildcard, some with a header condition), as in bench_router.py,
-    then the route every benchmark request takes, last in the file."""
+    then the route every benchmark request takes, last in the file (with ``target_extra``,
+    TOML of its policies)."""
     out = []
     for i in range(n - 1):
         kind = i % 4
@@ -169,11 +170,12 @@ def route_table(n: int) -> str:
             out.append(f'[[routes]]\nname = "host{i}"\nhosts = ["{host}"]\npaths = ["/svc{i}/{{tenant}}/x"]{headers}\n')
         out[-1] += 'upstream = "backend"\n'
     out.append('[[routes]]\nname = "target"\nhosts = ["*.bench.example.com"]\npaths = ["/api/{version}/*"]\n'
-               'methods = ["GET", "POST"]\nupstream = "backend"\n')
+               'methods = ["GET", "POST"]\nupstream = "backend"\n' + target_extra)
     return "\n".join(out)
 
 
-def fastgw_conf(port: int, backend: int, workers: int, routes: int, server_extra: str = "") -> str:
+def fastgw_conf(port: int, backend: int, workers: int, routes: int, server_extra: str = "",
+                target_extra: str = "") -> str:
     return f"""
 [server]
 listen = ["127.0.0.1:{port}"]
@@ -185,10 +187,18 @@ access = "off"
 targets = ["127.0.0.1:{backend}"]
 keepalive = {UPSTREAM_KEEPALIVE}
 
-""" + route_table(routes)
+""" + route_table(routes, target_extra)
 
 
 # -- scenarios ----------------------------------------------------------------------------------
+
+
+# The policies scenario's chain: every built-in kind of work, none refusing.
+POLICIES = """ip = { allow = ["127.0.0.0/8"] }
+request_headers = { set = { "x-gateway" = "fastgw" } }
+response_headers = { set = { "x-frame-options" = "DENY" }, remove = ["server"] }
+rate_limit = { rate = "100000000/s", burst = 100000000 }
+"""
 
 
 @dataclass(frozen=True)
@@ -201,6 +211,8 @@ class Scenario:
     workers: int = 1
     routes: int = 10
     compare_routes: int | None = None  # a second fastgw with this many routes, interleaved too
+    target_extra: str = ""          # policies of the route the requests take (TOML)
+    compare_plain: bool = False     # a second fastgw without them, interleaved too
     note: str = ""
 
 
@@ -213,6 +225,9 @@ SCENARIOS = {s.name: s for s in (
              compare_routes=10,
              note="nginx has one location: its config has no equivalent of the 10,000 routes"),
     Scenario("workers_2", "GET, small response, 2 workers on each proxy (and the backend)", workers=2),
+    Scenario("policies", "GET, small response, through ip allow, request_headers set, response_headers set and "
+             "remove, and a local rate limit that never refuses", target_extra=POLICIES, compare_plain=True,
+             note="nginx has none of these policies"),
 )}
 
 
@@ -301,7 +316,8 @@ def start_scenario(stack: Stack, sc: Scenario) -> dict[str, Proc]:
     backend, nginx_port, fastgw_port = free_port(), free_port(), free_port()
     (folder / "backend.conf").write_text(nginx_backend_conf(folder, backend, sc.workers))
     (folder / "proxy.conf").write_text(nginx_proxy_conf(folder, nginx_port, backend, sc.workers))
-    (folder / "fastgw.toml").write_text(fastgw_conf(fastgw_port, backend, sc.workers, sc.routes))
+    (folder / "fastgw.toml").write_text(fastgw_conf(fastgw_port, backend, sc.workers, sc.routes,
+                                                    target_extra=sc.target_extra))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     sides = {
         "backend": stack.start("backend", ["nginx", "-c", str(folder / "backend.conf"), "-p", str(folder)],
@@ -317,6 +333,11 @@ def start_scenario(stack: Stack, sc: Scenario) -> dict[str, Proc]:
         (folder / f"{name}.toml").write_text(fastgw_conf(port, backend, sc.workers, sc.compare_routes))
         sides[name] = stack.start(name, [sys.executable, "-m", "fastgw", "run", "-c", str(folder / f"{name}.toml")],
                                   port, env=env)
+    if sc.compare_plain:
+        port = free_port()
+        (folder / "fastgw_plain.toml").write_text(fastgw_conf(port, backend, sc.workers, sc.routes))
+        sides["fastgw_plain"] = stack.start("fastgw_plain", [sys.executable, "-m", "fastgw", "run", "-c",
+                                                             str(folder / "fastgw_plain.toml")], port, env=env)
     stack.wait_ready(timeout=60 if sc.routes > 1000 else 15)
     return sides
 
@@ -432,6 +453,14 @@ def measure(sides: dict[str, Proc], stack: Stack, sc: Scenario, connections: int
             "cost_pct": 100.0 * (1.0 - medians["fastgw"]["rps"] / other["rps"]),
             "target_pct": 5.0,
         }
+    if sc.compare_plain:
+        plain = medians["fastgw_plain"]
+        entry["policies_cost"] = {
+            "rps": medians["fastgw"]["rps"], "baseline_rps": plain["rps"],
+            "ratio": medians["fastgw"]["rps"] / plain["rps"],
+            "cost_pct": 100.0 * (1.0 - medians["fastgw"]["rps"] / plain["rps"]),
+            "target_pct": 15.0,
+        }
     return entry
 
 
@@ -493,6 +522,10 @@ def table(entries: list[dict], args) -> str:
             notes.append(f"fastgw with {c['baseline_routes']} routes (interleaved): {c['baseline_rps']:,.0f} req/s; "
                          f"with {c['routes']:,}: {c['ratio']:.2f}× that, a cost of **{c['cost_pct']:.1f}%** "
                          f"(target ≤ 5%)")
+        if "policies_cost" in e:
+            c = e["policies_cost"]
+            notes.append(f"fastgw without the policies (interleaved): {c['baseline_rps']:,.0f} req/s; with them: "
+                         f"{c['ratio']:.2f}× that, a cost of **{c['cost_pct']:.1f}%** (target ≤ 15%)")
         if e["note"]:
             notes.append(e["note"])
         lines.append(
