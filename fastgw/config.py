@@ -36,7 +36,6 @@ import difflib
 import hashlib
 import ipaddress
 import json
-import math
 import os
 import re
 import stat
@@ -60,7 +59,6 @@ __all__ = [
     "GlobalConfig",
     "HealthCheck",
     "LogConfig",
-    "RateLimit",
     "RouteConfig",
     "ServerConfig",
     "Target",
@@ -169,20 +167,6 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class RateLimit:
-    """A ``rate_limit`` table: ``rate`` a second, ``burst`` at once, per ``key``."""
-
-    rate: float
-    burst: int
-    #: "ip", "route" or "header:<lower-case name>"
-    key: str = "ip"
-    #: "local" (exact across the workers of one machine) or "cluster" (via [cluster].redis)
-    scope: str = "local"
-    #: the size of the machine's table of buckets (16 bytes a key)
-    max_keys: int = 16384
-
-
-@dataclass(frozen=True, slots=True)
 class ClusterConfig:
     """``[cluster]``: state shared by several gateway machines."""
 
@@ -195,8 +179,7 @@ class ClusterConfig:
 class GlobalConfig:
     """``[global]``: policies applied to every route, before the route's own."""
 
-    rate_limit: RateLimit | None = None
-    #: (policy key, validated settings) of the chain's policies declared by a spec
+    #: (policy key, validated settings) of the chain's policies, each declared by a spec
     policies: tuple[tuple[str, dict[str, Any]], ...] = ()
 
 
@@ -219,10 +202,9 @@ class RouteConfig:
     split: tuple[tuple[str, int], ...] = ()
     #: (lower-case header, value, upstream): a request whose header equals value goes there
     match_split: tuple[tuple[str, str, str], ...] = ()
-    rate_limit: RateLimit | None = None
     #: requests in flight on this route, machine-wide (0: unlimited)
     max_concurrent: int = 0
-    #: (policy key, validated settings) of the chain's policies declared by a spec
+    #: (policy key, validated settings) of the chain's policies, each declared by a spec
     policies: tuple[tuple[str, dict[str, Any]], ...] = ()
 
 
@@ -755,12 +737,9 @@ def _list(words: Iterable[str]) -> str:
 _TOP_KEYS = ("server", "log", "upstreams", "routes", "global", "cluster", "plugins")
 _TOP_LATER = ("admin", "consumers", "auth")
 _PLUGINS_KEYS = ("paths",)
-_GLOBAL_KEYS = ("rate_limit",)
+_GLOBAL_KEYS: tuple[str, ...] = ()  # (its policies: those of BUILTIN_POLICIES in_global)
 _GLOBAL_LATER = ()
 _CLUSTER_KEYS = ("redis", "timeout")
-_RATE_LIMIT_KEYS = ("rate", "burst", "key", "scope", "max_keys")
-#: buckets a rate limit's table may hold (16 bytes each: 256 MiB at most)
-_MAX_KEYS_LIMIT = 1 << 24
 _SERVER_KEYS = (
     "listen",
     "workers",
@@ -815,7 +794,6 @@ _ROUTE_KEYS = (
     "timeout",
     "split",
     "match_split",
-    "rate_limit",
     "max_concurrent",
 )
 _ROUTE_LATER = (
@@ -830,8 +808,10 @@ def _stray_key_errors() -> dict[str, str]:
     """The error for each key of a section written at the top level (above the section's
     header, or with the header forgotten), which says where it goes."""
     homes: dict[str, list[str]] = {}
+    in_global = tuple(name for name, spec in BUILTIN_POLICIES.items() if spec.in_global)
     for table, keys in (("[server]", _SERVER_KEYS), ("[log]", _LOG_KEYS), ("[cluster]", _CLUSTER_KEYS),
-                        ("[global]", _GLOBAL_KEYS), ("[upstreams.NAME]", _UPSTREAM_KEYS), ("[[routes]]", _ROUTE_KEYS)):
+                        ("[global]", _GLOBAL_KEYS + in_global), ("[upstreams.NAME]", _UPSTREAM_KEYS),
+                        ("[[routes]]", _ROUTE_KEYS + tuple(BUILTIN_POLICIES))):
         for key in keys:
             homes.setdefault(key, []).append(table)
     errors = {}
@@ -917,7 +897,7 @@ class _Builder:
             return GlobalConfig()
         specs = {name: spec for name, spec in self.policy_specs.items() if spec.in_global}
         place.check_unknown((*_GLOBAL_KEYS, *specs), _GLOBAL_LATER)
-        return GlobalConfig(rate_limit=self.rate_limit(place), policies=self.policies(place, specs))
+        return GlobalConfig(policies=self.policies(place, specs))
 
     def plugins(self, place: Place | None) -> tuple[Any, ...]:
         """``[plugins].paths``: every module of those folders loaded as a policy spec;
@@ -946,36 +926,16 @@ class _Builder:
             table = place.get_table(name)
             if table is not None:
                 settings = policy_settings(table, spec)
+                if settings is not None and settings.get("scope") == "cluster" and not self._has_cluster():
+                    table.key("scope").error('"cluster" needs [cluster] redis = "redis://host:port"')
+                    settings = None
                 if settings is not None:
                     found.append((name, settings))
         return tuple(found)
 
-    def rate_limit(self, place: Place) -> RateLimit | None:
-        """``rate_limit`` of a route or of ``[global]``."""
-        table = place.get_table("rate_limit")
-        if table is None:
-            return None
-        table.check_unknown(_RATE_LIMIT_KEYS)
-        rate = table.get("rate", parse_rate)
-        # The default burst: one second's worth of the rate (at least 1).
-        burst = table.get_int("burst", max(1, math.ceil(rate)) if rate else 1, minimum=1)
-        key = table.get("key", _rate_limit_key, "ip")
-        scope = table.get_choice("scope", "local", ("local", "cluster"))
-        if scope == "cluster" and self.cluster_config is None and "cluster" not in self.root.value:
-            table.key("scope").error('"cluster" needs [cluster] redis = "redis://host:port"')
-        if rate is not None and rate > 1e9:
-            table.key("rate").error(f"at most 1000000000/s (one request a nanosecond), got {_q(table.value['rate'])}")
-            rate = None
-        elif rate is not None and burst is not None and burst / rate > 1e9:
-            # (the limiter keeps burst × 1/rate in 64-bit nanoseconds)
-            table.key("burst").error(f"takes {burst / rate:.3g} s to fill at this rate; at most 1e9 s")
-            burst = None
-        max_keys = table.get_int("max_keys", 16384, minimum=1)
-        if max_keys is not None and max_keys > _MAX_KEYS_LIMIT:
-            table.key("max_keys").error(f"must be at most {_MAX_KEYS_LIMIT}, got {max_keys}")
-        if None in (rate, burst, key, max_keys):
-            return None
-        return RateLimit(rate, burst, key, scope, max_keys)
+    def _has_cluster(self) -> bool:
+        # ([cluster] written but broken counts: its own error says what is wrong)
+        return self.cluster_config is not None or "cluster" in self.root.value
 
     def server(self, place: Place | None) -> ServerConfig:
         d = ServerConfig()
@@ -1116,9 +1076,8 @@ class _Builder:
             timeout=place.get_duration("timeout", None),
             split=self._split(place, upstream_names),
             match_split=self._match_split(place, upstream_names),
-            rate_limit=self.rate_limit(place),
-            max_concurrent=place.get_int("max_concurrent", 0, minimum=0),
             policies=self.policies(place, self.policy_specs),
+            max_concurrent=place.get_int("max_concurrent", 0, minimum=0),
         )
 
     @staticmethod
@@ -1387,7 +1346,7 @@ def policy_settings(place: Place, spec: Any) -> dict[str, Any] | None:
     errors are recorded, each at its place)."""
     errors_before = len(place._errors)
     place.check_unknown(spec.schema)
-    settings = {key: place.get(key, SCHEMA_KINDS[kind], _REQUIRED if default is REQUIRED else default)
+    settings = {key: place.get(key, schema_kind(kind), _REQUIRED if default is REQUIRED else default)
                 for key, (kind, default) in spec.schema.items()}
     if len(place._errors) > errors_before:
         return None
@@ -1395,6 +1354,8 @@ def policy_settings(place: Place, spec: Any) -> dict[str, Any] | None:
 
 
 def _checked(place: Place, spec: Any, settings: dict[str, Any]) -> dict[str, Any] | None:
+    if spec.complete is not None:  # defaults that depend on other keys
+        settings = spec.complete(settings)
     problems = spec.check(settings) if spec.check is not None else []
     for key, message in problems:
         (place if key is None else place.key(key)).error(message)
@@ -1507,8 +1468,36 @@ def _origin(value: Any) -> str:
     return text.lower()
 
 
+def schema_kind(kind: str | tuple[Any, ...]) -> Convert:
+    """A schema's kind as a converter: a name of ``SCHEMA_KINDS``, or a tuple naming a
+    kind with arguments: ``("int", minimum, maximum)``, ``("choice", word, ...)``."""
+    if isinstance(kind, tuple):
+        name, *args = kind
+        return SCHEMA_KIND_FACTORIES[name](*args)
+    return SCHEMA_KINDS[kind]
+
+
+def _int_between(minimum: int | None = None, maximum: int | None = None) -> Convert:
+    convert = _integer(minimum)
+
+    def checked(value: Any) -> int:
+        result = convert(value)
+        if maximum is not None and result > maximum:
+            raise ValueError(f"must be at most {maximum}, got {result}")
+        return result
+
+    return checked
+
+
+SCHEMA_KIND_FACTORIES: dict[str, Callable[..., Convert]] = {
+    "int": _int_between,
+    "choice": lambda *words: _choice(words),
+}
+
 #: the kinds of value a policy's schema may name (fastgw.policy.PolicySpec, and plugins)
 SCHEMA_KINDS: dict[str, Convert] = {
+    "rate": parse_rate,
+    "rate_limit_key": _rate_limit_key,
     "string": _string,
     "table": _table,
     "bool": _boolean,

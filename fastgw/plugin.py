@@ -308,7 +308,7 @@ def _spec_of(module: Any, path: str) -> PolicySpec:
     if inspect.iscoroutinefunction(getattr(module, "response", None)):
         raise _Refused("response() cannot be async: the head is on its way")
     check = getattr(module, "check", None)
-    return PolicySpec(name, priority, schema, lambda owner, settings: PluginPolicy(owner, settings, module),
+    return PolicySpec(name, priority, schema, lambda owner, settings, context: PluginPolicy(owner, settings, module),
                       check=check, in_global=True)
 
 

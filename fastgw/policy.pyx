@@ -89,16 +89,20 @@ class PolicySpec:
     (fields a policy may write), "header_names_any", "header_fields", "methods",
     "origins", "strings"), validated through the config's
     error machinery: every error at once, at its place, with the near miss. ``check(settings)``
-    returns ``[(key or None, message)]`` for what no single key can say. ``build(owner,
-    settings)`` makes the ``Policy``."""
+    returns ``[(key or None, message)]`` for what no single key can say; ``complete``
+    fills in defaults that depend on other keys, before it. ``build(owner, settings,
+    context)`` makes the ``Policy``; ``context`` is what the snapshot shares between
+    policies (``arena``: the shared memory of the limits; ``cluster``: the Redis
+    connection, or None; ``workers``)."""
 
-    def __init__(self, name, priority, schema, build, check=None, in_global=False):
+    def __init__(self, name, priority, schema, build, check=None, in_global=False, complete=None):
         self.name = name
         self.priority = priority
         self.schema = dict(schema)
         self.build = build
         self.check = check
         self.in_global = in_global
+        self.complete = complete
 
     def __repr__(self):
         return f"PolicySpec({self.name!r})"

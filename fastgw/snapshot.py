@@ -34,7 +34,7 @@ from fastgw.policy import Chain
 from fastgw.upstream import Pool, Upstream
 
 if TYPE_CHECKING:
-    from fastgw.config import Config, RateLimit, RouteConfig, UpstreamConfig
+    from fastgw.config import Config, RouteConfig, UpstreamConfig
     from fastgw.exchange import Exchange
 
 log = logging.getLogger("fastgw")
@@ -138,33 +138,27 @@ def _split_template(template: str) -> list[str]:
 class Policies:
     """What the routes' policies are built from: the shared arena (``_core.limiter``), the
     cluster connection, the worker count (a concurrency guard keeps a share per worker),
-    and ``[global]``'s rate limit, built once and shared by every route."""
+    and ``[global]``'s policies, built once and shared by every route. It is the
+    ``context`` a ``PolicySpec``'s ``build`` gets."""
 
     def __init__(self, config: Config, cluster: Any) -> None:
         self.arena = shared_arena()
         self.cluster = cluster
         self.workers = config.server.workers
-        limit = config.global_policies.rate_limit
-        self.global_limit = self._policy("global", limit) if limit is not None else None
         #: the specs of the policies a route may name: the built-ins and the plugins
         self.specs = {**BUILTIN_POLICIES, **{spec.name: spec for spec in config.plugins}}
-        #: [global]'s other policies, built once: every route's chain shares them
-        self.global_policies = [self.specs[name].build("global", settings)
+        #: [global]'s policies, built once: every route's chain shares them
+        self.global_policies = [self.specs[name].build("global", settings, self)
                                 for name, settings in config.global_policies.policies]
 
-    def _policy(self, owner: str, limit: RateLimit) -> RateLimitPolicy:
-        policy = RateLimitPolicy(owner, limit, self.arena, self.cluster)
-        if not policy.local.shared:
-            log.warning("rate limit of %s: the shared arena is full, so this worker counts on its own "
-                        "(a restart reclaims the arena)", owner)
-        return policy
-
     def chain_of(self, route: RouteConfig, guard: ConcurrencyGuard | None) -> Chain:
-        """The route's chain: [global]'s policies and its own."""
-        own = self._policy(route.name, route.rate_limit) if route.rate_limit is not None else None
-        limits = tuple(p for p in (self.global_limit, own) if p is not None)
-        policies = list(self.global_policies)
-        policies += [self.specs[name].build(route.name, settings) for name, settings in route.policies]
+        """The route's chain: [global]'s policies and its own. Its rate limits, [global]'s
+        first, become one policy (a request spends a token of each, and its response
+        carries the tightest one's fields)."""
+        built = self.global_policies + [self.specs[name].build(route.name, settings, self)
+                                        for name, settings in route.policies]
+        limits = tuple(p for p in built if isinstance(p, RateLimitPolicy))
+        policies = [p for p in built if not isinstance(p, RateLimitPolicy)]
         if limits:
             policies.append(RateLimits(route.name, limits))
         if guard is not None:

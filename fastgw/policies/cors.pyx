@@ -136,5 +136,5 @@ SPECS = (
         "expose_headers": ("header_names_any", ()),
         "max_age": ("duration", None),
         "credentials": ("bool", False),
-    }, Cors, check=_check),
+    }, lambda owner, settings, context: Cors(owner, settings), check=_check),
 )

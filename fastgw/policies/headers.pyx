@@ -143,6 +143,8 @@ def _check(settings):
 _SCHEMA = {"set": ("header_fields", ()), "add": ("header_fields", ()), "remove": ("header_names", ())}
 
 SPECS = (
-    PolicySpec("request_headers", REQUEST_HEADERS_PRIORITY, _SCHEMA, RequestHeaders, check=_check),
-    PolicySpec("response_headers", RESPONSE_HEADERS_PRIORITY, _SCHEMA, ResponseHeaders, check=_check),
+    PolicySpec("request_headers", REQUEST_HEADERS_PRIORITY, _SCHEMA,
+               lambda owner, settings, context: RequestHeaders(owner, settings), check=_check),
+    PolicySpec("response_headers", RESPONSE_HEADERS_PRIORITY, _SCHEMA,
+               lambda owner, settings, context: ResponseHeaders(owner, settings), check=_check),
 )

@@ -82,6 +82,6 @@ def _check(settings):
 
 SPECS = (
     PolicySpec("ip", PRIORITY, {"allow": ("cidrs", ()), "deny": ("cidrs", ())},
-               lambda owner, settings: IpFilter(owner, settings["allow"], settings["deny"]),
+               lambda owner, settings, context: IpFilter(owner, settings["allow"], settings["deny"]),
                check=_check, in_global=True),
 )

@@ -9,7 +9,7 @@ from fastgw.policy cimport Policy
 
 cdef class RateLimitPolicy:
     cdef readonly str owner             # "global" or the route's name
-    cdef readonly object config         # the RateLimit it was built from
+    cdef readonly dict config           # its settings (rate, burst, key, scope, max_keys)
     cdef readonly Limiter local         # the machine's buckets (and cluster scope's fallback)
     cdef readonly object cluster        # fastgw.cluster.ClusterLimits for scope "cluster"
     cdef readonly bytes cluster_name    # the policy's name in Redis, the same on every machine

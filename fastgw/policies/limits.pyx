@@ -30,12 +30,22 @@ fastgw.cluster's ``ClusterLimits`` comes in built.
 from libc.stdint cimport int64_t
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
+import logging
+import math
+
 from fastgw._core.limiter cimport Arena, ConcurrencyGuard, Limiter
 from fastgw.exchange cimport Exchange
 from fastgw.policy cimport ANSWERED, CONTINUE, WAIT, Policy, answer
+from fastgw.policy import REQUIRED, PolicySpec
+
+log = logging.getLogger("fastgw")
 
 RATE_LIMIT_PRIORITY = 1000
 MAX_CONCURRENT_PRIORITY = 900
+#: buckets a rate limit's table may hold by default (16 bytes each: 256 KiB, nginx's 1m
+#: zone), and at most (256 MiB)
+DEFAULT_MAX_KEYS = 16384
+MAX_KEYS_LIMIT = 1 << 24
 
 cdef enum:
     KEY_IP = 0
@@ -46,16 +56,16 @@ cdef enum:
 cdef class RateLimitPolicy:
     """One ``rate_limit`` table of ``owner`` (a route's name, or "global")."""
 
-    def __init__(self, str owner, config, Arena arena, cluster=None):
+    def __init__(self, str owner, dict config, Arena arena, cluster=None):
         self.owner = owner
         self.config = config
-        settings = f"{owner}\0{config.rate!r}\0{config.burst}\0{config.key}"
-        self.local = Limiter(config.rate, config.burst, config.max_keys, arena,
-                             f"ratelimit\0{settings}\0{config.max_keys}".encode())
-        self.cluster = cluster if config.scope == "cluster" else None
+        rate, burst, key, max_keys = config["rate"], config["burst"], config["key"], config["max_keys"]
+        settings = f"{owner}\0{rate!r}\0{burst}\0{key}"
+        self.local = Limiter(rate, burst, max_keys, arena, f"ratelimit\0{settings}\0{max_keys}".encode())
+        self.cluster = cluster if config["scope"] == "cluster" else None
         self.cluster_name = settings.replace("\0", ":").encode()
-        self.limit_pair = (b"ratelimit-limit", b"%d" % config.burst)
-        kind, _, name = config.key.partition(":")
+        self.limit_pair = (b"ratelimit-limit", b"%d" % burst)
+        kind, _, name = key.partition(":")
         self.kind = KEY_IP if kind == "ip" else KEY_ROUTE if kind == "route" else KEY_HEADER
         self.header = name.encode("latin-1")
 
@@ -91,9 +101,8 @@ cdef class RateLimitPolicy:
     def describe(self):
         c = self.config
         owner = "[global] " if self.owner == "global" else ""
-        default = type(c).__dataclass_fields__["max_keys"].default
-        keys = f", max_keys {c.max_keys}" if c.max_keys != default else ""
-        return f"rate_limit {owner}{c.rate:g}/s burst {c.burst} per {c.key} ({c.scope}{keys})"
+        keys = f", max_keys {c['max_keys']}" if c["max_keys"] != DEFAULT_MAX_KEYS else ""
+        return f"rate_limit {owner}{c['rate']:g}/s burst {c['burst']} per {c['key']} ({c['scope']}{keys})"
 
 
 
@@ -183,6 +192,43 @@ cdef class MaxConcurrent(Policy):
 
     def describe(self):
         return f"max_concurrent {self.guard.maximum}"
+
+
+def _build_rate_limit(str owner, dict settings, context):
+    """A ``RateLimitPolicy`` (the snapshot puts a route's and [global]'s together into the
+    route's one ``RateLimits``)."""
+    policy = RateLimitPolicy(owner, settings, context.arena, context.cluster)
+    if not policy.local.shared:
+        log.warning("rate limit of %s: the shared arena is full, so this worker counts on its own "
+                    "(a restart reclaims the arena)", owner)
+    return policy
+
+
+def _complete_rate_limit(settings):
+    # The default burst: one second's worth of the rate (at least 1).
+    if settings["burst"] is None:
+        return {**settings, "burst": max(1, math.ceil(settings["rate"]))}
+    return settings
+
+
+def _check_rate_limit(settings):
+    rate, burst = settings["rate"], settings["burst"]
+    if rate > 1e9:
+        return [("rate", f"at most 1000000000/s (one request a nanosecond), got {rate:.0f}/s")]
+    if burst / rate > 1e9:  # the limiter keeps burst × 1/rate in 64-bit nanoseconds
+        return [("burst", f"takes {burst / rate:.3g} s to fill at this rate; at most 1e9 s")]
+    return []
+
+
+SPECS = (
+    PolicySpec("rate_limit", RATE_LIMIT_PRIORITY, {
+        "rate": ("rate", REQUIRED),
+        "burst": (("int", 1), None),
+        "key": ("rate_limit_key", "ip"),
+        "scope": (("choice", "local", "cluster"), "local"),
+        "max_keys": (("int", 1, MAX_KEYS_LIMIT), DEFAULT_MAX_KEYS),
+    }, _build_rate_limit, check=_check_rate_limit, complete=_complete_rate_limit, in_global=True),
+)
 
 
 cdef inline int64_t _now_ns() noexcept:
