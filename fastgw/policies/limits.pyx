@@ -27,6 +27,7 @@ May import: the standard library, fastgw._core, fastgw.exchange, fastgw.policy;
 fastgw.cluster's ``ClusterLimits`` comes in built.
 """
 
+cimport cython
 from libc.stdint cimport int64_t
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
@@ -115,30 +116,29 @@ cdef class RateLimits(Policy):
         self.clustered = any((<RateLimitPolicy>p).cluster is not None for p in limits)
 
     cpdef int request(self, Exchange ex) except -1:
-        cdef RateLimitPolicy policy, tightest = None
-        cdef int64_t now = _now_ns(), left, least = -1
+        cdef RateLimitPolicy policy
+        cdef int64_t now = _now_ns(), left
         if self.clustered:
             for policy in self.limits:
                 if policy.cluster is not None and policy.cluster.up:
                     return WAIT  # Redis answers asynchronously
+        cdef _Tally tally = _Tally()
         for policy in self.limits:
             key = policy.key_of(ex)
             if policy.cluster is None:
                 left = policy.local.acquire(key, now)
             else:  # Redis is down: the machine's buckets answer, counted as a fallback
                 left = policy.cluster.acquire_here(key, policy.local, now)
-            if left < 0:
+            if not tally.count(policy, left):
                 return _refuse(ex, policy, -left)
-            if tightest is None or left < least:
-                tightest, least = policy, left
-        _allowed(ex, tightest, least)
-        return CONTINUE
+        return tally.allow(ex)
 
     async def wait(self, Exchange ex):
         """``request`` for a route with a cluster-scope limit: each such limit asks Redis
         (one script call, or the machine's buckets at once when Redis is away)."""
-        cdef RateLimitPolicy policy, tightest = None
-        cdef int64_t left, least = -1
+        cdef RateLimitPolicy policy
+        cdef int64_t left
+        cdef _Tally tally = _Tally()
         for policy in self.limits:
             key = policy.key_of(ex)
             if policy.cluster is None:
@@ -146,12 +146,9 @@ cdef class RateLimits(Policy):
             else:
                 left = await policy.cluster.acquire(policy.cluster_name, key, policy.local.interval_ns,
                                                     policy.local.burst, policy.local, _now_ns())
-            if left < 0:
+            if not tally.count(policy, left):
                 return _refuse(ex, policy, -left)
-            if tightest is None or left < least:
-                tightest, least = policy, left
-        _allowed(ex, tightest, least)
-        return CONTINUE
+        return tally.allow(ex)
 
     def describe(self):
         return " → ".join(p.describe() for p in self.limits)
@@ -161,13 +158,28 @@ cdef int _refuse(Exchange ex, RateLimitPolicy policy, int64_t wait_ns) except -1
     return answer(ex, 429, f"rate limit of {policy.owner!r} exceeded", policy.refusal_fields(wait_ns))
 
 
-cdef _allowed(Exchange ex, RateLimitPolicy tightest, int64_t least):
-    """An allowed request's response carries the tightest limit's RateLimit fields."""
-    fields = tightest.allowed_fields(least)
-    if ex.response_fields is None:
-        ex.response_fields = fields
-    else:
-        ex.response_fields.extend(fields)
+@cython.final
+cdef class _Tally:
+    """The answers of a route's limits so far: the tightest (fewest tokens left)."""
+    cdef RateLimitPolicy tightest
+    cdef int64_t least
+
+    cdef bint count(self, RateLimitPolicy policy, int64_t left):
+        """False when ``policy`` refused (``left`` < 0)."""
+        if left < 0:
+            return False
+        if self.tightest is None or left < self.least:
+            self.tightest, self.least = policy, left
+        return True
+
+    cdef int allow(self, Exchange ex) except -1:
+        """Every limit allowed: the response carries the tightest one's RateLimit fields."""
+        fields = self.tightest.allowed_fields(self.least)
+        if ex.response_fields is None:
+            ex.response_fields = fields
+        else:
+            ex.response_fields.extend(fields)
+        return CONTINUE
 
 
 cdef class MaxConcurrent(Policy):
