@@ -36,6 +36,7 @@ COMPILED_MODULES = [
     "fastgw.policies.ip",
     "fastgw.policies.headers",
     "fastgw.policies.cors",
+    "fastgw.policies.auth",
     "fastgw.proxy",
     "fastgw.protocols.http1",
 ]

@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     explain.add_argument("url", help="a path (/users/1) or a URL (http://api.example.com/users/1)")
     explain.add_argument("-H", "--header", action="append", default=[], metavar='"NAME: VALUE"')
 
+    commands.add_parser("hash-password", help="read a password (no echo on a terminal) and print its hash, "
+                                              "for [consumers.NAME].basic_password")
+
     for command, does in (("reload", "reload the running gateway's config (SIGHUP), once it checks out"),
                           ("stop", "drain and stop the running gateway (SIGTERM)"),
                           ("reopen", "reopen the running gateway's log files (SIGUSR1), after logrotate")):
@@ -59,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         from fastgw.server import run as run_server
         return run_server(args.config)
+    if args.command == "hash-password":
+        return cmd_hash_password()
     if args.command in ("reload", "stop", "reopen"):
         from fastgw.server import signal_running
         return signal_running(args.config, args.command)
@@ -84,6 +89,26 @@ def _load(path: str) -> Snapshot | None:
     except OSError as exc:
         print(f"fastgw: cannot read {path}: {exc.strerror}", file=sys.stderr)
     return None
+
+
+def cmd_hash_password() -> int:
+    """Read a password, from the terminal without echo (asked twice) or from stdin's
+    first line, and print its scrypt hash."""
+    import getpass
+
+    from fastgw.policies.auth import hash_password
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("fastgw: the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("fastgw: an empty password", file=sys.stderr)
+        return 1
+    print(hash_password(password))
+    return 0
 
 
 def cmd_check(snapshot: Snapshot) -> int:

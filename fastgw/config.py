@@ -42,7 +42,7 @@ import stat
 import tomllib
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fastgw._core.errors import RouteError
@@ -55,6 +55,7 @@ from fastgw.policy import REQUIRED
 __all__ = [
     "Address",
     "ClusterConfig",
+    "ConsumerConfig",
     "Config",
     "GlobalConfig",
     "HealthCheck",
@@ -167,6 +168,18 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsumerConfig:
+    """``[consumers.NAME]``: who may call, and how it proves it. ``api_keys`` and
+    ``basic_password`` are secrets (``env:`` resolved): never printed, logged or shown."""
+
+    name: str
+    groups: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    jwt_subject: str | None = None
+    basic_password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterConfig:
     """``[cluster]``: state shared by several gateway machines."""
 
@@ -225,6 +238,7 @@ class Config:
     warnings: tuple[str, ...] = ()
     #: the plugins of ``[plugins].paths``, loaded (fastgw.policy.PolicySpec each)
     plugins: tuple[Any, ...] = ()
+    consumers: tuple[ConsumerConfig, ...] = ()
 
     def upstream(self, name: str) -> UpstreamConfig:
         """The upstream called ``name``; ``KeyError`` when there is none."""
@@ -734,8 +748,9 @@ def _list(words: Iterable[str]) -> str:
 # The sections
 # ---------------------------------------------------------------------------
 
-_TOP_KEYS = ("server", "log", "upstreams", "routes", "global", "cluster", "plugins")
-_TOP_LATER = ("admin", "consumers", "auth")
+_TOP_KEYS = ("server", "log", "upstreams", "routes", "global", "cluster", "plugins", "consumers")
+_TOP_LATER = ("admin", "auth")
+_CONSUMER_KEYS = ("groups", "api_keys", "jwt_subject", "basic_password")
 _PLUGINS_KEYS = ("paths",)
 _GLOBAL_KEYS: tuple[str, ...] = ()  # (its policies: those of BUILTIN_POLICIES in_global)
 _GLOBAL_LATER = ()
@@ -798,8 +813,6 @@ _ROUTE_KEYS = (
 )
 _ROUTE_LATER = (
     "websocket",
-    "auth",
-    "acl",
     "aggregate",
 )
 
@@ -858,6 +871,7 @@ class _Builder:
         self.policy_specs = {**BUILTIN_POLICIES, **{spec.name: spec for spec in self.plugin_specs}}
         self.cluster_config = self.cluster(root.get_table("cluster"))
         global_policies = self.global_policies(root.get_table("global"))
+        consumers = self.consumer_configs = self.consumers(root.get_table("consumers"))
         upstreams = root.get_table("upstreams")
         # Routes are checked against every upstream *name*, valid upstream or not;
         # when [upstreams] itself is broken (reported already), not at all.
@@ -880,6 +894,7 @@ class _Builder:
             global_policies=global_policies,
             cluster=self.cluster_config,
             plugins=self.plugin_specs,
+            consumers=consumers,
         )
 
     def cluster(self, place: Place | None) -> ClusterConfig | None:
@@ -932,6 +947,21 @@ class _Builder:
                 if settings is not None:
                     found.append((name, settings))
         return tuple(found)
+
+    def _check_auth(self, place: Place, policies: dict[str, dict[str, Any]]) -> None:
+        """What a route's policies say of each other and of the file: ``acl`` and a
+        ``rate_limit`` keyed by consumer need the route's ``auth``; ``jwt`` waits for
+        ``[auth.jwt]``; ``auth`` with no consumer lets nobody in."""
+        auth = policies.get("auth")
+        if "acl" in policies and auth is None:
+            place.key("acl").error("needs [routes.auth] on the route: groups belong to a proven consumer")
+        limit = policies.get("rate_limit")
+        if limit is not None and limit["key"] == "consumer" and auth is None:
+            place.key("rate_limit").key("key").error('"consumer" needs [routes.auth] on the route')
+        if auth is not None and "jwt" in auth["methods"]:
+            place.key("auth").key("methods").error('"jwt" needs [auth.jwt], which is not supported yet')
+        if auth is not None and not self.consumer_configs:
+            place.key("auth").warn("no [consumers.NAME] is defined: every request will be refused with 401")
 
     def _has_cluster(self) -> bool:
         # ([cluster] written but broken counts: its own error says what is wrong)
@@ -995,6 +1025,34 @@ class _Builder:
         if not text or "\0" in text:
             raise ValueError(_expected(f"{_list(keywords)} or a file path", text))
         return _writable_file(self._path(text))
+
+    def consumers(self, place: Place | None) -> tuple[ConsumerConfig, ...]:
+        """``[consumers.NAME]`` tables. An API key belongs to one consumer only."""
+        if place is None:
+            return ()
+        result = []
+        owners: dict[str, str] = {}
+        for name in place.value:
+            table = place.key(name)
+            if table.convert(_table) is None:
+                continue
+            table.check_unknown(_CONSUMER_KEYS)
+            if not _CONSUMER_NAME.fullmatch(name):
+                table.error("a consumer's name is letters, digits, and . _ - @ (it is sent as X-Consumer-Id)")
+            keys = []
+            for item in table.get_items("api_keys"):
+                key = item.convert(_secret)
+                if key is None:
+                    continue
+                if key in owners:  # (the key itself is a secret: never in the message)
+                    item.error(f"this key is consumer {_q(owners[key])}'s too: a key names one consumer")
+                owners.setdefault(key, name)
+                keys.append(key)
+            password = table.get("basic_password", _password_hash, None)
+            result.append(ConsumerConfig(
+                name=name, groups=tuple(dict.fromkeys(table.get_tuple("groups", _group))), api_keys=tuple(keys),
+                jwt_subject=table.get("jwt_subject", _nonempty_string, None), basic_password=password))
+        return tuple(result)
 
     def upstreams(self, place: Place | None) -> tuple[UpstreamConfig, ...]:
         if place is None:
@@ -1062,23 +1120,22 @@ class _Builder:
             rewrite = place.key("rewrite").convert(lambda v: _check_rewrite(v, paths))
             if rewrite is not None:
                 _warn_colon_params(place.key("rewrite"), "sent")
-        return RouteConfig(
-            name=name,
-            index=index,
-            paths=paths,
-            upstream=upstream,
+        # (in this order, so that errors come in the file's: the route's own keys, then
+        # its policies' tables)
+        fields = dict(
             hosts=place.get_tuple("hosts", _route_host),
             methods=tuple(dict.fromkeys(place.get_tuple("methods", _method))),
             headers=self._route_headers(place),
             priority=place.get_int("priority", 0),
-            strip_prefix=strip_prefix,
-            rewrite=rewrite,
             timeout=place.get_duration("timeout", None),
             split=self._split(place, upstream_names),
             match_split=self._match_split(place, upstream_names),
-            policies=self.policies(place, self.policy_specs),
-            max_concurrent=place.get_int("max_concurrent", 0, minimum=0),
         )
+        policies = self.policies(place, self.policy_specs)
+        self._check_auth(place, dict(policies))
+        return RouteConfig(name=name, index=index, paths=paths, upstream=upstream, strip_prefix=strip_prefix,
+                           rewrite=rewrite, policies=policies,
+                           max_concurrent=place.get_int("max_concurrent", 0, minimum=0), **fields)
 
     @staticmethod
     def _circuit_breaker(place: Place) -> tuple[int, float] | None:
@@ -1289,14 +1346,42 @@ def _route_path(value: Any) -> str:
     return value
 
 
+_CONSUMER_NAME = re.compile(r"[A-Za-z0-9._@-]{1,128}")
+
+
+def _group(value: Any) -> str:
+    text = _string(value)
+    if not _CONSUMER_NAME.fullmatch(text) or "," in text:
+        raise ValueError(f"{_q(text)} is not a group name (letters, digits, and . _ - @)")
+    return text
+
+
+def _secret(value: Any) -> str:
+    """A secret: ``"env:NAME"`` resolved, never empty. Its messages never quote it."""
+    if not isinstance(value, str):  # (the value itself is not shown: it may be the secret)
+        raise ValueError('expected a string (or "env:NAME")')
+    secret = resolve_secret(value)
+    if not secret:
+        raise ValueError("is empty" + (f" (environment variable {value[4:]})" if value.startswith("env:") else ""))
+    return secret
+
+
+def _password_hash(value: Any) -> str:
+    from fastgw.policies.auth import parse_password_hash  # (the format is the auth policy's)
+
+    secret = _secret(value)
+    parse_password_hash(secret)
+    return secret
+
+
 def _rate_limit_key(value: Any) -> str:
-    """``ip``, ``route``, ``header:NAME`` (the name lower-cased); ``consumer`` waits for
-    authentication."""
+    """``ip``, ``route``, ``consumer`` (the route's authenticated consumer), or
+    ``header:NAME`` (the name lower-cased)."""
     text = _string(value)
     if text in ("ip", "route"):
         return text
     if text == "consumer":
-        raise ValueError('"consumer" needs authentication ([consumers], [routes.auth]), which is not supported yet')
+        return text
     kind, sep, name = text.partition(":")
     if kind == "header" and sep:
         if not _TOKEN.fullmatch(name):
@@ -1492,6 +1577,7 @@ def _int_between(minimum: int | None = None, maximum: int | None = None) -> Conv
 SCHEMA_KIND_FACTORIES: dict[str, Callable[..., Convert]] = {
     "int": _int_between,
     "choice": lambda *words: _choice(words),
+    "choices": lambda *words: lambda value: tuple(dict.fromkeys(_each(_array(value), _choice(words)))),
 }
 
 #: the kinds of value a policy's schema may name (fastgw.policy.PolicySpec, and plugins)
@@ -1506,6 +1592,7 @@ SCHEMA_KINDS: dict[str, Convert] = {
     "cidrs": _networks,
     "header_names": _header_names,
     "header_names_any": _any_header_names,
+    "header_name": _any_field_name,
     "header_fields": _header_fields,
     "methods": _methods,
     "origins": _origins,

@@ -73,6 +73,8 @@ cdef class Exchange:
     cdef public tuple answer
     cdef public object guard
     cdef public dict state
+    # who is calling, once the route's auth proved it (fastgw.policies.auth.Consumer)
+    cdef public object consumer
     cdef public UpstreamSide upstream_side
 
     cpdef feed_body(self, bytes data)

@@ -14,7 +14,8 @@ never sees half of one). A terminal is left blocking: its file is shared with th
 stderr is left blocking too: the error log writes there, line by line.
 
 Fields: time (UTC, ISO 8601 with milliseconds), request_id, client_ip, method, path,
-route, upstream (target address), status, bytes_in, bytes_out, duration_ms.
+route, consumer (the authenticated consumer's name, or null), upstream (target address),
+status, bytes_in, bytes_out, duration_ms.
 
 The error log is the ``fastgw`` logger of the standard ``logging`` module, written by
 :class:`ErrorLog` to stderr (the default), stdout or a file (``[log].error``) at
@@ -95,6 +96,7 @@ class AccessLog:
             "method": ex.method,
             "path": ex.path,
             "route": ex.route_name or None,
+            "consumer": ex.consumer.name if ex.consumer is not None else None,
             "upstream": ex.upstream_addr or None,
             "status": ex.status,
             "bytes_in": ex.bytes_in,
@@ -110,7 +112,7 @@ class AccessLog:
         now = time.monotonic()
         self._append(orjson.dumps({
             "time": self._time(now), "request_id": request_id, "client_ip": client_ip,
-            "method": None, "path": target[:256].decode("latin-1"), "route": None,
+            "method": None, "path": target[:256].decode("latin-1"), "route": None, "consumer": None,
             "upstream": None, "status": status, "bytes_in": 0, "bytes_out": 0, "duration_ms": 0.0,
         }, option=orjson.OPT_APPEND_NEWLINE))
 

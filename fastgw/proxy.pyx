@@ -478,6 +478,13 @@ cdef bytes _upstream_head(Exchange ex, str path, str target_address, set listed)
     elif not passed_host:
         head.add_field(b"x-forwarded-host", host)
     head.add_field(b"x-request-id", ex.request_id.encode())
+    consumer = ex.consumer
+    if consumer is not None:  # (a client's own X-Consumer-* were left out above)
+        field = consumer.id_field
+        head.add_field(field[0], field[1])
+        field = consumer.groups_field
+        if field is not None:
+            head.add_field(field[0], field[1])
     if traceparent is None or not _TRACEPARENT.match(traceparent):
         traceparent = new_traceparent()
     head.add_field(b"traceparent", traceparent)

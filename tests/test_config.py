@@ -851,7 +851,7 @@ def test_known_methods(method):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key", ["admin", "consumers", "auth"])
+@pytest.mark.parametrize("key", ["admin", "auth"])
 def test_top_level_not_supported_yet(key):
     assert only_error(f"[{key}]\n") == f'fastgw.toml: "{key}" is not supported yet'
 
@@ -930,8 +930,6 @@ def test_bad_hash_on(balance, hash_on, error):
     ("key", "value"),
     [
         ("websocket", '"proxy"'),
-        ("auth", '{ methods = ["key"] }'),
-        ("acl", '{ allow_groups = ["admin"] }'),
         ("aggregate", '{ mode = "sequence" }'),
     ],
 )
@@ -973,8 +971,8 @@ def test_policies_parsed():
 
 
 def test_route_plugin_table_not_supported_yet():
-    text = route(BASE + '[routes.acl]\nallow_groups = ["admin"]')
-    assert errors_of(text) == ['fastgw.toml: routes[0] "r": "acl" is not supported yet']
+    text = route(BASE + '[routes.aggregate]\nmode = "sequence"')
+    assert errors_of(text) == ['fastgw.toml: routes[0] "r": "aggregate" is not supported yet']
 
 
 # ---------------------------------------------------------------------------
@@ -1014,8 +1012,6 @@ def test_rate_limit_errors_all_at_once():
     assert errors_of(text) == [
         'fastgw.toml: cluster.redis: "http://x" is not a Redis URL (use e.g. "redis://127.0.0.1:6379/0")',
         'fastgw.toml: global.rate_limit.rate: a rate must be greater than 0, got "0/s"',
-        'fastgw.toml: global.rate_limit.key: "consumer" needs authentication ([consumers], [routes.auth]), '
-        "which is not supported yet",
         'fastgw.toml: global.ip: needs "allow" or "deny" (or both)',
         'fastgw.toml: routes[0] "r".rate_limit: unknown key "per"',
         'fastgw.toml: routes[0] "r".rate_limit.burst: must be at least 1, got 0',
@@ -1198,8 +1194,8 @@ def test_every_error_is_reported_at_once():
     name = "orders"
     paths = ["/orders"]
     upstream = "order"
-    [routes.acl]
-    allow_groups = []
+    [routes.aggregate]
+    mode = "parallel"
     """
     assert errors_of(text) == [
         'fastgw.toml: "admin" is not supported yet',
@@ -1214,7 +1210,7 @@ def test_every_error_is_reported_at_once():
         'fastgw.toml: routes[0] "users": "strip_prefix" and "rewrite" cannot be used together',
         'fastgw.toml: routes[0] "users".methods[1]: "GETT" is not an HTTP method (did you mean "GET"?)',
         'fastgw.toml: routes[1] "users": name "users" is already used by routes[0]',
-        'fastgw.toml: routes[2] "orders": "acl" is not supported yet',
+        'fastgw.toml: routes[2] "orders": "aggregate" is not supported yet',
         'fastgw.toml: routes[2] "orders": upstream "order" is not defined (did you mean "orders"?)',
     ]
 

@@ -96,7 +96,7 @@ def run_fastgw(args: list[str], cwd: Path, timeout: float = 10.0) -> subprocess.
                           timeout=timeout, env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
-ACCESS_FIELDS = ["time", "request_id", "client_ip", "method", "path", "route", "upstream", "status",
+ACCESS_FIELDS = ["time", "request_id", "client_ip", "method", "path", "route", "consumer", "upstream", "status",
                  "bytes_in", "bytes_out", "duration_ms"]
 
 
@@ -467,8 +467,8 @@ def test_access_log_line_has_exactly_the_fields_and_right_values(backend, gatewa
     rec = records[0]
     assert list(rec) == ACCESS_FIELDS
     assert rec["request_id"] == r.headers["x-request-id"]
-    assert {k: rec[k] for k in ACCESS_FIELDS[2:10]} == {
-        "client_ip": "127.0.0.1", "method": "POST", "path": "/api/echo/x", "route": "echo-route",
+    assert {k: rec[k] for k in ACCESS_FIELDS[2:11]} == {
+        "client_ip": "127.0.0.1", "method": "POST", "path": "/api/echo/x", "route": "echo-route", "consumer": None,
         "upstream": backend.address, "status": 200, "bytes_in": 10, "bytes_out": len(r.content)}
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", rec["time"])
     stamp = time.mktime(time.strptime(rec["time"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
@@ -479,9 +479,9 @@ def test_access_log_line_has_exactly_the_fields_and_right_values(backend, gatewa
 
     rec = records[1]
     assert list(rec) == ACCESS_FIELDS
-    assert {k: rec[k] for k in ACCESS_FIELDS[1:10]} == {
+    assert {k: rec[k] for k in ACCESS_FIELDS[1:11]} == {
         "request_id": miss.headers["x-request-id"], "client_ip": "127.0.0.1", "method": "GET",
-        "path": "/nowhere", "route": None, "upstream": None, "status": 404, "bytes_in": 0,
+        "path": "/nowhere", "route": None, "consumer": None, "upstream": None, "status": 404, "bytes_in": 0,
         "bytes_out": len(miss.content)}
 
 

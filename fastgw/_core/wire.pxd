@@ -27,7 +27,9 @@ cdef enum:
     H_X_FORWARDED_HOST = 17
     H_FORWARDED = 18
     H_X_REAL_IP = 19
-    H_COUNT = 20
+    H_X_CONSUMER_ID = 20        # set by fastgw's auth; a client's own is never forwarded
+    H_X_CONSUMER_GROUPS = 21
+    H_COUNT = 22
 
 
 cpdef int header_id(bytes name) noexcept

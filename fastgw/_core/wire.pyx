@@ -32,14 +32,15 @@ _NAMES = (
     (b"x-request-id", H_X_REQUEST_ID), (b"traceparent", H_TRACEPARENT),
     (b"x-forwarded-for", H_X_FORWARDED_FOR), (b"x-forwarded-proto", H_X_FORWARDED_PROTO),
     (b"x-forwarded-host", H_X_FORWARDED_HOST), (b"forwarded", H_FORWARDED),
-    (b"x-real-ip", H_X_REAL_IP),
+    (b"x-real-ip", H_X_REAL_IP), (b"x-consumer-id", H_X_CONSUMER_ID),
+    (b"x-consumer-groups", H_X_CONSUMER_GROUPS),
 )
 #: name -> id, for Python callers and the tests' reference
 NAMES = {name: ident for name, ident in _NAMES}
 
 cdef enum:
     _LONGEST = 19  # len(b"proxy-authorization")
-    _COUNT = 19
+    _COUNT = 21
 
 # The same table as C arrays, for header_id.
 cdef const char* _NAME_CHARS[_COUNT]

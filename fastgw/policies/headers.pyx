@@ -30,7 +30,7 @@ cdef dict VARIABLES = {
     "request_id": lambda ex: ex.request_id,
     "route": lambda ex: ex.route_name,
     "client_ip": lambda ex: ex.client_ip,
-    "consumer": lambda ex: "",
+    "consumer": lambda ex: ex.consumer.name if ex.consumer is not None else "",
 }
 
 

@@ -52,6 +52,7 @@ cdef enum:
     KEY_IP = 0
     KEY_ROUTE = 1
     KEY_HEADER = 2
+    KEY_CONSUMER = 3
 
 
 cdef class RateLimitPolicy:
@@ -67,7 +68,7 @@ cdef class RateLimitPolicy:
         self.cluster_name = settings.replace("\0", ":").encode()
         self.limit_pair = (b"ratelimit-limit", b"%d" % burst)
         kind, _, name = key.partition(":")
-        self.kind = KEY_IP if kind == "ip" else KEY_ROUTE if kind == "route" else KEY_HEADER
+        self.kind = {"ip": KEY_IP, "route": KEY_ROUTE, "consumer": KEY_CONSUMER}.get(kind, KEY_HEADER)
         self.header = name.encode("latin-1")
 
     cdef bytes key_of(self, Exchange ex):
@@ -77,6 +78,8 @@ cdef class RateLimitPolicy:
         cdef Py_ssize_t n
         if self.kind == KEY_ROUTE:
             return b"r"
+        if self.kind == KEY_CONSUMER and ex.consumer is not None:
+            return b"c" + (<str>ex.consumer.name).encode()  # (else: the address, as for a header)
         if self.kind == KEY_HEADER:
             n = len(self.header)
             for name, value in ex.headers:

@@ -25,7 +25,7 @@ EXPECTED_NAMES = {
     b"host", b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"te",
     b"trailer", b"upgrade", b"proxy-connection", b"proxy-authorization", b"proxy-authenticate",
     b"expect", b"x-request-id", b"traceparent", b"x-forwarded-for", b"x-forwarded-proto",
-    b"x-forwarded-host", b"forwarded", b"x-real-ip",
+    b"x-forwarded-host", b"forwarded", b"x-real-ip", b"x-consumer-id", b"x-consumer-groups",
 }
 
 
