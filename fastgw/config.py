@@ -50,6 +50,7 @@ from fastgw._core.router import Router, Rule
 from fastgw.errors import ConfigError
 from fastgw.plugin import load_plugins
 from fastgw.policies import BUILTIN as BUILTIN_POLICIES
+from fastgw.policies.jwt import JWT_SPEC
 from fastgw.policy import REQUIRED
 
 __all__ = [
@@ -239,6 +240,8 @@ class Config:
     #: the plugins of ``[plugins].paths``, loaded (fastgw.policy.PolicySpec each)
     plugins: tuple[Any, ...] = ()
     consumers: tuple[ConsumerConfig, ...] = ()
+    #: ``[auth.jwt]``'s settings (fastgw.policies.jwt), or None
+    jwt: dict[str, Any] | None = field(default=None, repr=False)
 
     def upstream(self, name: str) -> UpstreamConfig:
         """The upstream called ``name``; ``KeyError`` when there is none."""
@@ -748,8 +751,9 @@ def _list(words: Iterable[str]) -> str:
 # The sections
 # ---------------------------------------------------------------------------
 
-_TOP_KEYS = ("server", "log", "upstreams", "routes", "global", "cluster", "plugins", "consumers")
-_TOP_LATER = ("admin", "auth")
+_TOP_KEYS = ("server", "log", "upstreams", "routes", "global", "cluster", "plugins", "consumers", "auth")
+_TOP_LATER = ("admin",)
+_AUTH_KEYS = ("jwt",)
 _CONSUMER_KEYS = ("groups", "api_keys", "jwt_subject", "basic_password")
 _PLUGINS_KEYS = ("paths",)
 _GLOBAL_KEYS: tuple[str, ...] = ()  # (its policies: those of BUILTIN_POLICIES in_global)
@@ -872,6 +876,7 @@ class _Builder:
         self.cluster_config = self.cluster(root.get_table("cluster"))
         global_policies = self.global_policies(root.get_table("global"))
         consumers = self.consumer_configs = self.consumers(root.get_table("consumers"))
+        self.jwt_settings = self.auth(root.get_table("auth"))
         upstreams = root.get_table("upstreams")
         # Routes are checked against every upstream *name*, valid upstream or not;
         # when [upstreams] itself is broken (reported already), not at all.
@@ -895,6 +900,7 @@ class _Builder:
             cluster=self.cluster_config,
             plugins=self.plugin_specs,
             consumers=consumers,
+            jwt=self.jwt_settings,
         )
 
     def cluster(self, place: Place | None) -> ClusterConfig | None:
@@ -940,7 +946,7 @@ class _Builder:
         for name, spec in specs.items():
             table = place.get_table(name)
             if table is not None:
-                settings = policy_settings(table, spec)
+                settings = policy_settings(table, spec, self._path)
                 if settings is not None and settings.get("scope") == "cluster" and not self._has_cluster():
                     table.key("scope").error('"cluster" needs [cluster] redis = "redis://host:port"')
                     settings = None
@@ -958,8 +964,8 @@ class _Builder:
         limit = policies.get("rate_limit")
         if limit is not None and limit["key"] == "consumer" and auth is None:
             place.key("rate_limit").key("key").error('"consumer" needs [routes.auth] on the route')
-        if auth is not None and "jwt" in auth["methods"]:
-            place.key("auth").key("methods").error('"jwt" needs [auth.jwt], which is not supported yet')
+        if auth is not None and "jwt" in auth["methods"] and "auth" not in self.root.value:
+            place.key("auth").key("methods").error('"jwt" needs [auth.jwt] (how tokens are verified)')
         if auth is not None and not self.consumer_configs:
             place.key("auth").warn("no [consumers.NAME] is defined: every request will be refused with 401")
 
@@ -1025,6 +1031,14 @@ class _Builder:
         if not text or "\0" in text:
             raise ValueError(_expected(f"{_list(keywords)} or a file path", text))
         return _writable_file(self._path(text))
+
+    def auth(self, place: Place | None) -> dict[str, Any] | None:
+        """``[auth.jwt]``, validated against its spec (fastgw.policies.jwt)."""
+        if place is None:
+            return None
+        place.check_unknown(_AUTH_KEYS)
+        table = place.get_table("jwt")
+        return None if table is None else policy_settings(table, JWT_SPEC, self._path)
 
     def consumers(self, place: Place | None) -> tuple[ConsumerConfig, ...]:
         """``[consumers.NAME]`` tables. An API key belongs to one consumer only."""
@@ -1425,14 +1439,20 @@ def _route_host(value: Any) -> str:
 
 # -- policy schemas ------------------------------------------------------------
 
-def policy_settings(place: Place, spec: Any) -> dict[str, Any] | None:
+def policy_settings(place: Place, spec: Any, path: Callable[[str], str] = os.path.abspath) -> dict[str, Any] | None:
     """``place`` (a policy's table) checked against ``spec.schema`` and ``spec.check``:
     the settings, each key converted or its default; None when something is wrong (the
-    errors are recorded, each at its place)."""
+    errors are recorded, each at its place). ``path`` makes a "file" key's value absolute
+    (from the config file's folder)."""
     errors_before = len(place._errors)
     place.check_unknown(spec.schema)
     settings = {key: place.get(key, schema_kind(kind), _REQUIRED if default is REQUIRED else default)
                 for key, (kind, default) in spec.schema.items()}
+    for key, (kind, _) in spec.schema.items():
+        if kind == "file" and settings[key]:
+            settings[key] = path(settings[key])
+        elif kind == "files":
+            settings[key] = tuple(path(p) for p in settings[key])
     if len(place._errors) > errors_before:
         return None
     return _checked(place, spec, settings)
@@ -1593,6 +1613,9 @@ SCHEMA_KINDS: dict[str, Convert] = {
     "header_names": _header_names,
     "header_names_any": _any_header_names,
     "header_name": _any_field_name,
+    "secret": lambda value: _secret(value),
+    "file": _nonempty_string,
+    "files": lambda value: tuple(_each(_array(value), _nonempty_string)),
     "header_fields": _header_fields,
     "methods": _methods,
     "origins": _origins,

@@ -30,6 +30,7 @@ from fastgw._core.targets import shared_table
 from fastgw.errors import ConfigError
 from fastgw.policies import BUILTIN as BUILTIN_POLICIES
 from fastgw.policies.auth import Consumers
+from fastgw.policies.jwt import JwtVerifier
 from fastgw.policies.limits import MaxConcurrent, RateLimitPolicy, RateLimits
 from fastgw.policy import Chain
 from fastgw.upstream import Pool, Upstream
@@ -147,7 +148,7 @@ class Policies:
         self.cluster = cluster
         self.workers = config.server.workers
         #: the consumers of [consumers], for the routes' auth
-        self.consumers = Consumers(config.consumers)
+        self.consumers = Consumers(config.consumers, JwtVerifier(config.jwt) if config.jwt is not None else None)
         #: the specs of the policies a route may name: the built-ins and the plugins
         self.specs = {**BUILTIN_POLICIES, **{spec.name: spec for spec in config.plugins}}
         #: [global]'s policies, built once: every route's chain shares them

@@ -209,7 +209,7 @@ def test_auth_config_errors_never_show_a_secret(backend, tmp_path):
         'fastgw.toml: routes[0] "a".rate_limit.key: "consumer" needs [routes.auth] on the route',
         'fastgw.toml: routes[1] "b".auth.methods: expected one of "key", "jwt", "basic", got string "pin"',
         'fastgw.toml: routes[2] "c".acl: needs "allow_groups" or "deny_groups" (one of them)',
-        'fastgw.toml: routes[2] "c".auth.methods: "jwt" needs [auth.jwt], which is not supported yet',
+        'fastgw.toml: routes[2] "c".auth.methods: "jwt" needs [auth.jwt] (how tokens are verified)',
     ]
     assert "shared-key" not in result.stderr and "plaintext-password" not in result.stderr
 

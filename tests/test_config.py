@@ -851,7 +851,7 @@ def test_known_methods(method):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key", ["admin", "auth"])
+@pytest.mark.parametrize("key", ["admin"])
 def test_top_level_not_supported_yet(key):
     assert only_error(f"[{key}]\n") == f'fastgw.toml: "{key}" is not supported yet'
 

@@ -8,6 +8,9 @@ verifies names the consumer:
 - ``key``: the ``key_header`` field (``apikey`` by default), or the ``apikey`` query
   parameter when ``key_query``. Keys are looked up by their SHA-256 (no key is ever in a
   dict as itself) and then compared in constant time.
+- ``jwt``: ``Authorization: Bearer`` with a token ``[auth.jwt]`` verifies
+  (fastgw.policies.jwt), whose ``sub`` is a consumer's ``jwt_subject``; a verified token
+  is cached until it expires.
 - ``basic``: ``Authorization: Basic`` with the consumer's name and password, checked
   against its scrypt hash (``fastgw hash-password``). A check costs ~0.1 s of CPU, so it
   runs in a thread, never on the event loop, and a success is cached (at most
@@ -107,19 +110,41 @@ class Consumer:
 
 
 class Consumers:
-    """Every consumer of the config, found by key digest and by name (built once per
-    config; the keys themselves are kept only to compare in constant time)."""
+    """Every consumer of the config, found by key digest, by name and by JWT subject
+    (built once per config; the keys themselves are kept only to compare in constant
+    time); and the ``[auth.jwt]`` verifier, or None."""
 
-    def __init__(self, configs):
+    def __init__(self, configs, jwt=None):
         self.by_name = {}
         self.by_key = {}
+        self.by_subject = {}
+        self.jwt = jwt
         for c in configs:
             consumer = Consumer(c.name, c.groups,
                                 parse_password_hash(c.basic_password) if c.basic_password else None)
             self.by_name[c.name] = consumer
+            if c.jwt_subject is not None:
+                self.by_subject[c.jwt_subject] = consumer
             for key in c.api_keys:
                 raw = key.encode("utf-8")
                 self.by_key[hashlib.sha256(raw).digest()] = (raw, consumer)
+
+    def with_token(self, bytes token):
+        """The consumer of a bearer token that verifies (``[auth.jwt]``), or None; a
+        verified token is remembered until it expires."""
+        verifier = self.jwt
+        if verifier is None:
+            return None
+        cache_key, consumer = verifier.cached(token)
+        if consumer is not None:
+            return consumer
+        claims = verifier.verify(token)
+        if claims is None:
+            return None
+        consumer = self.by_subject.get(claims.get("sub"))
+        if consumer is not None:
+            verifier.remember(cache_key, consumer, claims)
+        return consumer
 
     def with_key(self, bytes key):
         found = self.by_key.get(hashlib.sha256(key).digest())
@@ -182,6 +207,13 @@ cdef class Auth(Policy):
                 if key is not None:
                     presented = True
                     consumer = self.consumers.with_key(key.strip())
+                    if consumer is not None:
+                        return self._accept(ex, consumer)
+            elif method == "jwt":
+                value = _header(ex.headers, b"authorization")
+                if value is not None and value[:7].lower() == b"bearer ":
+                    presented = True
+                    consumer = self.consumers.with_token(value[7:].strip())
                     if consumer is not None:
                         return self._accept(ex, consumer)
             elif method == "basic":
