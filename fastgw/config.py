@@ -49,6 +49,7 @@ from fastgw._core.errors import RouteError
 from fastgw._core.router import Router, Rule
 from fastgw.errors import ConfigError
 from fastgw.plugin import load_plugins
+from fastgw.tls import check_certificate
 from fastgw.policies import BUILTIN as BUILTIN_POLICIES
 from fastgw.policies.jwt import JWT_SPEC
 from fastgw.policy import REQUIRED
@@ -63,6 +64,8 @@ __all__ = [
     "LogConfig",
     "RouteConfig",
     "ServerConfig",
+    "TlsCertificate",
+    "TlsConfig",
     "Target",
     "UpstreamConfig",
     "load_config",
@@ -94,6 +97,25 @@ class Address:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsCertificate:
+    """One ``[[server.tls.certificates]]``: absolute file paths, and the server names
+    (exact, or ``*.`` one label) it is chosen for by SNI."""
+
+    cert: str
+    key: str
+    hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """``[server.tls]``: HTTPS listeners; the first certificate is the default."""
+
+    listen: tuple[Address, ...]
+    certificates: tuple[TlsCertificate, ...]
+    min_version: str = "1.2"
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     """``[server]``. Durations are seconds, sizes bytes."""
 
@@ -109,6 +131,7 @@ class ServerConfig:
     #: the supervisor's pid, written at start for ``fastgw reload|stop|reopen`` and init
     #: systems (an absolute path), or "" for none
     pid_file: str = ""
+    tls: TlsConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -770,8 +793,11 @@ _SERVER_KEYS = (
     "max_body_bytes",
     "trusted_proxies",
     "pid_file",
+    "tls",
 )
-_SERVER_LATER = ("tls",)
+_SERVER_LATER: tuple[str, ...] = ()
+_TLS_KEYS = ("listen", "min_version", "certificates")
+_CERTIFICATE_KEYS = ("cert", "key", "hosts")
 _LOG_KEYS = ("access", "format", "error", "level")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _UPSTREAM_KEYS = ("targets", "balance", "hash_on", "retries", "keepalive", "connect_timeout", "read_timeout",
@@ -994,7 +1020,42 @@ class _Builder:
             max_body_bytes=place.get_size("max_body_bytes", d.max_body_bytes),
             trusted_proxies=place.get_tuple("trusted_proxies", _network),
             pid_file=place.get("pid_file", self._pid_file, d.pid_file),
+            tls=self.tls(place.get_table("tls"), listen or d.listen),
         )
+
+    def tls(self, place: Place | None, plain: tuple[Address, ...]) -> TlsConfig | None:
+        """``[server.tls]``: its addresses (none of them a plain one's too) and its
+        certificates, each checked now (readable, its key's, not expired)."""
+        if place is None:
+            return None
+        place.check_unknown(_TLS_KEYS)
+        listen = _unique(place.get_items("listen", single=True, required=True, nonempty="address"),
+                         lambda item: item.convert(lambda v: parse_address(v, "0.0.0.0")), "address")
+        for address in listen:
+            if address in plain:
+                place.key("listen").error(f"{address} is a plain listen address too")
+        min_version = place.get_choice("min_version", "1.2", ("1.2", "1.3"))
+        certificates = []
+        for item in place.get_items("certificates", required=True, nonempty="certificate"):
+            if item.convert(_table) is None:
+                continue
+            item.check_unknown(_CERTIFICATE_KEYS)
+            cert = item.get("cert", _nonempty_string)
+            key = item.get("key", _nonempty_string)
+            hosts = tuple(dict.fromkeys(item.get_tuple("hosts", _route_host)))
+            if cert is None or key is None:
+                continue
+            cert, key = self._path(cert), self._path(key)
+            errors, warnings, names = check_certificate(cert, key)
+            for message in errors:
+                item.error(message)
+            for message in warnings:
+                item.warn(message)
+            if not errors:
+                certificates.append(TlsCertificate(cert, key, hosts or tuple(names)))
+        if not certificates:
+            return None
+        return TlsConfig(listen=listen, certificates=tuple(certificates), min_version=min_version)
 
     def log(self, place: Place | None) -> LogConfig:
         d = LogConfig()

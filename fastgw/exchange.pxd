@@ -52,6 +52,7 @@ cdef class Exchange:
     cdef public object authority
     cdef public list headers
     cdef public bint keep_alive, trusted_peer, body_done, response_started, is_head
+    cdef public bint tls                # it came over TLS (X-Forwarded-Proto: https)
     cdef public double started, deadline
     cdef public int body_kind, status
     cdef public Py_ssize_t body_length, body_held_bytes, bytes_in, bytes_out

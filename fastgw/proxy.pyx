@@ -470,7 +470,7 @@ cdef bytes _upstream_head(Exchange ex, str path, str target_address, set listed)
     peer = ex.peer_ip.encode()
     head.add_field(b"x-forwarded-for", peer if xff is None else xff + b", " + peer)
     if not passed_proto:
-        head.add(b"x-forwarded-proto: http\r\n")
+        head.add(b"x-forwarded-proto: https\r\n" if ex.tls else b"x-forwarded-proto: http\r\n")
     host = ex.authority
     if host is None:
         # An HTTP/1.0 client may send no Host; HTTP/1.1 upstream requests need one.

@@ -55,6 +55,7 @@ from fastgw.logs import AccessLog, error_log
 from fastgw.protocols.http1 import HTTP1Connection
 from fastgw.proxy import Proxy
 from fastgw.snapshot import Snapshot, compile_snapshot, retire_replaced
+from fastgw.tls import Listener
 
 log = logging.getLogger("fastgw")
 
@@ -111,8 +112,12 @@ class Worker:
     """One process serving its listen sockets with the current snapshot."""
 
     def __init__(self, config_path: str, config: Config, snapshot: Snapshot,
-                 sockets: list[socket.socket], slot: int = 0, supervisor_pid: int = 0) -> None:
+                 sockets: list[socket.socket], slot: int = 0, supervisor_pid: int = 0,
+                 tls_sockets: list[socket.socket] = ()) -> None:
         self.config_path = config_path
+        self.tls_sockets = list(tls_sockets)
+        #: the TLS listeners' context (its certificates swapped on reload), or None
+        self.tls = Listener(config.server.tls) if config.server.tls is not None and tls_sockets else None
         self.supervisor_pid = supervisor_pid
         # This worker's share of every route's machine-wide concurrency count; what a
         # predecessor in this slot died with is handed back.
@@ -143,6 +148,11 @@ class Worker:
         for sock in self.sockets:
             server = await self.loop.create_server(
                 lambda: HTTP1Connection(self), sock=sock, backlog=4096)
+            self.servers.append(server)
+        for sock in self.tls_sockets:
+            server = await self.loop.create_server(
+                lambda: HTTP1Connection(self, True), sock=sock, backlog=4096, ssl=self.tls.context,
+                ssl_handshake_timeout=self.limits.header_timeout)
             self.servers.append(server)
         self.loop.add_signal_handler(signal.SIGHUP, self.reload)
         self.loop.add_signal_handler(signal.SIGTERM, self.begin_drain)
@@ -221,6 +231,8 @@ class Worker:
             log.error("reload refused, the running config stays: cannot open a log file: %s",
                       exc.strerror or exc)
             return
+        if self.tls is not None and config.server.tls is not None:
+            self.tls.update(config.server.tls)  # new handshakes get the new certificates
         if access_log is not self.access_log:
             old_log, self.access_log = self.access_log, access_log
             self.proxy.access_log = access_log
@@ -262,14 +274,14 @@ class Worker:
 # -- the supervisor -----------------------------------------------------------------------------
 
 
-def bind_sockets(config: Config) -> list[list[socket.socket]]:
+def bind_sockets(listen, workers: int) -> list[list[socket.socket]]:
     """One list of listening sockets per worker, all SO_REUSEPORT."""
     per_worker = []
-    for addr in config.server.listen:
+    for addr in listen:
         _check_free(addr)
-    for _ in range(config.server.workers):
+    for _ in range(workers):
         socks = []
-        for addr in config.server.listen:
+        for addr in listen:
             family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -311,9 +323,12 @@ class Supervisor:
         self.config_path = config_path
         self.config = config
         self.snapshot = snapshot
-        self.sockets = bind_sockets(config)
+        tls = config.server.tls
+        self.sockets = bind_sockets(config.server.listen, config.server.workers)
+        self.tls_sockets = bind_sockets(tls.listen if tls else (), config.server.workers)
         # What is bound and forked: a reload cannot change them (see ``reload``).
-        self.bound = (config.server.listen, config.server.workers)
+        self.bound = (config.server.listen, config.server.workers, tls.listen if tls else (),
+                      tls.min_version if tls else None)
         self.workers: dict[int, int] = {}   # pid -> slot
         self.started: dict[int, float] = {}
         self.stopping = False
@@ -326,12 +341,13 @@ class Supervisor:
             code = 0
             try:
                 # Signals stay blocked until the worker's loop has its handlers (Worker.serve).
-                for other, socks in enumerate(self.sockets):
-                    if other != slot:
+                for other, socks in enumerate(self.sockets + self.tls_sockets):
+                    if other % len(self.sockets) != slot:
                         for sock in socks:
                             sock.close()
                 _watch_supervisor(supervisor)
-                Worker(self.config_path, self.config, self.snapshot, self.sockets[slot], slot, supervisor).run()
+                Worker(self.config_path, self.config, self.snapshot, self.sockets[slot], slot, supervisor,
+                       self.tls_sockets[slot]).run()
             except BaseException:  # noqa: BLE001 - a worker must never return into the supervisor
                 log.exception("worker crashed")
                 code = 1
@@ -347,7 +363,9 @@ class Supervisor:
             self.spawn(slot)
         self.pid_file = self.config.server.pid_file
         write_pid_file(self.pid_file)
-        log.info("listening on %s with %d worker(s)", _addresses(self.config.server.listen), len(self.workers))
+        tls = self.config.server.tls
+        log.info("listening on %s%s with %d worker(s)", _addresses(self.config.server.listen),
+                 f", TLS on {_addresses(tls.listen)}" if tls else "", len(self.workers))
         if self.on_ready is not None:
             self.on_ready()
         stop_deadline = None
@@ -405,7 +423,14 @@ class Supervisor:
             log.error("reload refused, the running config stays: cannot open the error log %s: %s",
                       config.log.error, exc.strerror or exc)
             return
-        listen, workers = self.bound
+        listen, workers, tls_listen, min_version = self.bound
+        tls = config.server.tls
+        if (tls.listen if tls else ()) != tls_listen:
+            log.warning("server.tls.listen is now %s, but %s stays bound until the next restart",
+                        _addresses(tls.listen) if tls else "none", _addresses(tls_listen) or "none")
+        elif tls is not None and tls.min_version != min_version:
+            log.warning("server.tls.min_version is now %s, but %s holds until the next restart",
+                        tls.min_version, min_version)
         if config.server.listen != listen:
             log.warning("server.listen is now %s, but %s stays bound until the next restart",
                         _addresses(config.server.listen), _addresses(listen))
@@ -428,7 +453,7 @@ class Supervisor:
                 pass
 
     def close_sockets(self) -> None:
-        for socks in self.sockets:
+        for socks in self.sockets + self.tls_sockets:
             for sock in socks:
                 sock.close()
 

@@ -856,9 +856,13 @@ def test_top_level_not_supported_yet(key):
     assert only_error(f"[{key}]\n") == f'fastgw.toml: "{key}" is not supported yet'
 
 
-def test_server_tls_not_supported_yet():
-    text = '[server]\n[server.tls]\nlisten = ["0.0.0.0:8443"]\n'
-    assert only_error(text) == 'fastgw.toml: server: "tls" is not supported yet'
+def test_server_tls_needs_certificates_and_its_own_addresses():
+    text = '[server]\nlisten = ["0.0.0.0:8443"]\n[server.tls]\nlisten = ["0.0.0.0:8443"]\nmin_version = "1.1"\n'
+    assert errors_of(text) == [
+        'fastgw.toml: server.tls.listen: 0.0.0.0:8443 is a plain listen address too',
+        'fastgw.toml: server.tls.min_version: expected one of "1.2", "1.3", got string "1.1" (did you mean "1.3"?)',
+        'fastgw.toml: server.tls: missing required key "certificates"',
+    ]
 
 
 def test_health_check_defaults_and_values():

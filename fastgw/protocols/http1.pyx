@@ -94,7 +94,7 @@ cdef class HTTP1Connection(Downstream):
     cdef object parser, queue, refusal
     cdef str peer_ip
     cdef Exchange current, reading, deferred
-    cdef bint paused, closing, lingering, in_head, chunked_out, close_after
+    cdef bint paused, closing, lingering, in_head, chunked_out, close_after, tls
     cdef Py_ssize_t linger_bytes, head_bytes, raw_head_bytes
     cdef double deadline
     cdef bytes url, held_head, feeding
@@ -103,8 +103,9 @@ cdef class HTTP1Connection(Downstream):
     cdef bint feed_starts_head
     cdef list headers
 
-    def __init__(self, worker):
+    def __init__(self, worker, bint tls=False):
         self.worker = worker
+        self.tls = tls
         self.proxy = worker.proxy
         limits = self.limits = worker.limits
         self.max_header_bytes = limits.max_header_bytes
@@ -345,6 +346,7 @@ cdef class HTTP1Connection(Downstream):
         ex = new_exchange(self, method_name, npath, query, hostname, host, self.headers,
                       version, parser.should_keep_alive(), self.peer_ip, body_kind, length,
                       monotonic())
+        ex.tls = self.tls
         self.proxy.prepare(ex, request_id)
         if body_kind != BODY_NONE:
             self.reading = ex
