@@ -201,6 +201,14 @@ rate_limit = { rate = "100000000/s", burst = 100000000 }
 """
 
 
+# The auth scenario's: a key looked up per request, the consumer's bucket taken.
+AUTH = """auth = { methods = ["key"] }
+rate_limit = { rate = "100000000/s", burst = 100000000, key = "consumer" }
+[consumers.bench]
+api_keys = ["bench-key-0123456789"]
+"""
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -212,6 +220,7 @@ class Scenario:
     routes: int = 10
     compare_routes: int | None = None  # a second fastgw with this many routes, interleaved too
     target_extra: str = ""          # policies of the route the requests take (TOML)
+    headers: tuple[str, ...] = ()   # more request fields ("name: value"), sent by wrk and the check
     compare_plain: bool = False     # a second fastgw without them, interleaved too
     note: str = ""
 
@@ -228,6 +237,9 @@ SCENARIOS = {s.name: s for s in (
     Scenario("policies", "GET, small response, through ip allow, request_headers set, response_headers set and "
              "remove, and a local rate limit that never refuses", target_extra=POLICIES, compare_plain=True,
              note="nginx has none of these policies"),
+    Scenario("auth", "GET, small response, API key auth and a rate limit keyed by the consumer that never refuses",
+             target_extra=AUTH, compare_plain=True, headers=("apikey: bench-key-0123456789",),
+             note="nginx has no API key auth: it proxies the same request unchecked"),
 )}
 
 
@@ -350,7 +362,7 @@ def fetch(port: int, sc: Scenario) -> tuple[int, bytes]:
     body = b'{"id":42,"payload":"' + b"x" * 1002 + b'"}' if sc.method == "POST" else None
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
-        headers = {"Host": HOST}
+        headers = {"Host": HOST, **dict(f.split(": ", 1) for f in sc.headers)}
         if body is not None:
             headers["Content-Type"] = "application/json"
         conn.request(sc.method, sc.path, body=body, headers=headers)
@@ -382,6 +394,8 @@ def to_ms(text: str) -> float:
 
 def wrk(port: int, sc: Scenario, connections: int, duration: int) -> dict:
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-H", f"Host: {HOST}"]
+    for field in sc.headers:
+        argv += ["-H", field]
     if sc.lua:
         argv += ["-s", str(HERE / sc.lua)]
     argv.append(f"http://127.0.0.1:{port}{sc.path}")
@@ -524,7 +538,7 @@ def table(entries: list[dict], args) -> str:
                          f"(target ≤ 5%)")
         if "policies_cost" in e:
             c = e["policies_cost"]
-            notes.append(f"fastgw without the policies (interleaved): {c['baseline_rps']:,.0f} req/s; with them: "
+            notes.append(f"fastgw without the route's policies (interleaved): {c['baseline_rps']:,.0f} req/s; with them: "
                          f"{c['ratio']:.2f}× that, a cost of **{c['cost_pct']:.1f}%** (target ≤ 15%)")
         if e["note"]:
             notes.append(e["note"])
