@@ -41,6 +41,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -116,7 +117,8 @@ def nofile_for(worker_connections: int) -> int:
     return wanted if os.geteuid() == 0 or hard == resource.RLIM_INFINITY else min(wanted, hard)
 
 
-def nginx_proxy_conf(folder: Path, port: int, backend: int, workers: int, worker_connections: int = 4096) -> str:
+def nginx_proxy_conf(folder: Path, port: int, backend: int, workers: int, worker_connections: int = 4096,
+                     tls: bool = False) -> str:
     # keepalive_requests in the upstream block: nginx closes a pooled upstream connection
     # after 1,000 requests by default, fastgw never does; both keep them alike.
     # reuseport: fastgw gives each worker its own SO_REUSEPORT socket, so nginx does too
@@ -138,7 +140,8 @@ http {{
         keepalive_requests 1000000;
     }}
     server {{
-        listen 127.0.0.1:{port} reuseport;
+        listen 127.0.0.1:{port} reuseport{" ssl" if tls else ""};
+        {TLS_NGINX.format(folder=folder) if tls else ""}
         location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -172,6 +175,35 @@ def route_table(n: int, target_extra: str = "") -> str:
     out.append('[[routes]]\nname = "target"\nhosts = ["*.bench.example.com"]\npaths = ["/api/{version}/*"]\n'
                'methods = ["GET", "POST"]\nupstream = "backend"\n' + target_extra)
     return "\n".join(out)
+
+
+# TLS scenario: the same certificate and protocols on both sides (made per run, EC P-256).
+TLS_NGINX = """ssl_certificate {folder}/bench.pem;
+        ssl_certificate_key {folder}/bench.key;
+        ssl_protocols TLSv1.2 TLSv1.3;"""
+
+
+def make_certificate(folder: Path) -> None:
+    """A self-signed certificate for the TLS scenario, in folder/bench.pem and bench.key."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(HOST)]), critical=False)
+            .sign(key, hashes.SHA256()))
+    (folder / "bench.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "bench.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                         serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
 
 
 def fastgw_conf(port: int, backend: int, workers: int, routes: int, server_extra: str = "",
@@ -221,6 +253,7 @@ class Scenario:
     compare_routes: int | None = None  # a second fastgw with this many routes, interleaved too
     target_extra: str = ""          # policies of the route the requests take (TOML)
     headers: tuple[str, ...] = ()   # more request fields ("name: value"), sent by wrk and the check
+    tls: bool = False               # both proxies terminate TLS (wrk over https)
     compare_plain: bool = False     # a second fastgw without them, interleaved too
     note: str = ""
 
@@ -237,6 +270,8 @@ SCENARIOS = {s.name: s for s in (
     Scenario("policies", "GET, small response, through ip allow, request_headers set, response_headers set and "
              "remove, and a local rate limit that never refuses", target_extra=POLICIES, compare_plain=True,
              note="nginx has none of these policies"),
+    Scenario("tls", "GET, small response, HTTP/1.1 over TLS (the same EC P-256 certificate on both, keep-alive)",
+             tls=True),
     Scenario("auth", "GET, small response, API key auth and a rate limit keyed by the consumer that never refuses",
              target_extra=AUTH, compare_plain=True, headers=("apikey: bench-key-0123456789",),
              note="nginx has no API key auth: it proxies the same request unchecked"),
@@ -327,9 +362,14 @@ def start_scenario(stack: Stack, sc: Scenario) -> dict[str, Proc]:
     folder = stack.folder
     backend, nginx_port, fastgw_port = free_port(), free_port(), free_port()
     (folder / "backend.conf").write_text(nginx_backend_conf(folder, backend, sc.workers))
-    (folder / "proxy.conf").write_text(nginx_proxy_conf(folder, nginx_port, backend, sc.workers))
-    (folder / "fastgw.toml").write_text(fastgw_conf(fastgw_port, backend, sc.workers, sc.routes,
-                                                    target_extra=sc.target_extra))
+    (folder / "proxy.conf").write_text(nginx_proxy_conf(folder, nginx_port, backend, sc.workers, tls=sc.tls))
+    server_extra = ""
+    if sc.tls:  # fastgw's plain listener moves aside; the measured one is its TLS listener
+        make_certificate(folder)
+        server_extra = (f'[server.tls]\nlisten = ["127.0.0.1:{fastgw_port}"]\n'
+                        f'certificates = [{{ cert = "{folder}/bench.pem", key = "{folder}/bench.key" }}]\n')
+    (folder / "fastgw.toml").write_text(fastgw_conf(free_port() if sc.tls else fastgw_port, backend, sc.workers,
+                                                    sc.routes, server_extra, target_extra=sc.target_extra))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     sides = {
         "backend": stack.start("backend", ["nginx", "-c", str(folder / "backend.conf"), "-p", str(folder)],
@@ -357,10 +397,13 @@ def start_scenario(stack: Stack, sc: Scenario) -> dict[str, Proc]:
 # -- the request and wrk ------------------------------------------------------------------------
 
 
-def fetch(port: int, sc: Scenario) -> tuple[int, bytes]:
+def fetch(port: int, sc: Scenario, tls: bool = False) -> tuple[int, bytes]:
     # 1 KiB of JSON for a POST, as post_1k.lua sends (the backend answers the same to any body)
     body = b'{"id":42,"payload":"' + b"x" * 1002 + b'"}' if sc.method == "POST" else None
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    if tls:  # (the scenario's own self-signed certificate: not verified)
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=ssl._create_unverified_context())
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
         headers = {"Host": HOST, **dict(f.split(": ", 1) for f in sc.headers)}
         if body is not None:
@@ -381,7 +424,7 @@ def check_answers(sides: dict[str, Proc], sc: Scenario) -> None:
     for name, proc in sides.items():
         if name == "backend":
             continue
-        status, body = fetch(proc.port, sc)
+        status, body = fetch(proc.port, sc, tls=sc.tls)
         if status != 200 or body != expected:
             raise Fail(f"{sc.name}: {name} answers {status} with {len(body)} bytes to {sc.path}, "
                        f"the backend 200 with {len(expected)}:\n{body[:300]!r}")
@@ -398,7 +441,7 @@ def wrk(port: int, sc: Scenario, connections: int, duration: int) -> dict:
         argv += ["-H", field]
     if sc.lua:
         argv += ["-s", str(HERE / sc.lua)]
-    argv.append(f"http://127.0.0.1:{port}{sc.path}")
+    argv.append(f"{'https' if sc.tls else 'http'}://127.0.0.1:{port}{sc.path}")
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30)
     out = done.stdout
     if done.returncode != 0 or "Requests/sec" not in out:
