@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
 
     demo = commands.add_parser("demo", help="run the gateway on the embedded demo config with demo backends")
     demo.add_argument("--port", type=int, default=8080, help="gateway port on 127.0.0.1 (default 8080)")
+    demo.add_argument("--tls-port", type=int, default=None, metavar="PORT",
+                      help="also serve HTTPS there, with a certificate for 127.0.0.1 the demo makes")
 
     check = commands.add_parser("check", help="validate a config and print its route table")
     check.add_argument("-c", "--config", default=DEFAULT_CONFIG)
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         return signal_running(args.config, args.command)
     if args.command == "demo":
         from fastgw.demo import run_demo
-        return run_demo(args.port)
+        return run_demo(args.port, args.tls_port)
     snapshot = _load(args.config)
     if snapshot is None:
         return 1

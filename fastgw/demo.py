@@ -164,7 +164,37 @@ Another port: `fastgw demo --port 9000` (or `make run PORT=9000`). Stop with Ctr
 """
 
 
-def run_demo(port: int = 8080) -> int:
+def make_certificate(folder: str) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 and localhost (EC P-256, 30 days), for
+    ``--tls-port``: (its path, its key's path). It is its own CA: ``curl --cacert``."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fastgw demo")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                        x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = os.path.join(folder, "demo-cert.pem"), os.path.join(folder, "demo-key.pem")
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def run_demo(port: int = 8080, tls_port: int | None = None) -> int:
     from fastgw.server import run
 
     sockets = {name: _free_socket() for name in ("users-a", "users-b", "echo")}
@@ -182,10 +212,18 @@ def run_demo(port: int = 8080) -> int:
     with tempfile.TemporaryDirectory(prefix="fastgw-demo-") as folder:
         path = os.path.join(folder, "demo.toml")
         config = demo_config(port, ports)
+        tls_lines = ""
+        if tls_port is not None:
+            cert, key = make_certificate(folder)
+            config = config.replace("\n[log]\n", f'\n[server.tls]\nlisten = ["127.0.0.1:{tls_port}"]\n'
+                                                  f'certificates = [{{ cert = "{cert}", key = "{key}" }}]\n'
+                                                  "\n[log]\n", 1)
+            tls_lines = (f"\nHTTPS (a certificate the demo made for 127.0.0.1; it is its own CA):\n\n"
+                         f"  curl -i --cacert {cert} https://127.0.0.1:{tls_port}/users/2\n")
         with open(path, "w") as f:
             f.write(config)
         try:
-            return run(path, on_ready=lambda: print(tour(port, config), file=sys.stderr, flush=True))
+            return run(path, on_ready=lambda: print(tour(port, config) + tls_lines, file=sys.stderr, flush=True))
         finally:
             os.kill(backend, signal.SIGTERM)
             os.waitpid(backend, 0)

@@ -554,3 +554,24 @@ def _pgid(pid: int) -> int | None:
         return os.getpgid(pid)
     except OSError:
         return None
+
+
+def test_demo_serves_https_with_a_certificate_it_makes(tmp_path):
+    port, tls_port = free_port(), free_port()
+    err = tmp_path / "stderr"
+    proc = subprocess.Popen([sys.executable, "-m", "fastgw", "demo", "--port", str(port), "--tls-port", str(tls_port)],
+                            stdout=subprocess.DEVNULL, stderr=err.open("wb"), stdin=subprocess.DEVNULL, cwd=tmp_path,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)), start_new_session=True)
+    try:
+        wait_port(tls_port, proc=proc)
+        tour = _wait(lambda: "curl -i --cacert" in err.read_text() and err.read_text(), 10, "the tour")
+        (line,) = [x for x in tour.splitlines() if "curl -i --cacert" in x]
+        key, response = _curl(line)  # curl checks the certificate against the demo's own
+        assert (key, response.status_code) == (f"GET https://127.0.0.1:{tls_port}/users/2", 200)
+        assert response.json()["name"] == "Alan Turing"
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
