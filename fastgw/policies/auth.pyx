@@ -43,7 +43,7 @@ import time
 from urllib.parse import unquote_to_bytes
 
 from fastgw.exchange cimport Exchange
-from fastgw.policy cimport CONTINUE, WAIT, Policy, answer
+from fastgw.policy cimport CONTINUE, WAIT, Policy, answer, first_field as _header
 from fastgw.policy import REQUIRED, PolicySpec
 
 AUTH_PRIORITY = 2500
@@ -151,15 +151,6 @@ class Consumers:
         if found is not None and hmac.compare_digest(found[0], key):
             return found[1]
         return None
-
-
-cdef bytes _header(list headers, bytes wanted):
-    cdef tuple field
-    cdef Py_ssize_t n = len(wanted)
-    for field in headers:
-        if len(<bytes>field[0]) == n and (<bytes>field[0]).lower() == wanted:
-            return field[1]
-    return None
 
 
 cdef bytes _query_key(bytes query):

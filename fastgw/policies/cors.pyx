@@ -23,7 +23,7 @@ May import: fastgw.policy, fastgw.exchange.
 """
 
 from fastgw.exchange cimport Exchange
-from fastgw.policy cimport CONTINUE, Policy, answer
+from fastgw.policy cimport CONTINUE, Policy, answer, first_field as _header
 from fastgw.policy import REQUIRED, PolicySpec
 
 PRIORITY = 4000
@@ -32,16 +32,6 @@ DEFAULT_METHODS = ("GET", "HEAD", "PUT", "PATCH", "POST", "DELETE")
 cdef bytes ORIGIN = b"origin"
 cdef bytes REQUEST_METHOD = b"access-control-request-method"
 cdef bytes REQUEST_HEADERS = b"access-control-request-headers"
-
-
-cdef bytes _header(list headers, bytes wanted):
-    """The first ``wanted`` (lower-case) field's value, or None."""
-    cdef tuple field
-    cdef Py_ssize_t n = len(wanted)
-    for field in headers:
-        if len(<bytes>field[0]) == n and (<bytes>field[0]).lower() == wanted:
-            return field[1]
-    return None
 
 
 cdef class Cors(Policy):
