@@ -129,6 +129,11 @@ def test_sni_chooses_the_certificate_and_alpn_offers_http1(tls_gateway, ca):
     assert peer_names(port, "unknown.example.com", ca.path)[0] == ["default.example.com"]
     assert peer_names(port, None, ca.path)[0] == ["default.example.com"]  # no SNI: the first
     assert peer_names(port, "api.example.com", ca.path)[1] == "http/1.1"
+    # The same with openssl's own client: the certificate for the name it sends.
+    for name, subject in (("api.example.com", "api.example.com"), ("other.test", "default.example.com")):
+        out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", name,
+                              "-alpn", "http/1.1"], input="", capture_output=True, text=True, timeout=10).stdout
+        assert f"subject=CN = {subject}" in out and "ALPN protocol: http/1.1" in out, out[-600:]
 
 
 def test_requests_over_tls_say_https_upstream(tls_gateway, ca):
