@@ -150,8 +150,8 @@ def test_requests_over_tls_say_https_upstream(tls_gateway, ca):
     assert dict(r.json()["headers"])["x-forwarded-proto"] == "http"
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl (apt-get install openssl)")
 def test_protocol_floor_and_tls12_ciphers(backend, gateway, ca):
+    assert shutil.which("openssl"), "openssl is not installed (apt-get install openssl)"
     ca.leaf("default", ["default.example.com"])
     tls_port = free_port()
     toml, port = tls_config(backend, tls_port, CERTS.split("[[server.tls.certificates]]\n        cert = \"api.pem\"")[0])
