@@ -177,33 +177,11 @@ def route_table(n: int, target_extra: str = "") -> str:
     return "\n".join(out)
 
 
-# TLS scenario: the same certificate and protocols on both sides (made per run, EC P-256).
-TLS_NGINX = """ssl_certificate {folder}/bench.pem;
-        ssl_certificate_key {folder}/bench.key;
+# TLS scenario: the same certificate and protocols on both sides (fastgw.demo's, made per
+# run: EC P-256, for 127.0.0.1).
+TLS_NGINX = """ssl_certificate {folder}/demo-cert.pem;
+        ssl_certificate_key {folder}/demo-key.pem;
         ssl_protocols TLSv1.2 TLSv1.3;"""
-
-
-def make_certificate(folder: Path) -> None:
-    """A self-signed certificate for the TLS scenario, in folder/bench.pem and bench.key."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(HOST)]), critical=False)
-            .sign(key, hashes.SHA256()))
-    (folder / "bench.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "bench.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                         serialization.PrivateFormat.PKCS8,
-                                                         serialization.NoEncryption()))
 
 
 def fastgw_conf(port: int, backend: int, workers: int, routes: int, server_extra: str = "",
@@ -365,9 +343,10 @@ def start_scenario(stack: Stack, sc: Scenario) -> dict[str, Proc]:
     (folder / "proxy.conf").write_text(nginx_proxy_conf(folder, nginx_port, backend, sc.workers, tls=sc.tls))
     server_extra = ""
     if sc.tls:  # fastgw's plain listener moves aside; the measured one is its TLS listener
-        make_certificate(folder)
+        from fastgw.demo import make_certificate
+        cert, key = make_certificate(str(folder))
         server_extra = (f'[server.tls]\nlisten = ["127.0.0.1:{fastgw_port}"]\n'
-                        f'certificates = [{{ cert = "{folder}/bench.pem", key = "{folder}/bench.key" }}]\n')
+                        f'certificates = [{{ cert = "{cert}", key = "{key}" }}]\n')
     (folder / "fastgw.toml").write_text(fastgw_conf(free_port() if sc.tls else fastgw_port, backend, sc.workers,
                                                     sc.routes, server_extra, target_extra=sc.target_extra))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -437,8 +416,8 @@ def to_ms(text: str) -> float:
 
 def wrk(port: int, sc: Scenario, connections: int, duration: int) -> dict:
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-H", f"Host: {HOST}"]
-    for field in sc.headers:
-        argv += ["-H", field]
+    for header in sc.headers:
+        argv += ["-H", header]
     if sc.lua:
         argv += ["-s", str(HERE / sc.lua)]
     argv.append(f"{'https' if sc.tls else 'http'}://127.0.0.1:{port}{sc.path}")

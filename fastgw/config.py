@@ -1540,12 +1540,11 @@ TEMPLATE_VARIABLES = ("request_id", "route", "client_ip", "consumer")
 
 
 def _field_name(value: Any) -> str:
-    name = _string(value)
-    if not _TOKEN.fullmatch(name):
-        raise ValueError(f"{_q(name)} is not a valid header name")
-    if name.lower() in _RESERVED_FIELDS:
-        raise ValueError(f"{_q(name)} is written by fastgw itself and cannot be changed here")
-    return name.lower()
+    """A header name a policy may write or remove (lower-cased)."""
+    name = _any_field_name(value)
+    if name in _RESERVED_FIELDS:
+        raise ValueError(f"{_q(value)} is written by fastgw itself and cannot be changed here")
+    return name
 
 
 def _each(items: Iterable[Any], convert: Convert) -> list[Any]:
@@ -1567,6 +1566,7 @@ def _header_names(value: Any) -> tuple[str, ...]:
 
 
 def _any_field_name(value: Any) -> str:
+    """A header name (lower-cased), to read or to mention."""
     name = _string(value)
     if not _TOKEN.fullmatch(name):
         raise ValueError(f"{_q(name)} is not a valid header name")
@@ -1674,7 +1674,7 @@ SCHEMA_KINDS: dict[str, Convert] = {
     "header_names": _header_names,
     "header_names_any": _any_header_names,
     "header_name": _any_field_name,
-    "secret": lambda value: _secret(value),
+    "secret": _secret,
     "file": _nonempty_string,
     "files": lambda value: tuple(_each(_array(value), _nonempty_string)),
     "header_fields": _header_fields,

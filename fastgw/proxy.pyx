@@ -7,8 +7,8 @@ errors (and the policies' answers) into responses.
 ``Proxy.handle(ex)`` reads the current ``Snapshot`` once, so a reload (one assignment to
 ``Proxy.snapshot``) never changes the world under a request in flight.
 
-What it writes upstream (README "What it does with a request"): the normalised, possibly rewritten path
-and the raw query; the client's headers minus hop-by-hop ones and minus the framing,
+What it writes upstream (README "What it does with a request"): the normalised, possibly
+rewritten path and the raw query; the client's headers minus hop-by-hop ones and minus the framing,
 which we write ourselves; ``X-Forwarded-For/-Proto/-Host`` (the client's own only when the
 peer is a trusted proxy, else replaced), ``X-Request-Id`` (kept when sane, else made) and
 ``traceparent`` (passed on when valid, else started).
@@ -40,7 +40,7 @@ from fastgw._core.wire cimport (
 from fastgw._core.wire import seed_trace_ids
 from fastgw.exchange cimport (
     BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Downstream, Exchange, head_fields, monotonic)
-from fastgw.policy cimport ANSWERED, CONTINUE, WAIT, Chain, Policy
+from fastgw.policy cimport ANSWERED, CONTINUE, WAIT, Chain, Policy, first_field
 from fastgw.upstream cimport Pool, ResponseListener, Upstream, UpstreamConnection
 from cpython.unicode cimport PyUnicode_FromFormat
 
@@ -231,12 +231,8 @@ cdef class Proxy(ResponseListener):
     cdef bint _preflight(self, Exchange ex, snap, headers):
         """A CORS preflight on a path whose route leaves OPTIONS out of its methods: the
         route of the method it announces answers it, when that route has ``cors``."""
-        cdef tuple field
-        method = None
-        for field in ex.headers:
-            if (<bytes>field[0]).lower() == b"access-control-request-method":
-                method = (<bytes>field[1]).decode("latin-1").strip().upper()
-                break
+        announced = first_field(ex.headers, b"access-control-request-method")
+        method = announced.decode("latin-1").strip().upper() if announced is not None else ""
         if not method:
             return False
         cdef RouteMatch match = snap.router.match(method, ex.host, ex.path, headers)

@@ -9,8 +9,8 @@ one before has sent its whole response, so responses leave in request order. Req
 whose body is being read (``reading``); the exchange streams them upstream or holds a
 bounded amount.
 
-What llhttp refuses by itself (in its strict mode: no leniency flag is set) becomes 400 and a close. What it leaves
-to us is checked here: HTTP/1.0 with Transfer-Encoding, any transfer coding but chunked
+What llhttp refuses by itself (in its strict mode: no leniency flag is set) becomes 400
+and a close. What it leaves to us is checked here: HTTP/1.0 with Transfer-Encoding, any transfer coding but chunked
 alone, missing or repeated Host (and the authority of an absolute-form target replacing
 Host), HTTP/0.9 and HTTP/2.0 request lines, fragments and non-origin-form targets, path
 normalisation, header and URL size (431/414, never dropping headers silently), body size
@@ -582,9 +582,9 @@ cdef class HTTP1Connection(Downstream):
 
     cdef _upgrade_requested(self):
         # llhttp stops after a request carrying Upgrade (or CONNECT). WebSocket and h2c are
-        # not served yet: the request is served as plain HTTP (Upgrade is
-        # hop-by-hop and not forwarded) and the connection closes after it, since llhttp
-        # will not parse what follows. (CONNECT never gets here: on_headers_complete
+        # not served yet: the request is served as plain HTTP (Upgrade is hop-by-hop and
+        # not forwarded) and the connection closes after it, since llhttp will not parse
+        # what follows. (CONNECT never gets here: on_headers_complete
         # refuses it.)
         cdef Exchange ex = self.current if not self.queue else self.queue[-1]
         if ex is not None:
