@@ -495,3 +495,60 @@ upstream = "ws"
             raw.close()
     finally:
         echo.close()
+
+
+def test_a_slow_upstream_holds_back_only_its_own_stream(backend, gateway):
+    """The request direction: an upstream that reads nothing fills its connection's
+    buffers; then that stream's window stays shut, while the connection's window and the
+    other streams go on."""
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # (fills sooner)
+    stuck.bind(("127.0.0.1", 0))
+    stuck.listen(8)
+    held = []
+    import threading
+    threading.Thread(target=lambda: held.append(stuck.accept()), daemon=True).start()
+    port = free_port()
+    toml, port = config_for(backend, port=port, routes=f"""
+        [[routes]]
+        name = "stuck"
+        paths = ["/stuck/*"]
+        upstream = "stuck"
+        [[routes]]
+        name = "all"
+        paths = ["/*"]
+        upstream = "app"
+        """, server='max_body_bytes = "1GiB"')
+    toml += f'\n[upstreams.stuck]\ntargets = ["127.0.0.1:{stuck.getsockname()[1]}"]\nread_timeout = "30s"\n'
+    gateway(toml, port)
+    raw = RawH2(port)
+    try:
+        sid = raw.request(request_headers(port, "/stuck/upload", "POST", [("content-length", str(1 << 30))]),
+                          end=False)
+        sent, shut_since = 0, None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            window = raw.conn.local_flow_control_window(sid)
+            if window > 0:
+                shut_since = None
+                chunk = min(window, 16384)
+                raw.conn.send_data(sid, b"u" * chunk)
+                raw.send()
+                sent += chunk
+                continue
+            shut_since = shut_since or time.monotonic()
+            if time.monotonic() - shut_since > 1.5:
+                break  # shut for good: the upstream takes nothing more
+            raw.events.clear()
+            raw.read(lambda events: any(isinstance(e, h2.events.WindowUpdated) for e in events), timeout=0.3)
+        assert shut_since is not None, f"the stream's window never shut ({sent} bytes sent)"
+        assert sent < 64 * 1024 * 1024  # bounded: the windows and the socket buffers, not the body
+        # The connection is not stalled: another stream is served at once.
+        good = raw.request(request_headers(port, path="/echo/meanwhile"))
+        assert raw.response(good)[0] == 200
+        assert raw.conn.outbound_flow_control_window > 0
+    finally:
+        raw.close()
+        stuck.close()
+        for conn, _ in held:
+            conn.close()

@@ -345,7 +345,7 @@ cdef class HTTP2Connection(Downstream):
     cdef Proxy proxy
     cdef public object transport
     cdef dict streams
-    cdef list ready
+    cdef list ready  # exchanges whose heads completed in the bytes being processed
     cdef str peer_ip
     cdef bint tls, closing, write_paused, in_session, going_away, final_goaway, calmed
     cdef double deadline, window_start
@@ -442,7 +442,7 @@ cdef class HTTP2Connection(Downstream):
         ex.stream = stream
         ex.version = "2"
         self.streams[1] = stream
-        self.ready.append(stream)
+        self.ready.append(stream.ex)
         self.opened += 1
 
     # -- asyncio.Protocol -----------------------------------------------------------------
@@ -481,9 +481,11 @@ cdef class HTTP2Connection(Downstream):
         self.streams.clear()
         for stream in streams:
             stream.closed = True
-            if stream.ex is not None and not stream.finished:
+            ex = stream.ex
+            stream.ex = None
+            if ex is not None and not stream.finished:
                 stream.finished = True
-                stream.ex.fail(ClientClosedRequest("client closed the connection"))
+                ex.fail(ClientClosedRequest("client closed the connection"))
 
     def pause_writing(self):
         self.write_paused = True
@@ -698,18 +700,18 @@ cdef class HTTP2Connection(Downstream):
         self.proxy.prepare(ex, stream.request_id)
         if not end_stream:
             stream.deadline = ex.started + self.limits.stream_idle_timeout
-        self.ready.append(stream)
+        self.ready.append(stream.ex)
 
     cdef _dispatch(self):
         """Run the exchanges whose heads completed in the bytes just processed (outside the
         library's callbacks, so that answering one never re-enters it)."""
-        cdef H2Stream stream
+        cdef Exchange ex
         ready = self.ready
         if not ready:
             return
         self.ready = []
-        for stream in ready:
-            self.proxy.handle(stream.ex)
+        for ex in ready:
+            self.proxy.handle(ex)  # (one reset meanwhile has its failure: logged 499)
 
     cdef _body(self, int32_t stream_id, const uint8_t *data, size_t length):
         cdef H2Stream stream = self.streams.get(stream_id)
@@ -743,11 +745,13 @@ cdef class HTTP2Connection(Downstream):
         stream.closed = True
         if not self.streams:
             self.deadline = monotonic() + self.limits.idle_timeout
-        if stream.ex is not None and not stream.finished:
+        ex = stream.ex
+        stream.ex = None  # (no cycle left for the garbage collector to find)
+        if ex is not None and not stream.finished:
             # Reset by the client, or malformed (a content-length the DATA broke): its
             # request is abandoned upstream.
             stream.finished = True
-            stream.ex.fail(ClientClosedRequest(
+            ex.fail(ClientClosedRequest(
                 "client reset the stream" if error_code != NGHTTP2_NO_ERROR else "stream closed"))
 
     cdef _frame_sent(self, const nghttp2_frame *frame):
