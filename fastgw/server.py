@@ -53,6 +53,7 @@ from fastgw.errors import ConfigError
 from fastgw.health import HealthChecker
 from fastgw.logs import AccessLog, error_log
 from fastgw.protocols.http1 import HTTP1Connection
+from fastgw.protocols.http2 import HTTP2Connection
 from fastgw.proxy import Proxy
 from fastgw.snapshot import Snapshot, compile_snapshot, retire_replaced
 from fastgw.tls import Listener
@@ -130,7 +131,7 @@ class Worker:
         self.access_log = AccessLog(config.log.access)
         self.proxy = Proxy(snapshot, self.access_log)
         self.sockets = sockets
-        self.connections: set[HTTP1Connection] = set()
+        self.connections: set[HTTP1Connection | HTTP2Connection] = set()
         self.servers: list[asyncio.AbstractServer] = []
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.stopped: asyncio.Future | None = None
@@ -239,6 +240,12 @@ class Worker:
             old_log.close()
         old = self.proxy.snapshot
         self.proxy.snapshot = snapshot
+        if config.server.http2 != self.limits.http2:
+            # Open HTTP/2 connections keep the SETTINGS they were told: GOAWAY sends their
+            # clients to a new connection, which hears the new ones.
+            for conn in list(self.connections):
+                if isinstance(conn, HTTP2Connection):
+                    conn.retire()
         self.limits = config.server
         self.config = config
         retire_replaced(old, snapshot)

@@ -552,3 +552,40 @@ def test_a_slow_upstream_holds_back_only_its_own_stream(backend, gateway):
         stuck.close()
         for conn, _ in held:
             conn.close()
+
+
+def test_a_reload_changing_the_limits_sends_goaway_and_new_connections_hear_them(backend, gateway):
+    toml, port = config_for(backend, server="[server.http2]\nmax_concurrent_streams = 50\n")
+    gw = gateway(toml, port)
+    raw = RawH2(port)
+    try:
+        sid = raw.request(request_headers(port, path="/slow?ms=700"))
+        time.sleep(0.2)
+        gw.reload(toml.replace("max_concurrent_streams = 50", "max_concurrent_streams = 7"))
+
+        def answered(frames):
+            return any(f.stream_id == sid and "END_STREAM" in f.flags for f in frames)
+        frames = read_frames(raw.sock, answered)
+        assert answered(frames), "the stream in flight finished"
+        goaways = [f for f in frames if isinstance(f, hyperframe.frame.GoAwayFrame)]
+        assert goaways and goaways[-1].last_stream_id == sid and goaways[-1].error_code == 0
+    finally:
+        raw.close()
+    fresh = RawH2(port)
+    try:
+        fresh.read(lambda events: any(isinstance(e, h2.events.RemoteSettingsChanged) for e in events))
+        assert fresh.conn.remote_settings.max_concurrent_streams == 7
+    finally:
+        fresh.close()
+    # A reload that leaves them alone sends nothing.
+    keep = RawH2(port)
+    try:
+        keep.read(lambda events: any(isinstance(e, h2.events.RemoteSettingsChanged) for e in events))
+        gw.reload(toml.replace("max_concurrent_streams = 50", "max_concurrent_streams = 7") + "\n# touched\n")
+        time.sleep(1.0)
+        frames = read_frames(keep.sock, lambda frames: False, timeout=0.5)
+        assert not [f for f in frames if isinstance(f, hyperframe.frame.GoAwayFrame)]
+        sid = keep.request(request_headers(port, path="/echo/after-reload"))
+        assert keep.response(sid)[0] == 200
+    finally:
+        keep.close()

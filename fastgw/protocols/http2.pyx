@@ -959,7 +959,7 @@ cdef class HTTP2Connection(Downstream):
         if self.closing:
             return
         if not self.streams:
-            if now >= self.deadline:
+            if now >= self.deadline or self.final_goaway:
                 self.go_away()
                 self._flush()
                 self._close()
@@ -1000,6 +1000,13 @@ cdef class HTTP2Connection(Downstream):
                                   nghttp2_session_get_last_proc_stream_id(self.session),
                                   NGHTTP2_NO_ERROR, NULL, 0)
         self._flush()
+
+    def retire(self):
+        """A reload changed ``[server.http2]``: GOAWAY (the notice now, the last stream id
+        a moment later), so that the client opens a new connection and hears the new
+        SETTINGS; the streams in flight finish here, then the sweeper closes it."""
+        self.go_away()
+        self.loop.call_later(0.1, self.go_away)
 
     def close_if_idle(self):
         """Draining (called every 50 ms): GOAWAY, then close once no stream is left."""
