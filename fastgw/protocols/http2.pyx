@@ -53,6 +53,7 @@ fastgw._core (path normalisation).
 
 import base64
 import binascii
+from collections import deque
 import hashlib
 import logging
 import os
@@ -89,6 +90,8 @@ WRITE_HIGH_WATER = 64 * 1024
 # Malformed requests (refused streams) and invalid frames a connection may send before it
 # is told to calm down and closed.
 cdef int MAX_GLITCHES = 100
+# Streams we reset whose late HEADERS (trailers on their way) are ignored, not an error.
+RESETS_REMEMBERED = 64
 # WINDOW_UPDATE frames accepted per DATA frame we sent (Envoy's rule), beyond a first 100.
 cdef int WINDOW_UPDATES_PER_DATA = 10
 cdef dict METHOD_NAMES = {m.encode(): m for m in (
@@ -252,6 +255,18 @@ cdef int _on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t 
     return 0
 
 
+cdef int _on_begin_frame(nghttp2_session *session, const nghttp2_frame_hd *hd, void *user_data) noexcept:
+    if hd.type != NGHTTP2_HEADERS:
+        return 0
+    try:
+        if (<HTTP2Connection>user_data)._stale_headers(hd.stream_id):
+            return NGHTTP2_ERR_CALLBACK_FAILURE  # (the GOAWAY is queued: the connection ends)
+    except BaseException:
+        log.exception("HTTP/2 frame on stream %d failed", hd.stream_id)
+        return NGHTTP2_ERR_CALLBACK_FAILURE
+    return 0
+
+
 cdef int _on_frame_send(nghttp2_session *session, const nghttp2_frame *frame,
                         void *user_data) noexcept:
     try:
@@ -285,6 +300,7 @@ cdef _make_callbacks():
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(CALLBACKS, _on_data_chunk)
     nghttp2_session_callbacks_set_on_stream_close_callback(CALLBACKS, _on_stream_close)
     nghttp2_session_callbacks_set_on_frame_send_callback(CALLBACKS, _on_frame_send)
+    nghttp2_session_callbacks_set_on_begin_frame_callback(CALLBACKS, _on_begin_frame)
 
 
 _make_callbacks()
@@ -353,6 +369,10 @@ cdef class HTTP2Connection(Downstream):
     # resets of streams not yet answered, streams opened, malformed requests, WINDOW_UPDATE
     # frames received against DATA frames sent
     cdef int resets, control_frames, premature_resets, opened, glitches
+    # the highest stream id the client opened, and the streams we reset lately (a client
+    # may still send their trailers, unaware)
+    cdef int32_t last_stream_id
+    cdef object reset_by_us
     cdef long window_updates, data_frames_sent
 
     def __init__(self, worker, bint tls=False):
@@ -366,6 +386,7 @@ cdef class HTTP2Connection(Downstream):
         self.ready = []
         self.peer_ip = ""
         self.session = NULL
+        self.reset_by_us = deque(maxlen=RESETS_REMEMBERED)
 
     def __dealloc__(self):
         if self.session is not NULL:
@@ -398,7 +419,7 @@ cdef class HTTP2Connection(Downstream):
         nghttp2_option_del(option)
         if rv != 0:
             raise MemoryError("cannot make an HTTP/2 session")
-        cdef nghttp2_settings_entry settings[7]
+        cdef nghttp2_settings_entry settings[6]
         settings[0].settings_id = NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS
         settings[0].value = limits.max_concurrent_streams
         settings[1].settings_id = NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE
@@ -409,11 +430,11 @@ cdef class HTTP2Connection(Downstream):
         settings[3].value = limits.max_header_table_bytes
         settings[4].settings_id = NGHTTP2_SETTINGS_ENABLE_PUSH
         settings[4].value = 0
-        settings[5].settings_id = NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES
+        settings[5].settings_id = NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL  # WebSocket (RFC 8441)
         settings[5].value = 1
-        settings[6].settings_id = NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL  # WebSocket (RFC 8441)
-        settings[6].value = 1
-        nghttp2_submit_settings(self.session, NGHTTP2_FLAG_NONE, settings, 7)
+        # (No SETTINGS_NO_RFC7540_PRIORITIES: with it the library skips PRIORITY frames
+        # unread, and a malformed or flooding one would go unseen.)
+        nghttp2_submit_settings(self.session, NGHTTP2_FLAG_NONE, settings, 6)
         if limits.connection_window_bytes > 65535:
             nghttp2_session_set_local_window_size(self.session, NGHTTP2_FLAG_NONE, 0,
                                                   limits.connection_window_bytes)
@@ -442,6 +463,7 @@ cdef class HTTP2Connection(Downstream):
         ex.stream = stream
         ex.version = "2"
         self.streams[1] = stream
+        self.last_stream_id = 1
         self.ready.append(stream.ex)
         self.opened += 1
 
@@ -466,7 +488,12 @@ cdef class HTTP2Connection(Downstream):
             self._flush()
             self._close()
             return
-        self._dispatch()
+        if self.ready:
+            # What the library queued while reading goes first: a stream it found malformed
+            # in these same bytes (a DATA frame breaking its content-length) is reset and
+            # closed by that, and so never dispatched to an upstream.
+            self._flush()
+            self._dispatch()
         self._flush()
 
     def eof_received(self):
@@ -498,10 +525,24 @@ cdef class HTTP2Connection(Downstream):
 
     cdef _begin_stream(self, int32_t stream_id):
         cdef H2Stream stream = H2Stream(stream_id)
+        if stream_id > self.last_stream_id:
+            self.last_stream_id = stream_id
         # The head must complete in time too (a CONTINUATION dribble).
         stream.deadline = monotonic() + self.limits.stream_idle_timeout
         self.streams[stream_id] = stream
         self.opened += 1
+
+    cdef bint _stale_headers(self, int32_t stream_id):
+        """HEADERS on a stream that can only be closed: a lower id than one the client
+        opened, not open now, and not one we reset (whose trailers may be under way). The
+        library ignores such a block (it keeps no closed streams); RFC 9113 §5.1 makes it a
+        connection error, and so do we: GOAWAY PROTOCOL_ERROR."""
+        if stream_id > self.last_stream_id or stream_id in self.streams or stream_id in self.reset_by_us:
+            return False
+        log.info("HTTP/2 client %s: HEADERS on closed stream %d; GOAWAY PROTOCOL_ERROR", self.peer_ip, stream_id)
+        nghttp2_submit_goaway(self.session, NGHTTP2_FLAG_NONE, self.last_stream_id, NGHTTP2_PROTOCOL_ERROR,
+                              NULL, 0)
+        return True
 
     cdef _field(self, int32_t stream_id, const uint8_t *name, size_t namelen,
                 const uint8_t *value, size_t valuelen):
@@ -758,6 +799,8 @@ cdef class HTTP2Connection(Downstream):
         cdef H2Stream stream
         if frame.hd.type == NGHTTP2_DATA:
             self.data_frames_sent += 1
+        elif frame.hd.type == NGHTTP2_RST_STREAM:
+            self.reset_by_us.append(frame.hd.stream_id)
         if (frame.hd.flags & NGHTTP2_FLAG_END_STREAM
                 and (frame.hd.type == NGHTTP2_DATA or frame.hd.type == NGHTTP2_HEADERS)):
             stream = self.streams.get(frame.hd.stream_id)
