@@ -751,6 +751,7 @@ PSEUDO_CASES = {
     "path-with-space-only": GOOD[:3] + [(":path", "/a b/@TOKEN")],
     "path-with-crlf": GOOD[:3] + [(":path", "@PATH\r\nx-injected: 1")],
     "authority-with-crlf": GOOD[:2] + [(":authority", "a\r\nx-injected: @TOKEN"), (":path", "/echo/ok")],
+    "authority-with-userinfo": GOOD[:2] + [(":authority", "user:pw@127.0.0.1"), (":path", "@PATH")],
     "scheme-with-space": [GOOD[0], (":scheme", "http x"), *GOOD[2:]],
     "connect-with-path": [(":method", "CONNECT"), (":authority", "127.0.0.1:1"), (":path", "@PATH")],
 }
