@@ -39,13 +39,34 @@ COMPILED_MODULES = [
     "fastgw.policies.auth",
     "fastgw.proxy",
     "fastgw.protocols.http1",
+    "fastgw.protocols.http2",
 ]
+
+# The HTTP/2 front end links the system's libnghttp2 (the library nginx's and Envoy's
+# peers build on); Debian carries the Rapid Reset and CONTINUATION-flood fixes in its
+# libnghttp2-dev.
+LIBRARIES = {"fastgw.protocols.http2": ["nghttp2"]}
+NGHTTP2_HEADER = "nghttp2/nghttp2.h"
+
+
+def _require_nghttp2() -> None:
+    include_dirs = ["/usr/include", "/usr/local/include",
+                    *os.environ.get("CPATH", "").split(os.pathsep), *os.environ.get("C_INCLUDE_PATH", "").split(os.pathsep)]
+    if not any(d and os.path.exists(os.path.join(d, NGHTTP2_HEADER)) for d in include_dirs):
+        raise SystemExit(
+            "fastgw: the HTTP/2 front end needs libnghttp2's headers (nghttp2/nghttp2.h), not found.\n"
+            "  On Debian or Ubuntu: apt-get install libnghttp2-dev\n"
+            "  (elsewhere: the nghttp2 development package; or set CPATH to its include folder)")
+
+
+_require_nghttp2()
 
 extensions = [
     Extension(
         name,
         [name.replace(".", "/") + ".pyx"],
         extra_compile_args=["-O2"],
+        libraries=LIBRARIES.get(name, []),
         define_macros=[("CYTHON_TRACE", "1"), ("FASTGW_DEBUG", "1")] if DEBUG else [],
     )
     for name in COMPILED_MODULES

@@ -4,9 +4,8 @@
     python benchmarks/macro.py --scenario json_4k --scenario post_1k --duration 5
     python benchmarks/macro.py --quick               # CI: 2 s, 1 round, -c50 only
 
-Needs nginx, wrk and h2load (Debian: ``apt-get install nginx-light wrk nghttp2-client``;
-h2load is checked for the HTTP/2 scenario to come, not used yet); exits 2 naming what is
-missing. For each scenario it starts, on fresh ports:
+Needs nginx, wrk and h2load (Debian: ``apt-get install nginx-light wrk nghttp2-client``);
+exits 2 naming what is missing. For each scenario it starts, on fresh ports:
 
 - the backend: nginx, ``return 200`` with a small body (and a 4 KiB JSON body at
   ``/api/v1/json``), access log off, as many workers as the proxies under test;
@@ -14,7 +13,9 @@ missing. For each scenario it starts, on fresh ports:
 - fastgw: access log off, upstream keepalive 64, the route table of the scenario;
 
 checks that both proxies give the backend's answer to the scenario's request, then, for
-each load (``wrk -t1 -cC -dDs --latency``), warms each side and runs them interleaved
+each load (``wrk -t1 -cC -dDs --latency``; for the HTTP/2 scenarios ``h2load -t1 -cC -mM
+-DD`` over cleartext HTTP/2 by prior knowledge, its per-request log giving p50 and p99),
+warms each side and runs them interleaved
 (A B A B ...) ``--rounds`` times. It prints a markdown table of the medians of req/s, p50
 and p99 with the ratios fastgw/nginx, flags runs where wrk saw socket errors or non-2xx
 answers, and writes ``benchmarks/results/<timestamp>.json`` (the machine, every run, the
@@ -118,7 +119,7 @@ def nofile_for(worker_connections: int) -> int:
 
 
 def nginx_proxy_conf(folder: Path, port: int, backend: int, workers: int, worker_connections: int = 4096,
-                     tls: bool = False) -> str:
+                     tls: bool = False, http2: bool = False) -> str:
     # keepalive_requests in the upstream block: nginx closes a pooled upstream connection
     # after 1,000 requests by default, fastgw never does; both keep them alike.
     # reuseport: fastgw gives each worker its own SO_REUSEPORT socket, so nginx does too
@@ -140,7 +141,7 @@ http {{
         keepalive_requests 1000000;
     }}
     server {{
-        listen 127.0.0.1:{port} reuseport{" ssl" if tls else ""};
+        listen 127.0.0.1:{port} reuseport{" ssl" if tls else ""}{" http2" if http2 else ""};
         {TLS_NGINX.format(folder=folder) if tls else ""}
         location / {{
             proxy_pass http://backend;
@@ -232,6 +233,8 @@ class Scenario:
     target_extra: str = ""          # policies of the route the requests take (TOML)
     headers: tuple[str, ...] = ()   # more request fields ("name: value"), sent by wrk and the check
     tls: bool = False               # both proxies terminate TLS (wrk over https)
+    h2_streams: int = 0             # HTTP/2 by prior knowledge: h2load with this many streams per connection
+    loads: tuple[int, ...] = ()     # the connection counts of this scenario (default: --connections)
     compare_plain: bool = False     # a second fastgw without them, interleaved too
     note: str = ""
 
@@ -253,6 +256,8 @@ SCENARIOS = {s.name: s for s in (
     Scenario("auth", "GET, small response, API key auth and a rate limit keyed by the consumer that never refuses",
              target_extra=AUTH, compare_plain=True, headers=("apikey: bench-key-0123456789",),
              note="nginx has no API key auth: it proxies the same request unchecked"),
+    Scenario("h2", "GET, small response, cleartext HTTP/2 by prior knowledge, 10 streams per connection "
+             "(HTTP/1.1 to the backend)", h2_streams=10, loads=(10, 50)),
 )}
 
 
@@ -340,7 +345,8 @@ def start_scenario(stack: Stack, sc: Scenario) -> dict[str, Proc]:
     folder = stack.folder
     backend, nginx_port, fastgw_port = free_port(), free_port(), free_port()
     (folder / "backend.conf").write_text(nginx_backend_conf(folder, backend, sc.workers))
-    (folder / "proxy.conf").write_text(nginx_proxy_conf(folder, nginx_port, backend, sc.workers, tls=sc.tls))
+    (folder / "proxy.conf").write_text(nginx_proxy_conf(folder, nginx_port, backend, sc.workers, tls=sc.tls,
+                                                        http2=sc.h2_streams > 0))
     server_extra = ""
     if sc.tls:  # fastgw's plain listener moves aside; the measured one is its TLS listener
         from fastgw.demo import make_certificate
@@ -376,7 +382,12 @@ def start_scenario(stack: Stack, sc: Scenario) -> dict[str, Proc]:
 # -- the request and wrk ------------------------------------------------------------------------
 
 
-def fetch(port: int, sc: Scenario, tls: bool = False) -> tuple[int, bytes]:
+def fetch(port: int, sc: Scenario, tls: bool = False, h2: bool = False) -> tuple[int, bytes]:
+    if h2:  # (nginx's cleartext HTTP/2 port speaks nothing else)
+        done = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "-H", f"Host: {HOST}", "-w", "\n%{http_code}",
+                               f"http://127.0.0.1:{port}{sc.path}"], capture_output=True, timeout=10)
+        body, _, status = done.stdout.rpartition(b"\n")
+        return int(status or 0), body
     # 1 KiB of JSON for a POST, as post_1k.lua sends (the backend answers the same to any body)
     body = b'{"id":42,"payload":"' + b"x" * 1002 + b'"}' if sc.method == "POST" else None
     if tls:  # (the scenario's own self-signed certificate: not verified)
@@ -403,7 +414,7 @@ def check_answers(sides: dict[str, Proc], sc: Scenario) -> None:
     for name, proc in sides.items():
         if name == "backend":
             continue
-        status, body = fetch(proc.port, sc, tls=sc.tls)
+        status, body = fetch(proc.port, sc, tls=sc.tls, h2=sc.h2_streams > 0)
         if status != 200 or body != expected:
             raise Fail(f"{sc.name}: {name} answers {status} with {len(body)} bytes to {sc.path}, "
                        f"the backend 200 with {len(expected)}:\n{body[:300]!r}")
@@ -442,6 +453,38 @@ def wrk(port: int, sc: Scenario, connections: int, duration: int) -> dict:
     }
 
 
+def h2load(port: int, sc: Scenario, connections: int, duration: int) -> dict:
+    """``h2load`` over cleartext HTTP/2 for ``duration`` seconds; p50 and p99 from its
+    per-request log (its own summary has only min, max and mean)."""
+    with tempfile.NamedTemporaryFile(prefix="h2load-", suffix=".log") as log:
+        argv = ["h2load", "-t1", f"-c{connections}", f"-m{sc.h2_streams}", f"-D{duration}", "--log-file",
+                log.name, "-H", f":authority: {HOST}", f"http://127.0.0.1:{port}{sc.path}"]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30)
+        out = done.stdout
+        found = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", out)
+        if done.returncode != 0 or found is None:
+            raise Fail(f"h2load failed (status {done.returncode}): {' '.join(argv)}\n{out}{done.stderr}")
+        durations = sorted(int(line.split()[2]) for line in Path(log.name).read_text().splitlines() if line.strip())
+    counts = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                       r"(\d+) errored, (\d+) timeout", out)
+    statuses = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    errors = {"failed": int(counts.group(4)), "errored": int(counts.group(5)), "timeout": int(counts.group(6)),
+              "non_2xx_3xx": int(statuses.group(3)) + int(statuses.group(4))} if counts and statuses else {}
+    if not durations:
+        raise Fail(f"h2load logged no request: {' '.join(argv)}\n{out}")
+    return {
+        "rps": float(found.group(1)),
+        "requests": int(counts.group(3)) if counts else len(durations),
+        "p50_ms": durations[len(durations) // 2] / 1000.0,
+        "p99_ms": durations[min(len(durations) - 1, int(len(durations) * 0.99))] / 1000.0,
+        "errors": {k: v for k, v in errors.items() if v},
+    }
+
+
+def load(port: int, sc: Scenario, connections: int, duration: int) -> dict:
+    return (h2load if sc.h2_streams else wrk)(port, sc, connections, duration)
+
+
 # -- measuring ----------------------------------------------------------------------------------
 
 
@@ -460,11 +503,11 @@ def error_total(runs: list[dict]) -> dict:
 def measure(sides: dict[str, Proc], stack: Stack, sc: Scenario, connections: int, args) -> dict:
     under_test = [name for name in sides if name != "backend"]
     for name in under_test:  # warm: connections, upstream pools, caches, the allocator
-        wrk(sides[name].port, sc, connections, args.warmup)
+        load(sides[name].port, sc, connections, args.warmup)
     runs: dict[str, list[dict]] = {name: [] for name in under_test}
     for i in range(args.rounds):
         for name in under_test:  # interleaved: A B A B ...
-            result = wrk(sides[name].port, sc, connections, args.duration)
+            result = load(sides[name].port, sc, connections, args.duration)
             stack.check_alive()
             runs[name].append(result)
             flag = f"  ERRORS {result['errors']}" if result["errors"] else ""
@@ -539,7 +582,7 @@ def errors_text(errors: dict) -> str:
 
 def table(entries: list[dict], args) -> str:
     lines = [
-        f"wrk -t1 -d{args.duration}s --latency, {args.rounds} round(s) interleaved (nginx, fastgw, ...), "
+        f"wrk -t1 -d{args.duration}s --latency (h2 scenarios: h2load -t1 -m10), {args.rounds} round(s) interleaved (nginx, fastgw, ...), "
         f"medians; ratio = fastgw / nginx.",
         "",
         "| scenario | conns | nginx req/s | fastgw req/s | req/s ratio | nginx p50 | fastgw p50 | nginx p99 "
@@ -588,6 +631,7 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--quick", action="store_true",
                     help="CI short mode: --duration 2 --rounds 1 --connections 50 --warmup 1")
     args = ap.parse_args(argv)
+    args.explicit_connections = args.connections is not None
     if args.quick:
         args.duration, args.rounds, args.connections = 2, 1, args.connections or [50]
         args.warmup = 1 if args.warmup is None else args.warmup
@@ -622,7 +666,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: {sc.what}", flush=True)
                 sides = start_scenario(stack, sc)
                 check_answers(sides, sc)
-                for connections in args.connections:
+                loads = args.connections
+                if sc.loads and not args.explicit_connections:
+                    loads = sc.loads[:1] if args.quick else list(sc.loads)
+                for connections in loads:
                     entries.append(measure(sides, stack, sc, connections, args))
             finally:
                 stack.stop()

@@ -116,6 +116,35 @@ class TlsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Http2Config:
+    """``[server.http2]``: what an HTTP/2 client may do (docs/config.md compares each with
+    nginx's and Envoy's defaults). Sizes are bytes, durations seconds."""
+
+    #: streams open at once per connection (SETTINGS_MAX_CONCURRENT_STREAMS); more are refused
+    max_concurrent_streams: int = 100
+    #: a request's header list, RFC 9113 sizes (name + value + 32 per field); 431 beyond
+    max_header_list_bytes: int = 16384
+    #: the HPACK table the client may use to compress its requests (SETTINGS_HEADER_TABLE_SIZE)
+    max_header_table_bytes: int = 4096
+    #: CONTINUATION frames after one HEADERS frame; beyond, the connection is closed
+    max_continuation_frames: int = 8
+    #: RST_STREAM frames a client may send per second (Rapid Reset); beyond, GOAWAY
+    #: ENHANCE_YOUR_CALM, as when that many streams in a row are reset before their answer
+    max_resets_per_second: int = 100
+    #: PING, SETTINGS, PRIORITY and empty DATA frames per second; beyond, GOAWAY ENHANCE_YOUR_CALM
+    max_control_frames_per_second: int = 1000
+    #: SETTINGS and PING acknowledgements waiting for a client that does not read; beyond,
+    #: the connection is closed
+    max_queued_control_frames: int = 1000
+    #: flow-control windows we offer: per stream (a slow upstream holds back only its own
+    #: stream's) and per connection
+    stream_window_bytes: int = 65535
+    connection_window_bytes: int = 1024 * 1024
+    #: a stream whose request body, or whose client's reading, stalls this long is ended
+    stream_idle_timeout: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     """``[server]``. Durations are seconds, sizes bytes."""
 
@@ -132,6 +161,7 @@ class ServerConfig:
     #: systems (an absolute path), or "" for none
     pid_file: str = ""
     tls: TlsConfig | None = None
+    http2: Http2Config = Http2Config()
 
 
 @dataclass(frozen=True, slots=True)
@@ -794,9 +824,14 @@ _SERVER_KEYS = (
     "trusted_proxies",
     "pid_file",
     "tls",
+    "http2",
 )
 _SERVER_LATER: tuple[str, ...] = ()
 _TLS_KEYS = ("listen", "min_version", "certificates")
+_HTTP2_KEYS = tuple(Http2Config.__dataclass_fields__)
+# The protocol's own bounds on some of them (RFC 9113 §6.5.2, §6.9.1).
+_HTTP2_MAXIMA = {"stream_window_bytes": 2**31 - 1, "connection_window_bytes": 2**31 - 1,
+                 "max_header_table_bytes": 2**32 - 1, "max_concurrent_streams": 2**31 - 1}
 _CERTIFICATE_KEYS = ("cert", "key", "hosts")
 _LOG_KEYS = ("access", "format", "error", "level")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -1021,7 +1056,32 @@ class _Builder:
             trusted_proxies=place.get_tuple("trusted_proxies", _network),
             pid_file=place.get("pid_file", self._pid_file, d.pid_file),
             tls=self.tls(place.get_table("tls"), listen or d.listen),
+            http2=self.http2(place.get_table("http2")),
         )
+
+    def http2(self, place: Place | None) -> Http2Config:
+        d = Http2Config()
+        if place is None:
+            return d
+        place.check_unknown(_HTTP2_KEYS)
+        values: dict[str, Any] = {}
+        for name in _HTTP2_KEYS:
+            default = getattr(d, name)
+            if name == "stream_idle_timeout":
+                values[name] = place.get_duration(name, default)
+            elif name.endswith("_bytes"):
+                values[name] = place.get_size(name, default, minimum=0 if name == "max_header_table_bytes" else 1)
+            else:
+                values[name] = place.get_int(name, default, minimum=1)
+            maximum = _HTTP2_MAXIMA.get(name)
+            if maximum is not None and isinstance(values[name], int) and values[name] > maximum:
+                place.key(name).error(f"{values[name]} is over HTTP/2's limit of {maximum}")
+                values[name] = default
+        if isinstance(values["stream_window_bytes"], int) and values["stream_window_bytes"] < 65535:
+            place.key("stream_window_bytes").error("must be at least 65535 (64KiB - 1)")
+        if isinstance(values["connection_window_bytes"], int) and values["connection_window_bytes"] < 65535:
+            place.key("connection_window_bytes").error("must be at least 65535 (64KiB - 1)")
+        return Http2Config(**values)
 
     def tls(self, place: Place | None, plain: tuple[Address, ...]) -> TlsConfig | None:
         """``[server.tls]``: its addresses (none of them a plain one's too) and its

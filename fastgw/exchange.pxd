@@ -25,8 +25,8 @@ cdef class Downstream:
     cpdef send_end(self, Exchange ex)
     cpdef flush(self)
     cpdef abort(self, Exchange ex)
-    cpdef pause_reading(self)
-    cpdef resume_reading(self)
+    cpdef pause_reading(self, Exchange ex)
+    cpdef resume_reading(self, Exchange ex)
 
 
 cdef class UpstreamSide:
@@ -77,6 +77,8 @@ cdef class Exchange:
     # who is calling, once the route's auth proved it (fastgw.policies.auth.Consumer)
     cdef public object consumer
     cdef public UpstreamSide upstream_side
+    # the protocol's own state of this exchange (HTTP/2: its stream), or None
+    cdef public object stream
 
     cpdef feed_body(self, bytes data)
     cpdef end_body(self)
@@ -88,6 +90,7 @@ cdef class Exchange:
 
 cdef list head_fields(Exchange ex, int status, list fields, list extra=*)
 cdef int add_head_lines(Exchange ex, HeadWriter lines) except -1
+cdef object host_name(host)
 
 
 cdef Exchange new_exchange(Downstream downstream, str method, str path, bytes query, str host,

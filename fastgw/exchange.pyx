@@ -72,10 +72,11 @@ cdef class Downstream:
         connection so a truncated body can never look complete."""
         raise NotImplementedError
 
-    cpdef pause_reading(self):
-        pass
+    cpdef pause_reading(self, Exchange ex):
+        """Stop taking ``ex``'s request body for now (its upstream cannot take more):
+        HTTP/1 stops reading the connection, HTTP/2 withholds the stream's window."""
 
-    cpdef resume_reading(self):
+    cpdef resume_reading(self, Exchange ex):
         pass
 
 
@@ -171,7 +172,7 @@ cdef class Exchange:
         self.body_held.append(data)
         self.body_held_bytes += len(data)
         if self.body_held_bytes > BODY_BUFFER_HIGH:
-            self.downstream.pause_reading()
+            self.downstream.pause_reading(self)
 
     cpdef end_body(self):
         self.body_done = True
@@ -185,7 +186,7 @@ cdef class Exchange:
         if held:
             self.body_held = []
             self.body_held_bytes = 0
-            self.downstream.resume_reading()
+            self.downstream.resume_reading(self)
         return held
 
     cpdef attach_body(self, sink, end):
@@ -197,7 +198,7 @@ cdef class Exchange:
             self.body_held_bytes = 0
             for chunk in held:
                 sink(chunk)
-            self.downstream.resume_reading()
+            self.downstream.resume_reading(self)
         if self.body_done:
             end()
         else:
@@ -243,3 +244,38 @@ cdef Exchange new_exchange(Downstream downstream, str method, str path, bytes qu
     ex.route_name = ""
     ex.upstream_addr = ""
     return ex
+
+
+cdef dict _host_names = {}
+
+
+cdef object host_name(host):
+    """The name part of a Host header (or of HTTP/2's :authority), lower-cased, without
+    port; "" when absent; None when it is not a host. Memoised: a gateway sees few
+    distinct hosts (bounded all the same)."""
+    if host is None:
+        return ""
+    name = _host_names.get(host, False)
+    if name is False:
+        name = _parse_hostname(host)
+        if len(_host_names) < 4096:
+            _host_names[host] = name
+    return name
+
+
+def _parse_hostname(bytes host):
+    text = host.decode("latin-1").strip().lower()
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            return None
+        rest = text[end + 1:]
+        if rest and not (rest[0] == ":" and rest[1:].isdigit()):
+            return None
+        return text[:end + 1]
+    name, sep, port = text.partition(":")
+    if sep and not port.isdigit():
+        return None
+    if not name or any(c in name for c in " /\\@?#"):
+        return None
+    return name

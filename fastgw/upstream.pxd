@@ -24,6 +24,7 @@ cdef class UpstreamConnection(UpstreamSide):
     cdef public double deadline
     cdef public bint reused, got_response_bytes, head_received, closed, body_chunked
     cdef public bint pooled  # in its pool's idle list
+    cdef bint read_paused    # reading paused for a slow client (client_writable)
 
     cpdef start(self, Exchange ex, bytes head, ResponseListener on_done)
     cpdef client_writable(self, bint writable)

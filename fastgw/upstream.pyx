@@ -236,12 +236,12 @@ cdef class UpstreamConnection(UpstreamSide):
     def pause_writing(self):
         cdef Exchange ex = self.ex
         if ex is not None:
-            ex.downstream.pause_reading()
+            ex.downstream.pause_reading(ex)
 
     def resume_writing(self):
         cdef Exchange ex = self.ex
         if ex is not None:
-            ex.downstream.resume_reading()
+            ex.downstream.resume_reading(ex)
 
     # -- the request ------------------------------------------------------------------------
 
@@ -293,7 +293,8 @@ cdef class UpstreamConnection(UpstreamSide):
         self.transport.write(LAST_CHUNK)
 
     cpdef client_writable(self, bint writable):
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and writable == self.read_paused:
+            self.read_paused = not writable
             if writable:
                 self.transport.resume_reading()
             else:
@@ -319,6 +320,10 @@ cdef class UpstreamConnection(UpstreamSide):
 
     cdef _finish(self):
         cdef Exchange ex = self.ex
+        if self.read_paused:
+            # Paused for a slow client by the read that also completed the response: the
+            # connection goes back to its pool reading, or the next request on it hangs.
+            self.client_writable(True)
         if ex is not None:
             ex.detach_body()
             ex.upstream_side = None

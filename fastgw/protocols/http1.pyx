@@ -50,9 +50,10 @@ from fastgw._core.wire cimport (
     HeadWriter, header_id)
 from fastgw.errors import BadRequest, ClientClosedRequest, FastGWError, PayloadTooLarge, RequestTimeout
 from fastgw.exchange cimport (
-    BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Downstream, Exchange, monotonic, new_exchange)
+    BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Downstream, Exchange, host_name, monotonic, new_exchange)
 from fastgw.proxy cimport Proxy
 from fastgw.proxy import error_body, status_line
+from fastgw.protocols.http2 import H2C_SWITCH, PREFACE, decode_settings, take_over
 
 cdef list STATUS_LINES = [status_line(status) for status in range(600)]
 # One writer builds every response head of this process (a head is built without yielding).
@@ -95,6 +96,11 @@ cdef class HTTP1Connection(Downstream):
     cdef str peer_ip
     cdef Exchange current, reading, deferred
     cdef bint paused, closing, lingering, in_head, chunked_out, close_after, tls
+    # the first bytes of a plain connection are looked at for HTTP/2's preface
+    cdef bint sniffing
+    # body bytes still due of an Upgrade request served as plain HTTP
+    cdef Py_ssize_t upgrade_body_left
+    cdef bytes sniffed
     cdef Py_ssize_t linger_bytes, head_bytes, raw_head_bytes
     cdef double deadline
     cdef bytes url, held_head, feeding
@@ -134,6 +140,7 @@ cdef class HTTP1Connection(Downstream):
         self.refusal = None
         #: a response head not yet written: it goes out with the first body bytes
         self.held_head = b""
+        self.sniffed = b""
         #: an exchange whose head completed during this feed_data: started after it, so that
         #: a refusal later in the same bytes (a broken body) is known before anything is sent
         self.deferred = None
@@ -157,14 +164,43 @@ cdef class HTTP1Connection(Downstream):
         # The first request's head is due within header_timeout of the connection.
         self.deadline = monotonic() + self.header_timeout
         self.in_head = True
+        if self.tls:
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+                self._to_http2(b"", None)
+        else:
+            self.sniffing = True
+
+    cdef _to_http2(self, bytes data, upgrade):
+        """Hand the connection to the HTTP/2 front end (ALPN h2, the preface, or an h2c
+        upgrade), with the bytes read so far."""
+        self.closing = True  # this protocol is done with it
+        self.worker.connections.discard(self)
+        take_over(self.worker, self.transport, self.tls, data, upgrade)
 
     def data_received(self, bytes data):
+        if self.sniffing:
+            # HTTP/2 by prior knowledge starts with its preface, which llhttp would refuse;
+            # a part of it is held until the rest tells.
+            if self.sniffed:
+                data = self.sniffed + data
+                self.sniffed = b""
+            if len(data) < len(PREFACE) and PREFACE.startswith(data):
+                self.sniffed = data
+                return
+            self.sniffing = False
+            if data.startswith(PREFACE):
+                self._to_http2(data, None)
+                return
         if self.lingering:
             self.linger_bytes += len(data)
             if self.linger_bytes > LINGER_MAX_BYTES:
                 self.transport.abort()
             return
         if self.closing:
+            return
+        if self.upgrade_body_left:
+            self._upgrade_body(data)
             return
         if self.in_head:
             if self.raw_head_bytes == 0:
@@ -178,8 +214,8 @@ cdef class HTTP1Connection(Downstream):
         self.feed_starts_head = self.in_head and self.raw_head_bytes == len(data)
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._upgrade_requested()
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade_requested(exc.args[0] if exc.args else len(data))
         except httptools.HttpParserCallbackError as exc:
             refusal = exc.__context__
             if isinstance(refusal, _Refuse):
@@ -236,12 +272,20 @@ cdef class HTTP1Connection(Downstream):
 
     # -- flow control asked by the exchange or the upstream --------------------------------
 
-    cpdef pause_reading(self):
+    cpdef pause_reading(self, Exchange ex):
+        self._pause()
+
+    cpdef resume_reading(self, Exchange ex):
+        self._resume()
+
+    cdef _pause(self):
+        # (one connection reads one request body at a time: pausing the exchange is
+        # pausing the connection)
         if not self.paused and not self.closing:
             self.paused = True
             self.transport.pause_reading()
 
-    cpdef resume_reading(self):
+    cdef _resume(self):
         if self.paused and not self.closing and len(self.queue) < MAX_PIPELINE:
             self.paused = False
             self.transport.resume_reading()
@@ -335,7 +379,7 @@ cdef class HTTP1Connection(Downstream):
         npath = normalize_path(path.decode("latin-1"))
         if npath is None:
             raise _Refuse(400, "invalid request path")
-        hostname = _hostname(host)
+        hostname = host_name(host)
         if hostname is None:
             raise _Refuse(400, "invalid Host header")
         if body_kind == BODY_LENGTH and length > self.max_body_bytes:
@@ -359,7 +403,7 @@ cdef class HTTP1Connection(Downstream):
         else:
             self.queue.append(ex)
             if len(self.queue) >= MAX_PIPELINE:
-                self.pause_reading()
+                self._pause()
 
     cdef str _version(self, bytes method):
         """The request's HTTP version, "1.1" read from the request line when the head
@@ -525,7 +569,7 @@ cdef class HTTP1Connection(Downstream):
             return
         if self.queue:
             self._start(self.queue.popleft())
-            self.resume_reading()
+            self._resume()
         elif self.reading is None:
             self.deadline = monotonic() + self.idle_timeout
 
@@ -538,7 +582,7 @@ cdef class HTTP1Connection(Downstream):
             return
         self.refusal = (status, message)
         self.in_head = False
-        self.pause_reading()
+        self._pause()
         ex = self.reading
         if ex is not None:
             # The request whose body was arriving broke (bad chunk, too large, too slow):
@@ -580,17 +624,54 @@ cdef class HTTP1Connection(Downstream):
             self.transport.write_eof()
         self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
-    cdef _upgrade_requested(self):
-        # llhttp stops after a request carrying Upgrade (or CONNECT). WebSocket and h2c are
-        # not served yet: the request is served as plain HTTP (Upgrade is hop-by-hop and
-        # not forwarded) and the connection closes after it, since llhttp will not parse
-        # what follows. (CONNECT never gets here: on_headers_complete
-        # refuses it.)
-        cdef Exchange ex = self.current if not self.queue else self.queue[-1]
+    cdef _upgrade_requested(self, Py_ssize_t offset):
+        # llhttp stops after a request carrying Upgrade (or CONNECT); ``offset`` is where
+        # the bytes after its head begin. h2c (a bodiless first request on a plain
+        # connection) switches to HTTP/2. WebSocket is not served yet: the request is
+        # served as plain HTTP (Upgrade is hop-by-hop and not forwarded) and the connection
+        # closes after it, since llhttp will not parse what follows. (CONNECT never gets
+        # here: on_headers_complete refuses it.)
+        cdef Exchange ex = self.deferred
+        if (ex is not None and ex is self.current and not self.queue and not self.tls
+                and ex.body_kind == BODY_NONE and self.feeding is not None):
+            settings = _h2c_settings(ex.headers)
+            if settings is not None:
+                self.deferred = self.current = None
+                self.transport.write(H2C_SWITCH)
+                self._to_http2(self.feeding[offset:], (settings, ex))
+                return
+        ex = self.current if not self.queue else self.queue[-1]
         if ex is not None:
             ex.keep_alive = False
         self.in_head = False
-        self.pause_reading()
+        if ex is not None and ex.body_kind != BODY_NONE and ex.bytes_in == 0:
+            # llhttp ends the message at the head and leaves the body to the upgraded
+            # protocol: a Content-Length body is read here, as it comes; a chunked one
+            # cannot be (we do not parse chunks ourselves).
+            ex.body_done = False
+            self.reading = ex
+            if ex.body_kind == BODY_CHUNKED:
+                self.refuse(400, "Upgrade with a chunked body")
+                return
+            self.upgrade_body_left = ex.body_length
+            if self.feeding is not None and offset < len(self.feeding):
+                self._upgrade_body(self.feeding[offset:])
+            return
+        self._pause()
+
+    cdef _upgrade_body(self, bytes data):
+        """The Content-Length body of an Upgrade request served as plain HTTP."""
+        cdef Exchange ex = self.reading
+        cdef Py_ssize_t take = min(len(data), self.upgrade_body_left)
+        if ex is None or take == 0:
+            return
+        self.upgrade_body_left -= take
+        self.deadline = monotonic() + self.idle_timeout
+        ex.feed_body(data[:take] if take < len(data) else data)
+        if self.upgrade_body_left == 0:
+            self.reading = None
+            ex.end_body()
+            self._pause()  # nothing after it is read: the connection closes after the response
 
     def check(self, double now):
         cdef Exchange ex
@@ -617,40 +698,22 @@ cdef class HTTP1Connection(Downstream):
             self.transport.close()
 
 
+cdef object _h2c_settings(list headers):
+    """The decoded HTTP2-Settings of a request asking ``Upgrade: h2c`` (RFC 7540 §3.2), or
+    None when it does not ask, or asks without one valid HTTP2-Settings field."""
+    asks = False
+    settings = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"upgrade":
+            asks = asks or b"h2c" in [t.strip().lower() for t in value.split(b",")]
+        elif lower == b"http2-settings":
+            settings.append(value)
+    if not asks or len(settings) != 1:
+        return None
+    return decode_settings(settings[0])
+
+
 def _parser_reason(exc):
     text = str(exc) or exc.__class__.__name__
     return text.split(":", 1)[-1].strip() if "HPE_" in text else text
-
-
-cdef dict _hostnames = {}
-
-
-cdef object _hostname(host):
-    """The Host header's name part, lower-cased, without port; "" when absent; None when
-    it is not a host. Memoised: a gateway sees few distinct hosts (bounded all the same)."""
-    if host is None:
-        return ""
-    name = _hostnames.get(host, False)
-    if name is False:
-        name = _parse_hostname(host)
-        if len(_hostnames) < 4096:
-            _hostnames[host] = name
-    return name
-
-
-def _parse_hostname(bytes host):
-    text = host.decode("latin-1").strip().lower()
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            return None
-        rest = text[end + 1:]
-        if rest and not (rest[0] == ":" and rest[1:].isdigit()):
-            return None
-        return text[:end + 1]
-    name, sep, port = text.partition(":")
-    if sep and not port.isdigit():
-        return None
-    if not name or any(c in name for c in " /\\@?#"):
-        return None
-    return name
