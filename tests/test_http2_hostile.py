@@ -394,6 +394,7 @@ def test_rapid_reset_gets_goaway_enhance_your_calm(h2):
         sent += 1
     conn_error(c, f.ENHANCE_YOUR_CALM, timeout=5)
     reached = len(h2.backend.targets(h2.path("/rr/")))
+    print(f"{reached} of the {sent} streams sent (and reset) reached the backend")
     assert reached < n, f"all {n} reset streams reached the backend"
     assert reached < n // 2, f"{reached} of {n} reset streams reached the backend"
     h2.verify()
@@ -416,8 +417,6 @@ def test_reset_flood_never_read_is_closed(h2, kind):
         if not c.send(b"".join(units[i:i + 250])):
             break
     assert c.wait_closed(8), f"still open after 5000 RST_STREAM-soliciting streams: {c.describe()}"
-    if c.goaway is not None:
-        assert c.goaway.error_code != f.NO_ERROR or c.goaway.last_sid < 9999, c.describe()
     h2.verify()
 
 
@@ -833,15 +832,31 @@ SMUGGLED = "GET /echo/smuggled-{token} HTTP/1.1\r\nHost: 127.0.0.1\r\nx-h2t: smu
 
 
 @pytest.mark.parametrize("case", ["cl0-with-body", "cl-smaller-one-frame", "cl-smaller-two-frames",
-                                  "te-chunked", "cl-not-a-number", "cl-two-values", "cl-list"])
+                                  "te-chunked", "cl-not-a-number", "cl-two-values", "cl-list",
+                                  "cl0-body-after-a-pause"])
 def test_h2_cl_te_desync_is_refused(h2, case):
+    """The H2.CL / H2.TE downgrade smuggle: a body that its content-length (or a
+    transfer-encoding) says is something else. A first request leaves an idle pooled
+    upstream connection, so that a gateway that sends a request upstream at once is
+    caught doing it. The hostile frames go in one write: the gateway has them all before
+    it decides, so the stream is refused and the backend completes nothing for it; the
+    smuggled request's bytes never reach it; and a request sent next (a new connection:
+    the pooled upstream connection) is answered as itself, never as the rest of a body.
+
+    ``cl0-body-after-a-pause``: content-length 0, and the DATA comes 0.3 s later. The
+    gateway may have answered by then: RFC 9113 §8.1 lets a server send a complete
+    response to a request whose rest it has not read, then RST_STREAM NO_ERROR. Either
+    that or a refusal; the backend may have the bodiless request, never the smuggled one."""
     smuggled = SMUGGLED.format(token=h2.token).encode()
     h2.allow_forwarding()
     h2.forbid(b"smuggled-" + h2.token.encode())
     c = h2.conn()
+    c.request(1, h2.path("/warm"))
+    served(c, 1)
     path = h2.path("/desync")
     cl = {"cl0-with-body": "0", "cl-smaller-one-frame": "5", "cl-smaller-two-frames": "5",
-          "te-chunked": None, "cl-not-a-number": "5x", "cl-two-values": None, "cl-list": "5, 5"}[case]
+          "te-chunked": None, "cl-not-a-number": "5x", "cl-two-values": None, "cl-list": "5, 5",
+          "cl0-body-after-a-pause": "0"}[case]
     extra = [("content-length", cl)] if cl is not None else []
     if case == "te-chunked":
         extra = [("transfer-encoding", "chunked")]
@@ -851,17 +866,31 @@ def test_h2_cl_te_desync_is_refused(h2, case):
         body = b"hello" + smuggled
     else:
         body = b"hello" + smuggled
-    c.send(f.headers(1, f.block(f.request_fields(path, method="POST", extra=extra)), end_stream=False))
+    head = f.headers(3, f.block(f.request_fields(path, method="POST", extra=extra)), end_stream=False)
     if case == "cl-smaller-two-frames":
-        c.send(f.data(1, b"hel"))
-        c.send(f.data(1, b"lo" + smuggled, end_stream=True))
+        c.send(head + f.data(3, b"hel") + f.data(3, b"lo" + smuggled, end_stream=True))
+    elif case == "cl0-body-after-a-pause":
+        c.send(head)
+        time.sleep(0.3)
+        c.send(f.data(3, body, end_stream=True))
     else:
-        c.send(f.data(1, body, end_stream=True))
-    refused(c, 1)
-    # Nothing the backend completed for this path may carry a body other than its framing's.
+        c.send(head + f.data(3, body, end_stream=True))
+    st = c.wait_stream(3, 4)
+    if case == "cl0-body-after-a-pause" and st.status is not None:
+        c.read(lambda c: c.stream(3).reset is not None, 1)
+        assert st.ended and st.reset in (None, f.NO_ERROR), c.describe()
+    else:
+        refused(c, 3)
+    victim = h2.conn()
+    victim.request(1, h2.path("/victim"), method="POST", extra=[("content-length", "90")], body=b"v" * 90)
+    info = json.loads(bytes(served(victim, 1).body))
+    assert info["target"] == h2.path("/victim") and info["body_len"] == 90, info
+    time.sleep(0.2)  # what the backend may still be reading
     for r in h2.backend.records:
-        assert r["target"] != path or (case in ("cl-smaller-one-frame", "cl-smaller-two-frames")
-                                       and r["body"] == b"hello"), r
+        if h2.token in r["target"]:
+            assert b"HTTP/1.1" not in r["body"], f"a body swallowed a request: {r}"
+            assert r["target"] != path or (case == "cl0-body-after-a-pause" and r["body"] == b""), (
+                f"the backend completed the malformed request: {r}")
     h2.verify()
 
 
