@@ -273,6 +273,9 @@ class RouteConfig:
     max_concurrent: int = 0
     #: (policy key, validated settings) of the chain's policies, each declared by a spec
     policies: tuple[tuple[str, dict[str, Any]], ...] = ()
+    #: what a WebSocket handshake on this route becomes: "proxy" (a tunnel to the
+    #: upstream), or None (served as plain HTTP)
+    websocket: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -875,11 +878,12 @@ _ROUTE_KEYS = (
     "split",
     "match_split",
     "max_concurrent",
+    "websocket",
 )
 _ROUTE_LATER = (
-    "websocket",
     "aggregate",
 )
+_WEBSOCKET_MODES = ("proxy",)
 
 
 def _stray_key_errors() -> dict[str, str]:
@@ -1268,9 +1272,20 @@ class _Builder:
         )
         policies = self.policies(place, self.policy_specs)
         self._check_auth(place, dict(policies))
+        max_concurrent = place.get_int("max_concurrent", 0, minimum=0)
+        websocket = self._websocket(place, fields["methods"])
         return RouteConfig(name=name, index=index, paths=paths, upstream=upstream, strip_prefix=strip_prefix,
-                           rewrite=rewrite, policies=policies,
-                           max_concurrent=place.get_int("max_concurrent", 0, minimum=0), **fields)
+                           rewrite=rewrite, policies=policies, max_concurrent=max_concurrent,
+                           websocket=websocket, **fields)
+
+    @staticmethod
+    def _websocket(place: Place, methods: tuple[str, ...]) -> str | None:
+        """``websocket = "proxy"``: what the route does with a WebSocket handshake
+        (a GET, so a route that names its methods must name GET)."""
+        mode = place.get_choice("websocket", None, _WEBSOCKET_MODES)  # type: ignore[arg-type]
+        if mode is not None and methods and "GET" not in methods:
+            place.key("methods").error(f'has no "GET": a WebSocket handshake is a GET (websocket = {_q(mode)})')
+        return mode
 
     @staticmethod
     def _circuit_breaker(place: Place) -> tuple[int, float] | None:

@@ -16,6 +16,7 @@ cdef enum:
     BODY_NONE = 0
     BODY_LENGTH = 1
     BODY_CHUNKED = 2
+    BODY_TUNNEL = 3     # the client's bytes after a protocol switch: no end until close
 
 
 cdef class Downstream:
@@ -79,6 +80,9 @@ cdef class Exchange:
     cdef public UpstreamSide upstream_side
     # the protocol's own state of this exchange (HTTP/2: its stream), or None
     cdef public object stream
+    # the protocol the client asks to switch to (b"websocket"), or None: set by the
+    # protocol front end, cleared by the proxy when the route does not switch
+    cdef public bytes upgrade
 
     cpdef feed_body(self, bytes data)
     cpdef end_body(self)

@@ -13,6 +13,16 @@ Request body flow, with backpressure: the protocol calls ``feed_body`` per chunk
 are held, and the protocol is asked to stop reading once ``BODY_BUFFER_HIGH`` bytes
 are held, so a client that sends faster than we connect cannot grow memory.
 
+Protocol switches (WebSocket): a protocol sets ``upgrade`` (b"websocket") on an
+exchange whose client asks to switch. When the route switches it, the proxy makes it a
+tunnel (``BODY_TUNNEL``): an exchange whose request body never ends until the client
+closes. The switch is announced with ``downstream.send_head(ex, 101, fields, -1)`` (HTTP/1
+writes the 101 and goes raw; HTTP/2 would answer 200 on the stream); from then on the
+client's bytes come in through ``feed_body`` (``end_body`` when it closes or half-closes)
+and the bytes for it go out through ``send_body``, the end through ``send_end``. The sink
+is the upstream connection (a relayed tunnel) or the WebSocket adapter; backpressure
+rides the same paths as a body's.
+
 Compiled (Cython): ``exchange.pxd`` declares both classes so that the protocols, the
 proxy and the upstream side reach an exchange's fields and a downstream's methods as C
 struct reads and C calls (PERF: the attribute traffic of ~20 field reads per request was
@@ -158,7 +168,8 @@ cdef class Exchange:
     - ``trusted_peer``: the peer is in trusted_proxies, its X-Forwarded-* are believed;
     - ``upstream_side``: set by the upstream side while it relays this request, told of
       the client's backpressure and of the protocol giving up (``fail``);
-    - ``failure``: why the protocol gave up on this request (body too large, too slow).
+    - ``failure``: why the protocol gave up on this request (body too large, too slow);
+    - ``upgrade``: the protocol the client asks to switch to (b"websocket"), or None.
     """
 
     # -- request body, pushed by the protocol ---------------------------------------------

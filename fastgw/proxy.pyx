@@ -11,7 +11,10 @@ What it writes upstream (README "What it does with a request"): the normalised, 
 rewritten path and the raw query; the client's headers minus hop-by-hop ones and minus the framing,
 which we write ourselves; ``X-Forwarded-For/-Proto/-Host`` (the client's own only when the
 peer is a trusted proxy, else replaced), ``X-Request-Id`` (kept when sane, else made) and
-``traceparent`` (passed on when valid, else started).
+``traceparent`` (passed on when valid, else started). A WebSocket request on a route with
+``websocket = "proxy"`` goes with ``Upgrade: websocket`` and ``Connection: upgrade``, and
+becomes a tunnel when the upstream answers 101 (``fastgw.upstream``); on a route without
+``websocket`` its Upgrade is dropped like any hop-by-hop field.
 
 Compiled (Cython, declared in ``proxy.pxd``): this is the per-request path, typed so
 that its reads of the exchange, the route and the pool are C reads.
@@ -39,7 +42,7 @@ from fastgw._core.wire cimport (
     H_X_FORWARDED_PROTO, H_FORWARDED, H_X_REAL_IP, HeadWriter, header_id, new_traceparent)
 from fastgw._core.wire import seed_trace_ids
 from fastgw.exchange cimport (
-    BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Downstream, Exchange, head_fields, monotonic)
+    BODY_CHUNKED, BODY_LENGTH, BODY_NONE, BODY_TUNNEL, Downstream, Exchange, head_fields, monotonic)
 from fastgw.policy cimport ANSWERED, CONTINUE, WAIT, Chain, Policy, first_field
 from fastgw.upstream cimport Pool, ResponseListener, Upstream, UpstreamConnection
 from cpython.unicode cimport PyUnicode_FromFormat
@@ -47,6 +50,7 @@ from cpython.unicode cimport PyUnicode_FromFormat
 log = logging.getLogger("fastgw")
 
 REASONS = {
+    101: "Switching Protocols",
     200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 206: "Partial Content",
     301: "Moved Permanently", 302: "Found", 303: "See Other", 304: "Not Modified",
     307: "Temporary Redirect", 308: "Permanent Redirect",
@@ -297,6 +301,14 @@ cdef class Proxy(ResponseListener):
         upstream = route.pick_upstream(ex.headers) if route.splits else route.upstream
         ex.upstream = upstream
         ex.upstream_path = route.upstream_path(ex.path, match.params)
+        if ex.upgrade is not None:
+            mode = route.websocket
+            if mode == "proxy":
+                # Forwarded with its Upgrade; a tunnel once the upstream answers 101.
+                ex.body_kind = BODY_TUNNEL
+                ex.body_done = False
+            else:  # no switch on this route: plain HTTP, Upgrade not forwarded
+                ex.upgrade = None
         pool = upstream.pick(ex)
         if pool is None:  # every target is unhealthy or its circuit open
             now = monotonic()
@@ -352,8 +364,9 @@ cdef class Proxy(ResponseListener):
     cpdef bint retry_status(self, Exchange ex, int status):
         """A 502/503 is worth another target for an idempotent request without a body
         (one with a body was streamed upstream and not kept), when one is left."""
-        if ex.body_kind != BODY_NONE or ex.method not in IDEMPOTENT or ex.upstream is None:
-            return False
+        if (ex.body_kind != BODY_NONE and ex.body_kind != BODY_TUNNEL) or ex.method not in IDEMPOTENT \
+                or ex.upstream is None:
+            return False  # (a tunnel sends nothing after its head before the switch)
         cdef Upstream upstream = ex.upstream
         tried = ex.tried
         n = 1 if tried is None else len(tried) + 1
@@ -361,11 +374,21 @@ cdef class Proxy(ResponseListener):
 
     cpdef upstream_done(self, Exchange ex, UpstreamConnection conn, error):
         cdef Pool pool = conn.pool
+        if conn.tunnel:
+            # A tunnel ended: one side closed (error None), the client left, or it was
+            # idle too long. Its 101 is its status; the client is closed if still there.
+            if error is not None:
+                if ex.failure is None:
+                    _log_upstream_failure(ex, error, "tunnel closed", logging.INFO)
+                ex.downstream.abort(ex)
+            self._finished(ex)
+            return
         if error is None:
             pool.record(ex, ex.status < 500)
             self._finished(ex)
         elif (isinstance(error, UpstreamError) and conn.reused and not conn.got_response_bytes
-              and ex.body_kind == BODY_NONE and not ex.response_started and ex.failure is None):
+              and (ex.body_kind == BODY_NONE or ex.body_kind == BODY_TUNNEL)
+              and not ex.response_started and ex.failure is None):
             # A pooled connection the upstream closed while idle fails before any byte
             # comes back. That request never reached the application: send it again on a
             # new connection, once (a new connection is never "reused"), as nginx does.
@@ -489,6 +512,11 @@ cdef bytes _upstream_head(Exchange ex, str path, str target_address, set listed)
     elif ex.body_kind == BODY_LENGTH:
         head.add(b"content-length: ")
         head.add_decimal(ex.body_length)
+        head.add(b"\r\n\r\n")
+    elif ex.body_kind == BODY_TUNNEL:
+        # the client's (and the upstream's) Connection and Upgrade were left out above
+        head.add(b"connection: upgrade\r\nupgrade: ")
+        head.add(ex.upgrade)
         head.add(b"\r\n\r\n")
     else:
         head.add(b"\r\n")

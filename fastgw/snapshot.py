@@ -47,7 +47,7 @@ class Route:
 
     __slots__ = ("name", "index", "upstream", "strip_prefix", "rewrite", "timeout", "config",
                  "splits", "split_shares", "_match_split", "_split_upstreams", "_split", "chain",
-                 "guard", "cors")
+                 "guard", "cors", "websocket")
 
     def __init__(self, config: RouteConfig, upstreams: dict[str, Upstream], policies: Policies) -> None:
         self.name = config.name
@@ -56,6 +56,8 @@ class Route:
         self.strip_prefix = config.strip_prefix
         self.rewrite = _split_template(config.rewrite) if config.rewrite else None
         self.timeout = config.timeout or 0.0
+        #: what a WebSocket handshake becomes: "proxy" (a tunnel), or None (plain HTTP)
+        self.websocket = config.websocket
         self.config = config
         #: (lower-case header name, value, upstream) as bytes: the first that matches wins
         self._match_split = tuple((header.encode("latin-1"), value.encode("latin-1"), upstreams[name])

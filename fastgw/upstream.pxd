@@ -25,6 +25,9 @@ cdef class UpstreamConnection(UpstreamSide):
     cdef public bint reused, got_response_bytes, head_received, closed, body_chunked
     cdef public bint pooled  # in its pool's idle list
     cdef bint read_paused    # reading paused for a slow client (client_writable)
+    # switched to a tunnel by a 101 (its Upgrade value kept to check it)
+    cdef public bint tunnel
+    cdef bytes upgrade_token
 
     cpdef start(self, Exchange ex, bytes head, ResponseListener on_done)
     cpdef client_writable(self, bint writable)
@@ -36,6 +39,8 @@ cdef class UpstreamConnection(UpstreamSide):
     cdef bint _retrying(self, Exchange ex, int status)
     cdef _relay(self, Exchange ex, bytes data, Py_ssize_t start)
     cdef _complete(self, bint keep_alive)
+    cdef _open_tunnel(self, Exchange ex)
+    cdef _end_tunnel(self)
     cpdef close(self)
 
 

@@ -15,6 +15,14 @@ carries a ``deadline``, and the worker's sweeper calls ``sweep`` a few times a s
 nginx keeps an ordered set of timers rather than one per read). The same sweep closes the
 idle connections a pool holds beyond its ``keepalive`` once they stay unused (``trim``).
 
+Tunnels (WebSocket, ``websocket = "proxy"``): a request the proxy made a tunnel
+(``BODY_TUNNEL``) goes with its Upgrade; a 101 naming the same protocol switches the
+connection (``_open_tunnel``): the 101 goes to the client, then bytes flow both ways
+unchanged (the client's through the exchange's body sink, the upstream's through
+``send_body``) until either side closes, or none moved for ``read_timeout``. Any other
+answer is relayed as usual, and a 101 nobody asked for is an error. The connection is
+never pooled again.
+
 The plainest responses are read by ``_core.wire.scan_response_head`` and relayed without a
 parser callback per field (``_relay``); llhttp (httptools) reads every other response.
 
@@ -47,7 +55,8 @@ from fastgw._core.wire cimport (
     HeadWriter, ResponseHead, header_id, scan_response_head)
 from fastgw.errors import FastGWError, UpstreamError, UpstreamRetryable, UpstreamTimeout
 from fastgw.exchange cimport (
-    BODY_CHUNKED, BODY_NONE, Downstream, Exchange, UpstreamSide, add_head_lines, head_fields, monotonic)
+    BODY_CHUNKED, BODY_NONE, BODY_TUNNEL, Downstream, Exchange, UpstreamSide, add_head_lines, head_fields,
+    monotonic)
 
 # Response headers never relayed to the client: hop-by-hop ones (RFC 9110 §7.6.1), the
 # framing the downstream protocol writes itself, and the request id we set ourselves.
@@ -99,7 +108,8 @@ def sweep(double now):
         pool.trim()
     expired = [conn for conn in active_connections if conn.deadline < now]
     for conn in expired:
-        conn.fail(UpstreamTimeout("upstream did not answer in time"))
+        conn.fail(UpstreamTimeout(f"tunnel idle for {conn.pool.read_timeout:g}s (read_timeout)" if conn.tunnel
+                                  else "upstream did not answer in time"))
     late = [pending for pending in connecting if pending.deadline < now and not pending.expired]
     for pending in late:
         pending.expired = True
@@ -135,6 +145,7 @@ cdef class UpstreamConnection(UpstreamSide):
         self.closed = False
         self.pooled = False
         self.keep_alive = False
+        self.tunnel = False
         self._reset_response()
 
     cdef _reset_response(self):
@@ -147,6 +158,7 @@ cdef class UpstreamConnection(UpstreamSide):
         self.drop_names = None
         self.parser_fed = False
         self.relay_left = -1
+        self.upgrade_token = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -166,6 +178,10 @@ cdef class UpstreamConnection(UpstreamSide):
             self.close()
             return
         self.got_response_bytes = True
+        if self.tunnel:
+            self.deadline = monotonic() + self.pool.read_timeout
+            ex.downstream.send_body(ex, data)
+            return
         self._extend_deadline(ex)
         cdef ResponseHead head
         if self.relay_left >= 0:
@@ -189,6 +205,11 @@ cdef class UpstreamConnection(UpstreamSide):
             self.parser_fed = True
             try:
                 self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade as switched:
+                # (llhttp stops after a 101: what follows it is the tunnel's first bytes)
+                rest = data[switched.args[0]:]
+                if self.tunnel and rest:
+                    ex.downstream.send_body(ex, rest)
             except httptools.HttpParserError as exc:
                 self.fail(UpstreamError(f"upstream answered garbage ({exc.__class__.__name__})"))
                 return
@@ -225,7 +246,9 @@ cdef class UpstreamConnection(UpstreamSide):
         self.pool.forget(self)
         if self.ex is None:
             return
-        if self.head_received and self.length < 0 and not self.body_chunked:
+        if self.tunnel:
+            self._end_tunnel()
+        elif self.head_received and self.length < 0 and not self.body_chunked:
             # A response without Content-Length or chunking ends when the upstream closes.
             self.on_message_complete()
         elif self.head_received:
@@ -261,7 +284,8 @@ cdef class UpstreamConnection(UpstreamSide):
         self._extend_deadline(ex)
         active_connections.add(self)
         ex.upstream_side = self
-        if ex.body_kind == BODY_NONE:
+        if ex.body_kind == BODY_NONE or ex.body_kind == BODY_TUNNEL:
+            # (a tunnel's bytes flow only after the upstream's 101: ``_open_tunnel``)
             self.transport.write(head)
             return
         # PERF: the body that came with the head (all of a small one) goes with it, in
@@ -353,6 +377,8 @@ cdef class UpstreamConnection(UpstreamSide):
             self.body_chunked = True
         elif ident == H_CONNECTION:
             self.drop_names = [t.strip().lower() for t in value.split(b",")]
+        elif ident == H_UPGRADE:
+            self.upgrade_token = value
 
     def on_headers_complete(self):
         cdef Exchange ex = self.ex
@@ -361,10 +387,18 @@ cdef class UpstreamConnection(UpstreamSide):
         cdef int status = self.parser.get_status_code()
         if status < 200:
             # Interim answers (100 Continue, 103 Early Hints) are not relayed: we strip
-            # Expect and answer 100 to the client ourselves. 101 never comes, as we strip
-            # Upgrade; if it does, the upstream is not speaking HTTP to us any more.
+            # Expect and answer 100 to the client ourselves. 101 comes only to a tunnel's
+            # request, naming the protocol it asked for; any other is an upstream that
+            # does not speak HTTP to us any more.
             if status == 101:
-                self.fail(UpstreamError("upstream switched protocols unasked"))
+                if ex.body_kind != BODY_TUNNEL:
+                    self.fail(UpstreamError("upstream switched protocols unasked"))
+                elif (not self.parser.should_upgrade() or self.upgrade_token is None
+                      or self.upgrade_token.strip().lower() != ex.upgrade):
+                    self.fail(UpstreamError(f"upstream switched to {self.upgrade_token!r}, not {ex.upgrade!r}"))
+                else:
+                    self._open_tunnel(ex)
+                return
             self.headers = []
             self.length = -1
             self.body_chunked = False
@@ -391,7 +425,7 @@ cdef class UpstreamConnection(UpstreamSide):
             ex.downstream.send_body(ex, body)
 
     def on_message_complete(self):
-        if self.ex is None or not self.head_received:
+        if self.ex is None or not self.head_received or self.tunnel:
             return
         self._complete(self.parser.should_keep_alive())
 
@@ -408,6 +442,40 @@ cdef class UpstreamConnection(UpstreamSide):
             self.pool.release(self)
         else:
             self.close()
+        if on_done is not None:
+            on_done.upstream_done(ex, self, None)
+
+
+    cdef _open_tunnel(self, Exchange ex):
+        """The upstream answered 101: the client gets it, and from now on this
+        connection is the tunnel's other end."""
+        self.tunnel = True
+        self.head_received = True
+        self.deadline = monotonic() + self.pool.read_timeout  # the route's timeout was the handshake's
+        self.pool.record(ex, True)  # the target answered: a trial it was is decided
+        headers = self.headers
+        if self.drop_names:
+            drop = self.drop_names
+            headers = [(n, v) for n, v in headers if n.lower() not in drop]
+        ex.attach_body(self._tunnel_write, self._tunnel_eof)
+        ex.downstream.send_head(ex, 101, head_fields(ex, 101, headers), -1)
+
+    def _tunnel_write(self, bytes data):
+        if not self.closed:
+            self.deadline = monotonic() + self.pool.read_timeout
+            self.transport.write(data)
+
+    def _tunnel_eof(self):
+        # The client half-closed: so does the upstream side (its answer may still come).
+        if not self.closed and self.transport.can_write_eof():
+            self.transport.write_eof()
+
+    cdef _end_tunnel(self):
+        """The upstream closed the tunnel: what it sent went to the client; now the end."""
+        cdef Exchange ex = self.ex
+        cdef ResponseListener on_done = self.on_done
+        self._finish()
+        ex.downstream.send_end(ex)
         if on_done is not None:
             on_done.upstream_done(ex, self, None)
 

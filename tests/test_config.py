@@ -933,7 +933,6 @@ def test_bad_hash_on(balance, hash_on, error):
 @pytest.mark.parametrize(
     ("key", "value"),
     [
-        ("websocket", '"proxy"'),
         ("aggregate", '{ mode = "sequence" }'),
     ],
 )

@@ -17,6 +17,7 @@ import asyncio
 import json
 import signal
 import socket
+import ssl
 import subprocess
 import time
 
@@ -210,7 +211,7 @@ def test_tls_alpn_h2(backend, gateway, tmp_path):
                          capture_output=True, timeout=10).stdout
     assert out.startswith(b"HTTP/2 200"), out[:300]
     assert b'["x-forwarded-proto", "https"]' in out
-    with httpx.Client(http2=True, verify=str(ca.path), timeout=10) as client:
+    with httpx.Client(http2=True, verify=ssl.create_default_context(cafile=str(ca.path)), timeout=10) as client:
         r = client.get(f"https://127.0.0.1:{tls_port}/echo/tls", headers={"host": "api.example.com"},
                        extensions={"sni_hostname": "api.example.com"})
         assert r.http_version == "HTTP/2" and r.status_code == 200
@@ -422,3 +423,132 @@ upstream = "a"
                    "server.http2.connection_window_bytes", "server.http2.max_resets_per_second",
                    "max_streams"):
         assert needle in text, (needle, text)
+
+
+def test_websocket_over_http2_extended_connect(gateway):
+    """RFC 8441: a CONNECT stream with :protocol websocket becomes an HTTP/1.1 Upgrade to
+    the upstream (with a key of fastgw's), answered 200 once the upstream's 101 accepts
+    that key; the stream's DATA frames carry the WebSocket bytes both ways."""
+    from websockets.frames import Frame, Opcode
+    from websockets.protocol import Protocol, Side, State
+    from tests.ws_backends import WsEcho
+
+    echo = WsEcho()
+    try:
+        port = free_port()
+        gateway(f"""
+[server]
+listen = ["127.0.0.1:{port}"]
+[upstreams.ws]
+targets = ["{echo.address}"]
+[[routes]]
+name = "ws"
+paths = ["/ws/*"]
+upstream = "ws"
+websocket = "proxy"
+[[routes]]
+name = "plain"
+paths = ["/plain/*"]
+upstream = "ws"
+""", port)
+        raw = RawH2(port)
+        try:
+            raw.read(lambda events: any(isinstance(e, h2.events.RemoteSettingsChanged) for e in events))
+            assert raw.conn.remote_settings.enable_connect_protocol == 1
+            sid = raw.request(request_headers(port, "/ws/echo", "CONNECT",
+                                              [(":protocol", "websocket"), ("sec-websocket-version", "13")]),
+                              end=False)
+            events = raw.read(lambda events: any(isinstance(e, h2.events.ResponseReceived) for e in events))
+            heads = [e for e in events if isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid]
+            assert heads and dict(heads[0].headers)[b":status"] == b"200"
+            assert b"sec-websocket-accept" not in dict(heads[0].headers)
+            client = Protocol(Side.CLIENT, state=State.OPEN)
+            for text in ("hello", "over", "h2" * 5000):
+                client.send_text(text.encode())
+                for chunk in client.data_to_send():
+                    raw.conn.send_data(sid, chunk)
+                raw.send()
+                got = None
+                deadline = time.monotonic() + 5
+                while got is None and time.monotonic() < deadline:
+                    data = b"".join(e.data for e in raw.read(lambda ev: any(
+                        isinstance(e, h2.events.DataReceived) for e in ev), timeout=1)
+                        if isinstance(e, h2.events.DataReceived) and e.stream_id == sid)
+                    for e in raw.events:
+                        if isinstance(e, h2.events.DataReceived):
+                            raw.conn.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+                    raw.send()
+                    raw.events.clear()
+                    client.receive_data(data)
+                    frames = [f for f in client.events_received() if isinstance(f, Frame)]
+                    if frames:
+                        got = frames[0].data.decode()
+                assert got == text
+            assert echo.count("/ws/echo") == 1
+            # The same CONNECT on a route without websocket is not tunnelled.
+            sid = raw.request(request_headers(port, "/plain/x", "CONNECT",
+                                              [(":protocol", "websocket"), ("sec-websocket-version", "13")]),
+                              end=False)
+            status, _ = raw.response(sid)
+            assert status != 200
+        finally:
+            raw.close()
+    finally:
+        echo.close()
+
+
+def test_a_slow_upstream_holds_back_only_its_own_stream(backend, gateway):
+    """The request direction: an upstream that reads nothing fills its connection's
+    buffers; then that stream's window stays shut, while the connection's window and the
+    other streams go on."""
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # (fills sooner)
+    stuck.bind(("127.0.0.1", 0))
+    stuck.listen(8)
+    held = []
+    import threading
+    threading.Thread(target=lambda: held.append(stuck.accept()), daemon=True).start()
+    port = free_port()
+    toml, port = config_for(backend, port=port, routes=f"""
+        [[routes]]
+        name = "stuck"
+        paths = ["/stuck/*"]
+        upstream = "stuck"
+        [[routes]]
+        name = "all"
+        paths = ["/*"]
+        upstream = "app"
+        """, server='max_body_bytes = "1GiB"')
+    toml += f'\n[upstreams.stuck]\ntargets = ["127.0.0.1:{stuck.getsockname()[1]}"]\nread_timeout = "30s"\n'
+    gateway(toml, port)
+    raw = RawH2(port)
+    try:
+        sid = raw.request(request_headers(port, "/stuck/upload", "POST", [("content-length", str(1 << 30))]),
+                          end=False)
+        sent, shut_since = 0, None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            window = raw.conn.local_flow_control_window(sid)
+            if window > 0:
+                shut_since = None
+                chunk = min(window, 16384)
+                raw.conn.send_data(sid, b"u" * chunk)
+                raw.send()
+                sent += chunk
+                continue
+            shut_since = shut_since or time.monotonic()
+            if time.monotonic() - shut_since > 1.5:
+                break  # shut for good: the upstream takes nothing more
+            raw.events.clear()
+            raw.read(lambda events: any(isinstance(e, h2.events.WindowUpdated) for e in events), timeout=0.3)
+        assert shut_since is not None, f"the stream's window never shut ({sent} bytes sent)"
+        assert sent < 64 * 1024 * 1024  # bounded: the windows and the socket buffers, not the body
+        # The connection is not stalled: another stream is served at once.
+        good = raw.request(request_headers(port, path="/echo/meanwhile"))
+        assert raw.response(good)[0] == 200
+        assert raw.conn.outbound_flow_control_window > 0
+    finally:
+        raw.close()
+        stuck.close()
+        for conn, _ in held:
+            conn.close()

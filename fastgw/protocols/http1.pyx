@@ -27,6 +27,16 @@ says close. When it is a body that breaks (a bad chunk, over the limit, too slow
 request is abandoned upstream and the refusal is its response; a pipelined request whose
 body broke before its turn is dropped and never forwarded.
 
+Protocol switches (WebSocket). llhttp stops after a request that asks to upgrade. A GET
+without a body asking for ``Upgrade: websocket`` gets ``Exchange.upgrade``; the bytes the
+client sends after it are held here (bounded: reading pauses beyond ``STASH_HIGH``) until
+its answer says what they are. A 101 (``send_head``) switches the connection to raw mode,
+a tunnel: every byte read goes into the exchange (``feed_body``), every byte sent for it
+goes out as it is, the client's EOF is the exchange's ``end_body``, and ``send_end`` closes
+the connection. Any other answer leaves the connection HTTP: a new parser reads the held
+bytes as the next request. Any other upgrade (another protocol, a body, HTTP/1.0) is
+served as plain HTTP and the connection closes after it.
+
 Timeouts are deadlines checked by the worker's sweeper (``check(now)``): the request head
 within ``header_timeout`` of its first byte (408 when part of it came, else a silent
 close), ``idle_timeout`` between keep-alive requests and between body reads.
@@ -46,7 +56,7 @@ import httptools
 
 from fastgw._core.router import normalize_path
 from fastgw._core.wire cimport (
-    H_CONTENT_LENGTH, H_EXPECT, H_HOST, H_OTHER, H_TRANSFER_ENCODING, H_X_REQUEST_ID,
+    H_CONTENT_LENGTH, H_EXPECT, H_HOST, H_OTHER, H_TRANSFER_ENCODING, H_UPGRADE, H_X_REQUEST_ID,
     HeadWriter, header_id)
 from fastgw.errors import BadRequest, ClientClosedRequest, FastGWError, PayloadTooLarge, RequestTimeout
 from fastgw.exchange cimport (
@@ -63,6 +73,8 @@ LINGER_SECONDS = 2.0
 cdef Py_ssize_t LINGER_MAX_BYTES = 1024 * 1024
 cdef Py_ssize_t MAX_PIPELINE = 16
 WRITE_HIGH_WATER = 64 * 1024
+# Bytes held after an upgrade request, until its answer, before reading pauses.
+cdef Py_ssize_t STASH_HIGH = 64 * 1024
 # What a request line holds besides its target: method, two spaces, "HTTP/1.1", CRLF,
 # with room for llhttp's longest method. Used to tell 414 from 431 while a head is cut.
 cdef Py_ssize_t REQUEST_LINE_SLACK = 32
@@ -95,6 +107,11 @@ cdef class HTTP1Connection(Downstream):
     cdef object parser, queue, refusal
     cdef str peer_ip
     cdef Exchange current, reading, deferred
+    # an upgrade request waiting for its answer (the bytes after it held in ``stash``),
+    # and the exchange this connection is a tunnel of, once switched
+    cdef Exchange upgrading, tunnel
+    cdef list stash
+    cdef Py_ssize_t stash_bytes
     cdef bint paused, closing, lingering, in_head, chunked_out, close_after, tls
     # the first bytes of a plain connection are looked at for HTTP/2's preface
     cdef bint sniffing
@@ -144,6 +161,10 @@ cdef class HTTP1Connection(Downstream):
         #: an exchange whose head completed during this feed_data: started after it, so that
         #: a refusal later in the same bytes (a broken body) is known before anything is sent
         self.deferred = None
+        self.upgrading = None
+        self.tunnel = None
+        self.stash = []
+        self.stash_bytes = 0
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -199,6 +220,12 @@ cdef class HTTP1Connection(Downstream):
             return
         if self.closing:
             return
+        if self.tunnel is not None:
+            self.tunnel.feed_body(data)
+            return
+        if self.upgrading is not None:
+            self._hold(data)
+            return
         if self.upgrade_body_left:
             self._upgrade_body(data)
             return
@@ -244,11 +271,19 @@ cdef class HTTP1Connection(Downstream):
 
     def eof_received(self):
         # The client shut its side: as nginx does, that ends the connection, and a request
-        # in flight is abandoned (logged 499) rather than finished for nobody.
+        # in flight is abandoned (logged 499) rather than finished for nobody. A tunnel is
+        # half-closed instead: the other side may still have bytes for the client.
+        cdef Exchange ex = self.tunnel
+        if ex is not None and not self.closing:
+            ex.end_body()
+            return True
         return None
 
     def connection_lost(self, exc):
         self.closing = True
+        self.tunnel = None
+        self.upgrading = None
+        self.stash = []
         self.worker.connections.discard(self)
         if self.reading is not None:
             self.reading.detach_body()
@@ -334,6 +369,7 @@ cdef class HTTP1Connection(Downstream):
             raise _Refuse(405, "CONNECT is not supported")
         host = None
         request_id = None
+        upgrade = None
         cdef int ident
         for name, value in self.headers:
             ident = header_id(name)
@@ -359,6 +395,8 @@ cdef class HTTP1Connection(Downstream):
             elif ident == H_X_REQUEST_ID:
                 if request_id is None:
                     request_id = value
+            elif ident == H_UPGRADE:
+                upgrade = value if upgrade is None else upgrade + b"," + value
             elif ident == H_EXPECT:
                 if value.lower() != b"100-continue":
                     raise _Refuse(417, "unsupported Expect")
@@ -391,6 +429,9 @@ cdef class HTTP1Connection(Downstream):
                       version, parser.should_keep_alive(), self.peer_ip, body_kind, length,
                       monotonic())
         ex.tls = self.tls
+        if (upgrade is not None and body_kind == BODY_NONE and version == "1.1" and method == b"GET"
+                and parser.should_upgrade() and _asks_websocket(upgrade)):
+            ex.upgrade = b"websocket"
         self.proxy.prepare(ex, request_id)
         if body_kind != BODY_NONE:
             self.reading = ex
@@ -479,6 +520,15 @@ cdef class HTTP1Connection(Downstream):
         """The framing and connection lines after the fields, then the head is held."""
         cdef HeadWriter head = _head
         self.chunked_out = False
+        if status == 101 and ex is self.upgrading:
+            # The switch: the fields that say so are this protocol's to write.
+            head.add(b"connection: upgrade\r\nupgrade: ")
+            head.add(ex.upgrade)
+            head.add(b"\r\n\r\n")
+            self.held_head = head.finish()
+            self.close_after = False
+            self._switch(ex)
+            return
         if status == 204 or status == 304 or status < 200:
             pass
         elif length >= 0:
@@ -535,6 +585,16 @@ cdef class HTTP1Connection(Downstream):
         head = self.held_head
         if head:
             self.held_head = b""
+        if ex is self.tunnel:
+            # The other side of the tunnel closed: what it sent goes out, then the close.
+            if head and not self.closing:
+                self.transport.write(head)
+            self.tunnel = None
+            self.current = None
+            if not self.closing:
+                self.closing = True
+                self.transport.close()
+            return
         if self.chunked_out:
             self.transport.write(head + b"0\r\n\r\n")
             self.chunked_out = False
@@ -544,6 +604,7 @@ cdef class HTTP1Connection(Downstream):
 
     cpdef abort(self, Exchange ex):
         self.current = None
+        self.tunnel = None
         self.closing = True
         self.transport.close()
 
@@ -561,6 +622,12 @@ cdef class HTTP1Connection(Downstream):
         self.current = None
         if self.closing:
             return
+        if ex is self.upgrading:
+            # Answered without a switch: the connection goes on as HTTP/1.1.
+            self.upgrading = None
+            if not self.close_after:
+                self._resume_http()
+                return
         if self.close_after:
             self._close_lingering()
             return
@@ -625,25 +692,34 @@ cdef class HTTP1Connection(Downstream):
         self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
     cdef _upgrade_requested(self, Py_ssize_t offset):
-        # llhttp stops after a request carrying Upgrade (or CONNECT); ``offset`` is where
-        # the bytes after its head begin. h2c (a bodiless first request on a plain
-        # connection) switches to HTTP/2. WebSocket is not served yet: the request is
-        # served as plain HTTP (Upgrade is hop-by-hop and not forwarded) and the connection
-        # closes after it, since llhttp will not parse what follows. (CONNECT never gets
-        # here: on_headers_complete refuses it.)
+        # llhttp stops after a request carrying Upgrade (or CONNECT, which never gets here:
+        # on_headers_complete refuses it); ``offset`` is where the bytes after its head
+        # begin in those being fed. h2c (a bodiless first request on a plain connection)
+        # switches to HTTP/2. A WebSocket request waits for its answer, the bytes after it
+        # held. Any other upgrade is served as plain HTTP (Upgrade is hop-by-hop and not
+        # forwarded) and the connection closes after it, since llhttp will not parse what
+        # follows.
         cdef Exchange ex = self.deferred
+        rest = self.feeding[offset:] if self.feeding is not None else b""
         if (ex is not None and ex is self.current and not self.queue and not self.tls
                 and ex.body_kind == BODY_NONE and self.feeding is not None):
             settings = _h2c_settings(ex.headers)
             if settings is not None:
                 self.deferred = self.current = None
                 self.transport.write(H2C_SWITCH)
-                self._to_http2(self.feeding[offset:], (settings, ex))
+                self._to_http2(rest, (settings, ex))
                 return
         ex = self.current if not self.queue else self.queue[-1]
+        self.in_head = False
+        if ex is not None and ex.upgrade is not None:
+            self.upgrading = ex
+            self.stash = []
+            self.stash_bytes = 0
+            if rest:
+                self._hold(rest)
+            return
         if ex is not None:
             ex.keep_alive = False
-        self.in_head = False
         if ex is not None and ex.body_kind != BODY_NONE and ex.bytes_in == 0:
             # llhttp ends the message at the head and leaves the body to the upgraded
             # protocol: a Content-Length body is read here, as it comes; a chunked one
@@ -654,8 +730,8 @@ cdef class HTTP1Connection(Downstream):
                 self.refuse(400, "Upgrade with a chunked body")
                 return
             self.upgrade_body_left = ex.body_length
-            if self.feeding is not None and offset < len(self.feeding):
-                self._upgrade_body(self.feeding[offset:])
+            if rest:
+                self._upgrade_body(rest)
             return
         self._pause()
 
@@ -673,10 +749,44 @@ cdef class HTTP1Connection(Downstream):
             ex.end_body()
             self._pause()  # nothing after it is read: the connection closes after the response
 
+    cdef _hold(self, bytes data):
+        """Bytes after an upgrade request, kept until its answer says what they are."""
+        self.stash.append(data)
+        self.stash_bytes += len(data)
+        if self.stash_bytes > STASH_HIGH:
+            self._pause()
+
+    cdef _switch(self, Exchange ex):
+        """The 101 is written: from now on this connection is ``ex``'s tunnel, and the
+        bytes held since the request are its first."""
+        self.tunnel = ex
+        self.upgrading = None
+        held = self.stash
+        self.stash = []
+        self.stash_bytes = 0
+        self._resume()
+        for chunk in held:
+            ex.feed_body(chunk)
+
+    cdef _resume_http(self):
+        """An upgrade request answered without a switch: a new parser reads what the
+        client sent after it as the next request."""
+        self.parser = httptools.HttpRequestParser(self)
+        self.in_head = True
+        self.raw_head_bytes = 0
+        self.deadline = monotonic() + self.idle_timeout
+        held = self.stash
+        self.stash = []
+        self.stash_bytes = 0
+        self._resume()
+        for chunk in held:
+            self.data_received(chunk)
+
     def check(self, double now):
         cdef Exchange ex
-        """Called by the sweeper: enforce header, body and idle deadlines."""
-        if now < self.deadline or self.closing or self.lingering:
+        """Called by the sweeper: enforce header, body and idle deadlines (a tunnel's
+        idle time is its other side's to judge)."""
+        if now < self.deadline or self.closing or self.lingering or self.tunnel is not None:
             return
         if self.in_head and self.current is None and not self.queue:
             if self.raw_head_bytes:
@@ -712,6 +822,14 @@ cdef object _h2c_settings(list headers):
     if not asks or len(settings) != 1:
         return None
     return decode_settings(settings[0])
+
+
+cdef bint _asks_websocket(bytes upgrade):
+    """Whether an Upgrade value (a list of protocols) names websocket."""
+    for token in upgrade.split(b","):
+        if token.strip().lower() == b"websocket":
+            return True
+    return False
 
 
 def _parser_reason(exc):

@@ -36,6 +36,11 @@ slow upstream holds back its own stream's window, never the connection's. Respon
 wait in the stream's buffer until the client's window takes them; past ``OUT_HIGH`` bytes
 the stream's upstream read is paused (``UpstreamSide.client_writable``), never another's.
 
+WebSocket (RFC 8441): a CONNECT stream with ``:protocol websocket`` becomes an exchange
+asking to upgrade (``Exchange.upgrade``), a GET with a ``Sec-WebSocket-Key`` of ours; when
+the route tunnels it and the upstream's 101 answers that key (``send_head``), the stream is
+answered 200 and its DATA frames are the tunnel's bytes both ways.
+
 Timeouts are deadlines checked by the worker's sweeper (``check``): the connection closes
 (GOAWAY) after ``idle_timeout`` with no stream; a stream whose request body or whose
 client's window stalls longer than ``stream_idle_timeout`` is answered 408 or reset.
@@ -48,7 +53,9 @@ fastgw._core (path normalisation).
 
 import base64
 import binascii
+import hashlib
 import logging
+import os
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -60,7 +67,8 @@ from libc.string cimport memcpy
 from fastgw._core.router import normalize_path
 from fastgw.errors import ClientClosedRequest, PayloadTooLarge, RequestTimeout
 from fastgw.exchange cimport (
-    BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Downstream, Exchange, host_name, monotonic, new_exchange)
+    BODY_CHUNKED, BODY_LENGTH, BODY_NONE, BODY_TUNNEL, Downstream, Exchange, host_name, monotonic,
+    new_exchange)
 from fastgw.protocols.nghttp2 cimport *
 from fastgw.proxy cimport Proxy
 from fastgw.proxy import error_body
@@ -70,6 +78,8 @@ log = logging.getLogger("fastgw")
 #: what an HTTP/2 client sends first (RFC 9113 §3.4)
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 H2C_SWITCH = b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n"
+# RFC 6455 §1.3: what Sec-WebSocket-Accept is made of.
+WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 cdef list STATUS_CODES = [str(status).encode() for status in range(600)]
 # Response bytes a stream holds for a slow client before its upstream is paused, and the
 # level below which it is resumed.
@@ -288,6 +298,24 @@ cdef inline void _nv(nghttp2_nv *nv, bytes name, bytes value):
     nv.flags = NGHTTP2_NV_FLAG_NONE
 
 
+# Fields of an HTTP/1.1 101 that say nothing over HTTP/2 (the switch is the 200 itself).
+_SWITCH_FIELDS = (b"sec-websocket-accept", b"upgrade", b"connection")
+
+
+cdef bint _accepts(list response_fields, list request_fields):
+    """Whether a 101's Sec-WebSocket-Accept answers the key we sent (RFC 6455 §4.1)."""
+    key = accept = None
+    for name, value in request_fields:
+        if name == b"sec-websocket-key":
+            key = value
+    for name, value in response_fields:
+        if name.lower() == b"sec-websocket-accept":
+            accept = value.strip()
+    if key is None or accept is None:
+        return False
+    return accept == base64.b64encode(hashlib.sha1(key + WEBSOCKET_GUID).digest())
+
+
 def take_over(worker, transport, bint tls, bytes data=b"", upgrade=None):
     """Serve ``transport`` as HTTP/2 from now on: ``data`` are the bytes read so far (the
     preface first), ``upgrade`` the ``(HTTP2-Settings payload, Exchange)`` of an ``Upgrade:
@@ -317,7 +345,7 @@ cdef class HTTP2Connection(Downstream):
     cdef Proxy proxy
     cdef public object transport
     cdef dict streams
-    cdef list ready
+    cdef list ready  # exchanges whose heads completed in the bytes being processed
     cdef str peer_ip
     cdef bint tls, closing, write_paused, in_session, going_away, final_goaway, calmed
     cdef double deadline, window_start
@@ -383,7 +411,9 @@ cdef class HTTP2Connection(Downstream):
         settings[4].value = 0
         settings[5].settings_id = NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES
         settings[5].value = 1
-        nghttp2_submit_settings(self.session, NGHTTP2_FLAG_NONE, settings, 6)
+        settings[6].settings_id = NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL  # WebSocket (RFC 8441)
+        settings[6].value = 1
+        nghttp2_submit_settings(self.session, NGHTTP2_FLAG_NONE, settings, 7)
         if limits.connection_window_bytes > 65535:
             nghttp2_session_set_local_window_size(self.session, NGHTTP2_FLAG_NONE, 0,
                                                   limits.connection_window_bytes)
@@ -412,7 +442,7 @@ cdef class HTTP2Connection(Downstream):
         ex.stream = stream
         ex.version = "2"
         self.streams[1] = stream
-        self.ready.append(stream)
+        self.ready.append(stream.ex)
         self.opened += 1
 
     # -- asyncio.Protocol -----------------------------------------------------------------
@@ -451,9 +481,11 @@ cdef class HTTP2Connection(Downstream):
         self.streams.clear()
         for stream in streams:
             stream.closed = True
-            if stream.ex is not None and not stream.finished:
+            ex = stream.ex
+            stream.ex = None
+            if ex is not None and not stream.finished:
                 stream.finished = True
-                stream.ex.fail(ClientClosedRequest("client closed the connection"))
+                ex.fail(ClientClosedRequest("client closed the connection"))
 
     def pause_writing(self):
         self.write_paused = True
@@ -604,9 +636,19 @@ cdef class HTTP2Connection(Downstream):
             return
         method = stream.method
         target = stream.path
+        upgrade = None
         if method == b"CONNECT":
-            self._refuse(stream, 405, "CONNECT is not supported")
-            return
+            if stream.protocol is None or stream.protocol.lower() != b"websocket":
+                self._refuse(stream, 405 if stream.protocol is None else 501,
+                             "CONNECT is not supported" if stream.protocol is None
+                             else "only the websocket protocol is tunnelled")
+                return
+            # RFC 8441: a WebSocket over this stream. Upstream it is an HTTP/1.1 GET asking
+            # to upgrade, with a key of ours (the client sends none); its DATA frames are
+            # the tunnel's bytes both ways.
+            method = b"GET"
+            upgrade = b"websocket"
+            stream.fields.append((b"sec-websocket-key", base64.b64encode(os.urandom(16))))
         if not _is_token(method):
             self._refuse(stream, 400, "invalid method")
             return
@@ -628,7 +670,9 @@ cdef class HTTP2Connection(Downstream):
             fields.append((b"host", authority))
         if stream.cookies:
             fields.append((b"cookie", b"; ".join(stream.cookies)))
-        if not end_stream:
+        if upgrade is not None:
+            pass  # (the proxy makes it a tunnel when the route says so)
+        elif not end_stream:
             if stream.content_length is not None:
                 length = int(stream.content_length)  # (the library checked it is a number)
                 if length:
@@ -650,23 +694,24 @@ cdef class HTTP2Connection(Downstream):
                           self.peer_ip, body_kind, length, monotonic())
         ex.tls = self.tls
         ex.stream = stream
+        ex.upgrade = upgrade
         stream.ex = ex
         stream.fields = stream.cookies = None
         self.proxy.prepare(ex, stream.request_id)
         if not end_stream:
             stream.deadline = ex.started + self.limits.stream_idle_timeout
-        self.ready.append(stream)
+        self.ready.append(stream.ex)
 
     cdef _dispatch(self):
         """Run the exchanges whose heads completed in the bytes just processed (outside the
         library's callbacks, so that answering one never re-enters it)."""
-        cdef H2Stream stream
+        cdef Exchange ex
         ready = self.ready
         if not ready:
             return
         self.ready = []
-        for stream in ready:
-            self.proxy.handle(stream.ex)
+        for ex in ready:
+            self.proxy.handle(ex)  # (one reset meanwhile has its failure: logged 499)
 
     cdef _body(self, int32_t stream_id, const uint8_t *data, size_t length):
         cdef H2Stream stream = self.streams.get(stream_id)
@@ -676,7 +721,7 @@ cdef class HTTP2Connection(Downstream):
             nghttp2_session_consume_stream(self.session, stream_id, length)
             return
         cdef Exchange ex = stream.ex
-        if ex.bytes_in + <Py_ssize_t>length > self.limits.max_body_bytes:
+        if ex.bytes_in + <Py_ssize_t>length > self.limits.max_body_bytes and ex.body_kind != BODY_TUNNEL:
             nghttp2_session_consume_stream(self.session, stream_id, length)
             if ex.failure is None:
                 ex.fail(PayloadTooLarge("request body too large"))
@@ -700,11 +745,13 @@ cdef class HTTP2Connection(Downstream):
         stream.closed = True
         if not self.streams:
             self.deadline = monotonic() + self.limits.idle_timeout
-        if stream.ex is not None and not stream.finished:
+        ex = stream.ex
+        stream.ex = None  # (no cycle left for the garbage collector to find)
+        if ex is not None and not stream.finished:
             # Reset by the client, or malformed (a content-length the DATA broke): its
             # request is abandoned upstream.
             stream.finished = True
-            stream.ex.fail(ClientClosedRequest(
+            ex.fail(ClientClosedRequest(
                 "client reset the stream" if error_code != NGHTTP2_NO_ERROR else "stream closed"))
 
     cdef _frame_sent(self, const nghttp2_frame *frame):
@@ -833,6 +880,17 @@ cdef class HTTP2Connection(Downstream):
         ex.status = status
         if stream.closed or stream.answered:
             return
+        if status == 101:
+            # The upstream switched to WebSocket: over HTTP/2 that is a 200 on the CONNECT
+            # stream (RFC 8441), once its accept answers our key.
+            if not _accepts(headers, ex.headers):
+                stream.finished = stream.out_end = True
+                nghttp2_submit_rst_stream(self.session, NGHTTP2_FLAG_NONE, stream.id, NGHTTP2_INTERNAL_ERROR)
+                if ex.upstream_side is not None:
+                    ex.upstream_side.cancel(ClientClosedRequest("the upstream's WebSocket accept is wrong"))
+                return
+            self._respond(stream, 200, [f for f in headers if f[0].lower() not in _SWITCH_FIELDS], -1, True)
+            return
         self._respond(stream, status, headers, length,
                       not (ex.is_head or length == 0 or status == 204 or status == 304))
 
@@ -912,6 +970,8 @@ cdef class HTTP2Connection(Downstream):
             ex = stream.ex
             if ex is not None and stream.request_done and stream.out_bytes == 0:
                 continue  # waiting for its upstream, whose own timeouts hold
+            if ex is not None and ex.body_kind == BODY_TUNNEL and ex.response_started and stream.out_bytes == 0:
+                continue  # a tunnel's idle time is its upstream side's to judge (read_timeout)
             if ex is not None and not stream.request_done and not ex.response_started:
                 stream.deadline = now + self.limits.stream_idle_timeout
                 ex.fail(RequestTimeout("request body not received in time"))  # answered 408
