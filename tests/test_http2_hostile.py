@@ -12,10 +12,11 @@ What it covers, and the expectation (RFC 9113, RFC 7541, and what nginx and Envo
 - HPACK bomb (CVE-2016-6581): one dynamic-table entry referenced thousands of times ->
   refused, the worker's memory stays put.
 - Header list over ``max_header_list_bytes`` -> 431 or RST_STREAM/GOAWAY, never forwarded.
-- Floods of control frames the client never reads the answers of: PING (CVE-2019-9512),
-  SETTINGS (CVE-2019-9515), RST_STREAM-soliciting requests (CVE-2019-9514), empty frames
-  (CVE-2019-9518), zero-length header fields (CVE-2019-9516) -> the connection is closed
-  (the queue of answers is bounded), memory stays bounded.
+- Floods of frames from a client that never reads: PING (CVE-2019-9512), SETTINGS
+  (CVE-2019-9515), PRIORITY (CVE-2019-9513), WINDOW_UPDATE, RST_STREAM-soliciting requests
+  (CVE-2019-9514), empty DATA and HEADERS frames (CVE-2019-9518) -> the connection is
+  closed (the queue of answers is bounded), memory stays bounded; zero-length header
+  fields (CVE-2019-9516) -> refused, memory stays bounded.
 - Data dribble (CVE-2019-9511) and a zero window (CVE-2019-9517, internal data
   buffering): the gateway keeps to the windows the client grants, keeps serving PING and
   other streams, does not read the upstream unboundedly, and ends a stalled stream.
@@ -23,16 +24,22 @@ What it covers, and the expectation (RFC 9113, RFC 7541, and what nginx and Envo
   SETTINGS_INITIAL_WINDOW_SIZE) -> FLOW_CONTROL_ERROR; an increment of 0 -> PROTOCOL_ERROR.
 - Stream states: even, regressing, reused and zero stream ids; frames on idle, half-closed
   and reset streams -> PROTOCOL_ERROR / STREAM_CLOSED.
-- Malformed requests (RFC 9113 §8.1.1, §8.2, §8.3): pseudo-header faults, connection-
-  specific fields, ``te`` other than ``trailers``, uppercase or otherwise invalid names,
-  CR/LF/NUL and surrounding whitespace in values -> RST_STREAM PROTOCOL_ERROR or 400, and
-  the backend sees none of their bytes (no header injection, no request-line injection).
+- Malformed requests (RFC 9113 §8.1.1, §8.2, §8.3; RFC 8441 §4): pseudo-header faults
+  (``:protocol`` outside an extended CONNECT included), connection-specific fields, ``te``
+  other than ``trailers``, uppercase or otherwise invalid names, CR/LF/NUL and surrounding
+  whitespace in values, ``Host`` against ``:authority``, bad trailers -> RST_STREAM
+  PROTOCOL_ERROR or 400, and the backend sees none of their bytes (no header injection,
+  no request-line injection).
 - H2.CL and H2.TE desync (James Kettle, "HTTP/2: The Sequel is Always Worse", 2021):
   ``content-length`` disagreeing with the DATA, ``transfer-encoding`` -> refused; the
   backend never receives a smuggled request nor a body that swallows the next request.
 - SETTINGS with values out of range, frames over SETTINGS_MAX_FRAME_SIZE and control
   frames of the wrong length -> PROTOCOL_ERROR / FLOW_CONTROL_ERROR / FRAME_SIZE_ERROR.
+- HPACK decoding errors (a table size update too large or misplaced, an index past the
+  table, Huffman padding with EOS) -> COMPRESSION_ERROR.
 - A bad connection preface -> closed, no crash; a good one sent a byte at a time works.
+- ``Upgrade: h2c`` over HTTP/1.1 (h2c smuggling): the upgrade and HTTP2-Settings never
+  reach the backend.
 - More streams than SETTINGS_MAX_CONCURRENT_STREAMS -> REFUSED_STREAM for the extra ones,
   the others served; a stream depending on itself -> PROTOCOL_ERROR.
 
@@ -42,7 +49,9 @@ hang past the test's bound, the worker dying. After every case ``h2.verify()`` c
 gateway's worker is the same live process, that a fresh HTTP/2 connection (httpx, prior
 knowledge) is served 200, and that no byte marked by the case reached the backend.
 
-One gateway (small ``[server.http2]`` limits, below) serves the whole module.
+One gateway (small ``[server.http2]`` limits, below) serves the whole module; each case
+marks its requests with a token of its own. ``start_server`` is the one place that knows
+the server is fastgw (a stand-in can replace it to try the catalogue on another server).
 """
 
 from __future__ import annotations
@@ -753,6 +762,10 @@ PSEUDO_CASES = {
     "authority-with-userinfo": GOOD[:2] + [(":authority", "user:pw@127.0.0.1"), (":path", "@PATH")],
     "scheme-with-space": [GOOD[0], (":scheme", "http x"), *GOOD[2:]],
     "connect-with-path": [(":method", "CONNECT"), (":authority", "127.0.0.1:1"), (":path", "@PATH")],
+    # RFC 8441 §4: :protocol only on an (extended) CONNECT, which carries :scheme and :path too
+    "protocol-on-get": GOOD + [(":protocol", "websocket")],
+    "extended-connect-without-path": [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "http"),
+                                      (":authority", "127.0.0.1"), ("x-p", "@PATH")],
 }
 
 
