@@ -121,15 +121,17 @@ def test_connect_then_messages_then_disconnect(start, app):
 
 
 def test_replies_are_messages_of_the_type_that_caused_them(start, app):
-    app.reply = lambda req: (200, {b"text": "réponse".encode(), b"not-utf8": b"\xff\xfe",
-                                   b"empty": b"", b"bin": b"abc"}[req["body"]])
+    app.reply = lambda req: (204, b"") if req["body"] == b"quiet" else \
+        (200, {b"text": "réponse".encode(), b"not-utf8": b"\xff\xfe", b"empty": b"", b"bin": b"abc"}[req["body"]])
     gw = start()
     with ws_connect(gw.ws + "/chat/types") as ws:
         ws.send("text")
         assert ws.recv(timeout=5) == "réponse"
         ws.send("not-utf8")
         assert ws.recv(timeout=5) == b"\xff\xfe"  # a text message's answer that is not UTF-8: binary
-        ws.send("empty")  # an empty answer: no message
+        ws.send("quiet")  # 204: no message
+        ws.send("empty")  # 200 with an empty body: an empty message
+        assert ws.recv(timeout=5) == ""
         ws.send(b"bin")
         assert ws.recv(timeout=5) == b"abc"
 

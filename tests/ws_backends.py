@@ -89,9 +89,10 @@ class WsEcho:
 
 
 class MessageBackend:
-    def __init__(self) -> None:
+    def __init__(self, keep_bodies: bool = True) -> None:
         self.lock = threading.Lock()
-        #: every request: method, path, headers (lower-case name -> value), body
+        #: every request: method, path, headers (lower-case name -> value), body (b"" when
+        #: not ``keep_bodies``)
         self.seen: list[dict] = []
         self.connect_status = 200
         #: (status, body) for a message POST, from the request's record
@@ -105,6 +106,9 @@ class MessageBackend:
 
             def setup(self) -> None:
                 super().setup()
+                # (its head and body are two writes: without this, each answer would wait
+                # for the gateway's delayed ACK of the head)
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 with backend.lock:
                     backend.clients.add(self.connection)
 
@@ -118,7 +122,7 @@ class MessageBackend:
                 record = {"method": "POST", "path": path, "query": query, "body": body,
                           "headers": {k.lower(): v for k, v in self.headers.items()}}
                 with backend.lock:
-                    backend.seen.append(record)
+                    backend.seen.append(record if keep_bodies else {**record, "body": b""})
                 if path.endswith("/$connect"):
                     status, payload = backend.connect_status, b'{"connect": "answered"}'
                 elif path.endswith("/$disconnect"):

@@ -14,8 +14,8 @@ Any other answer refuses: the client gets that status and body as the handshake'
 
 Each text or binary message the client sends (whole, fragments joined, text checked as
 UTF-8 frame by frame) is POSTed to ``<path>`` with the message as body, one at a time and
-in order; a 2xx with a body goes back as one message, of the type of the message that
-caused it (binary when a text message's answer is not UTF-8). Frames go out in the order
+in order; a 2xx answer's body goes back as one message (204: none), of the type of the
+message that caused it (binary when a text message's answer is not UTF-8). Frames go out in the order
 a synchronous server would send them: each message keeps a place (``_Reply``) in the
 outgoing queue, so a pong or a close answered meanwhile waits behind the replies owed
 before it. When the connection ends, however it ends, ``<path>/$disconnect`` is POSTed
@@ -339,7 +339,7 @@ class WebSocketAdapter(UpstreamSide):
             if answer.too_large:
                 log.warning("websocket connection %s: the answer to a message is larger than %d bytes; dropped",
                             self.id, answer.limit)
-            elif body:
+            elif status != 204:  # (an empty body is an empty message; 204 is no message)
                 if op is TEXT:
                     try:
                         body.decode("utf-8")
