@@ -12,6 +12,8 @@ exits 2 naming what is missing. For each scenario it starts, on fresh ports:
 - nginx as a reverse proxy: upstream keepalive 64, HTTP/1.1 upstream, access log off;
 - fastgw: access log off, upstream keepalive 64, the route table of the scenario;
 
+(the ``websocket`` scenario: a ``websockets`` echo backend, both proxies set to tunnel to
+it, and benchmarks/websocket_load.py's client instead of wrk, counting round trips);
 checks that both proxies give the backend's answer to the scenario's request, then, for
 each load (``wrk -t1 -cC -dDs --latency``; for the HTTP/2 scenarios ``h2load -t1 -cC -mM
 -DD`` over cleartext HTTP/2 by prior knowledge, its per-request log giving p50 and p99),
@@ -119,7 +121,7 @@ def nofile_for(worker_connections: int) -> int:
 
 
 def nginx_proxy_conf(folder: Path, port: int, backend: int, workers: int, worker_connections: int = 4096,
-                     tls: bool = False, http2: bool = False) -> str:
+                     tls: bool = False, http2: bool = False, websocket: bool = False) -> str:
     # keepalive_requests in the upstream block: nginx closes a pooled upstream connection
     # after 1,000 requests by default, fastgw never does; both keep them alike.
     # reuseport: fastgw gives each worker its own SO_REUSEPORT socket, so nginx does too
@@ -146,11 +148,16 @@ http {{
         location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            {WEBSOCKET_NGINX if websocket else 'proxy_set_header Connection "";'}
         }}
     }}
 }}
 """
+
+
+# nginx's WebSocket proxying, as its documentation gives it
+WEBSOCKET_NGINX = """proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";"""
 
 
 def route_table(n: int, target_extra: str = "") -> str:
@@ -236,6 +243,7 @@ class Scenario:
     h2_streams: int = 0             # HTTP/2 by prior knowledge: h2load with this many streams per connection
     loads: tuple[int, ...] = ()     # the connection counts of this scenario (default: --connections)
     compare_plain: bool = False     # a second fastgw without them, interleaved too
+    websocket: bool = False         # a websockets echo backend, tunnelled; benchmarks/websocket_load.py's client
     note: str = ""
 
 
@@ -258,6 +266,11 @@ SCENARIOS = {s.name: s for s in (
              note="nginx has no API key auth: it proxies the same request unchecked"),
     Scenario("h2", "GET, small response, cleartext HTTP/2 by prior knowledge, 10 streams per connection "
              "(HTTP/1.1 to the backend)", h2_streams=10, loads=(10, 50)),
+    Scenario("websocket", "WebSocket tunnel: a 64-byte text message echoed by a websockets backend, round trips per "
+             "second over C connections (websocket = \"proxy\"; nginx with Upgrade and Connection set)",
+             target_extra='websocket = "proxy"\n', websocket=True,
+             note="messages/s, not requests: benchmarks/websocket_load.py's client (Python, one process), "
+                  "the same for both"),
 )}
 
 
@@ -346,7 +359,7 @@ def start_scenario(stack: Stack, sc: Scenario) -> dict[str, Proc]:
     backend, nginx_port, fastgw_port = free_port(), free_port(), free_port()
     (folder / "backend.conf").write_text(nginx_backend_conf(folder, backend, sc.workers))
     (folder / "proxy.conf").write_text(nginx_proxy_conf(folder, nginx_port, backend, sc.workers, tls=sc.tls,
-                                                        http2=sc.h2_streams > 0))
+                                                        http2=sc.h2_streams > 0, websocket=sc.websocket))
     server_extra = ""
     if sc.tls:  # fastgw's plain listener moves aside; the measured one is its TLS listener
         from fastgw.demo import make_certificate
@@ -356,9 +369,14 @@ def start_scenario(stack: Stack, sc: Scenario) -> dict[str, Proc]:
     (folder / "fastgw.toml").write_text(fastgw_conf(free_port() if sc.tls else fastgw_port, backend, sc.workers,
                                                     sc.routes, server_extra, target_extra=sc.target_extra))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if sc.websocket:
+        backend_side = stack.start("backend", [sys.executable, str(HERE / "websocket_load.py"), "echo", "--port",
+                                               str(backend)], backend)
+    else:
+        backend_side = stack.start("backend", ["nginx", "-c", str(folder / "backend.conf"), "-p", str(folder)],
+                                   backend, extra_logs=(folder / "backend.err",))
     sides = {
-        "backend": stack.start("backend", ["nginx", "-c", str(folder / "backend.conf"), "-p", str(folder)],
-                               backend, extra_logs=(folder / "backend.err",)),
+        "backend": backend_side,
         "nginx": stack.start("nginx", ["nginx", "-c", str(folder / "proxy.conf"), "-p", str(folder)],
                              nginx_port, extra_logs=(folder / "proxy.err",)),
         "fastgw": stack.start("fastgw", [sys.executable, "-m", "fastgw", "run", "-c", str(folder / "fastgw.toml")],
@@ -408,6 +426,12 @@ def fetch(port: int, sc: Scenario, tls: bool = False, h2: bool = False) -> tuple
 def check_answers(sides: dict[str, Proc], sc: Scenario) -> None:
     """Every side must give the backend's own answer to the benchmark request, or the
     numbers would compare different work."""
+    if sc.websocket:
+        for name, proc in sides.items():
+            result = load(proc.port, sc, 1, 1)
+            if not result["requests"] or result["errors"]:
+                raise Fail(f"{sc.name}: {name} echoes no WebSocket message: {result}")
+        return
     status, expected = fetch(sides["backend"].port, sc)
     if status != 200:
         raise Fail(f"{sc.name}: the backend answers {status} to {sc.path}")
@@ -423,6 +447,21 @@ def check_answers(sides: dict[str, Proc], sc: Scenario) -> None:
 def to_ms(text: str) -> float:
     value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
+
+
+def load(port: int, sc: Scenario, connections: int, duration: int) -> dict:
+    """One measured run: wrk; h2load for an HTTP/2 scenario; the WebSocket client for a
+    WebSocket one."""
+    if sc.h2_streams:
+        return h2load(port, sc, connections, duration)
+    if not sc.websocket:
+        return wrk(port, sc, connections, duration)
+    argv = [sys.executable, str(HERE / "websocket_load.py"), "load", "--url", f"ws://{HOST}:{port}{sc.path}",
+            "--connections", str(connections), "--duration", str(duration)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+    if done.returncode != 0 or not done.stdout.strip():
+        raise Fail(f"the WebSocket client failed (status {done.returncode}): {' '.join(argv)}\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def wrk(port: int, sc: Scenario, connections: int, duration: int) -> dict:
@@ -479,10 +518,6 @@ def h2load(port: int, sc: Scenario, connections: int, duration: int) -> dict:
         "p99_ms": durations[min(len(durations) - 1, int(len(durations) * 0.99))] / 1000.0,
         "errors": {k: v for k, v in errors.items() if v},
     }
-
-
-def load(port: int, sc: Scenario, connections: int, duration: int) -> dict:
-    return (h2load if sc.h2_streams else wrk)(port, sc, connections, duration)
 
 
 # -- measuring ----------------------------------------------------------------------------------

@@ -274,8 +274,14 @@ class RouteConfig:
     #: (policy key, validated settings) of the chain's policies, each declared by a spec
     policies: tuple[tuple[str, dict[str, Any]], ...] = ()
     #: what a WebSocket handshake on this route becomes: "proxy" (a tunnel to the
-    #: upstream), or None (served as plain HTTP)
+    #: upstream), "http" (fastgw speaks WebSocket, the upstream gets POSTs), or None
+    #: (served as plain HTTP)
     websocket: str | None = None
+    #: websocket = "http": the largest message a client may send (bytes; 1009 beyond),
+    #: messages per second per connection (1008 beyond), seconds between keep-alive pings
+    websocket_max_message: int = 1024 * 1024
+    websocket_message_rate: float = 100.0
+    websocket_ping_interval: float = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -879,11 +885,16 @@ _ROUTE_KEYS = (
     "match_split",
     "max_concurrent",
     "websocket",
+    "websocket_max_message",
+    "websocket_message_rate",
+    "websocket_ping_interval",
 )
 _ROUTE_LATER = (
     "aggregate",
 )
-_WEBSOCKET_MODES = ("proxy",)
+_WEBSOCKET_MODES = ("proxy", "http")
+#: the keys of websocket = "http" alone
+_WEBSOCKET_HTTP_KEYS = ("websocket_max_message", "websocket_message_rate", "websocket_ping_interval")
 
 
 def _stray_key_errors() -> dict[str, str]:
@@ -1276,16 +1287,27 @@ class _Builder:
         websocket = self._websocket(place, fields["methods"])
         return RouteConfig(name=name, index=index, paths=paths, upstream=upstream, strip_prefix=strip_prefix,
                            rewrite=rewrite, policies=policies, max_concurrent=max_concurrent,
-                           websocket=websocket, **fields)
+                           **websocket, **fields)
 
     @staticmethod
-    def _websocket(place: Place, methods: tuple[str, ...]) -> str | None:
-        """``websocket = "proxy"``: what the route does with a WebSocket handshake
-        (a GET, so a route that names its methods must name GET)."""
+    def _websocket(place: Place, methods: tuple[str, ...]) -> dict[str, Any]:
+        """``websocket = "proxy"`` or ``"http"`` (and the latter's limits): what the
+        route does with a WebSocket handshake (a GET, so a route that names its methods
+        must name GET)."""
+        d = RouteConfig("", 0, (), "")
         mode = place.get_choice("websocket", None, _WEBSOCKET_MODES)  # type: ignore[arg-type]
         if mode is not None and methods and "GET" not in methods:
             place.key("methods").error(f'has no "GET": a WebSocket handshake is a GET (websocket = {_q(mode)})')
-        return mode
+        if mode != "http" and (mode is not None or "websocket" not in place.value):  # (a bad mode: said already)
+            for key in _WEBSOCKET_HTTP_KEYS:
+                if key in place.value:
+                    place.key(key).error('applies only to websocket = "http"')
+        return dict(
+            websocket=mode,
+            websocket_max_message=place.get_size("websocket_max_message", d.websocket_max_message, minimum=1),
+            websocket_message_rate=place.get("websocket_message_rate", parse_rate, d.websocket_message_rate),
+            websocket_ping_interval=place.get_duration("websocket_ping_interval", d.websocket_ping_interval),
+        )
 
     @staticmethod
     def _circuit_breaker(place: Place) -> tuple[int, float] | None:

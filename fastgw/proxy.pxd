@@ -1,8 +1,8 @@
 # C-level declarations of fastgw/proxy.pyx, cimported by the protocols.
 
 from fastgw._core.router cimport RouteMatch
-from fastgw.exchange cimport Exchange
-from fastgw.upstream cimport Pool, ResponseListener, UpstreamConnection
+from fastgw.exchange cimport Downstream, Exchange
+from fastgw.upstream cimport Pool, ResponseListener, Upstream, UpstreamConnection
 
 
 cdef class RequestIds:
@@ -12,10 +12,24 @@ cdef class RequestIds:
     cpdef str next(self)
 
 
+cdef class Collector(Downstream):
+    cdef public int status
+    cdef public list headers, chunks
+    cdef public Py_ssize_t size, limit
+    cdef public bint too_large, cut, finished
+    cdef public bytes request_body
+    cdef public object done
+
+    cdef _done(self)
+
+
 cdef class Proxy(ResponseListener):
     cdef public object snapshot, access_log, loop
     cdef public RequestIds ids
     cdef public bint draining
+    # what a protocol switch becomes, by a route's ``websocket`` mode ("http": the
+    # WebSocket adapter, set by the worker); a callable (proxy, ex, route, upstream)
+    cdef public dict adapters
 
     cpdef handle(self, Exchange ex)
     cdef _end(self, Exchange ex, exc)
@@ -33,3 +47,8 @@ cdef class Proxy(ResponseListener):
     cdef object _loop(self)
     cpdef bytes upstream_head(self, Exchange ex, str path, str target_address)
     cpdef upstream_done(self, Exchange ex, UpstreamConnection conn, error)
+    cpdef Exchange internal_exchange(self, Exchange parent, str path, bytes query, list headers,
+                                     Collector collector)
+    cpdef send_internal(self, Exchange ex, Upstream upstream, double timeout)
+    cpdef respond(self, Exchange ex, int status, list fields, bytes body)
+    cpdef finish(self, Exchange ex)

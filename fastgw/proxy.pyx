@@ -19,6 +19,14 @@ becomes a tunnel when the upstream answers 101 (``fastgw.upstream``); on a route
 Compiled (Cython, declared in ``proxy.pxd``): this is the per-request path, typed so
 that its reads of the exchange, the route and the pool are C reads.
 
+Internal exchanges: requests fastgw itself sends upstream on behalf of an exchange (the
+WebSocket adapter's POSTs, ``websocket = "http"``). ``internal_exchange`` makes one whose
+``Downstream`` is a ``Collector`` (the response kept whole, then handed to a callback),
+and ``send_internal`` sends it on an upstream past routing and the route's policies,
+through the same pools, balancing, health, circuits, retries and timeouts as a
+proxied request, and into the access log like one. A ``websocket = "http"`` route's
+handshake goes, once its policies passed, to the adapter in ``adapters``.
+
 The chain (``fastgw.policy``): its request phase runs as C calls in ``_run_policies``;
 a policy that waits gets a task for that request only (``_wait_then_go_on``), and the
 walk goes on after it; its log phase runs in ``_finished``; its response-head phase
@@ -42,7 +50,8 @@ from fastgw._core.wire cimport (
     H_X_FORWARDED_PROTO, H_FORWARDED, H_X_REAL_IP, HeadWriter, header_id, new_traceparent)
 from fastgw._core.wire import seed_trace_ids
 from fastgw.exchange cimport (
-    BODY_CHUNKED, BODY_LENGTH, BODY_NONE, BODY_TUNNEL, Downstream, Exchange, head_fields, monotonic)
+    BODY_CHUNKED, BODY_LENGTH, BODY_NONE, BODY_TUNNEL, Downstream, Exchange, head_fields, monotonic,
+    new_exchange)
 from fastgw.policy cimport ANSWERED, CONTINUE, WAIT, Chain, Policy, first_field
 from fastgw.upstream cimport Pool, ResponseListener, Upstream, UpstreamConnection
 from cpython.unicode cimport PyUnicode_FromFormat
@@ -114,6 +123,60 @@ def error_body(int status, str message, str request_id):
     return orjson.dumps({"error": message, "status": status, "request_id": request_id})
 
 
+cdef class Collector(Downstream):
+    """The ``Downstream`` of an internal exchange: the response kept whole (at most
+    ``limit`` bytes of body, else ``too_large`` and the rest dropped), then
+    ``done(collector)`` called once, when it is complete or was cut (``cut``: the upstream
+    failed mid-body). A failure before any answer arrives as fastgw's own error answer
+    (502, 503, 504), as a client would get it. ``request_body`` is kept so that a request
+    that met a stale pooled connection can be sent again whole."""
+
+    def __init__(self, done, bytes request_body=b"", Py_ssize_t limit=16 * 1024 * 1024):
+        self.done = done
+        self.request_body = request_body
+        self.limit = limit
+        self.status = 0
+        self.headers = []
+        self.chunks = []
+
+    @property
+    def body(self):
+        return b"".join(self.chunks)
+
+    cpdef send_head(self, Exchange ex, int status, list headers, Py_ssize_t length):
+        self.status = status
+        self.headers = headers
+        ex.response_started = True
+        ex.status = status
+
+    cpdef send_body(self, Exchange ex, bytes data):
+        ex.bytes_out += len(data)
+        if self.too_large:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self.too_large = True
+            self.chunks = []
+        else:
+            self.chunks.append(data)
+
+    cpdef send_end(self, Exchange ex):
+        self._done()
+
+    cpdef abort(self, Exchange ex):
+        self.cut = True
+        self._done()
+
+    cdef _done(self):
+        if self.finished:
+            return
+        self.finished = True
+        try:
+            self.done(self)
+        except Exception:  # the caller's bug must not break the relay that called us
+            log.exception("an internal request's callback failed")
+
+
 cdef class Proxy(ResponseListener):
     """Holds the current snapshot and serves exchanges against it."""
 
@@ -123,6 +186,7 @@ cdef class Proxy(ResponseListener):
         self.ids = RequestIds()
         self.draining = False
         self.loop = None
+        self.adapters = {}
 
     cpdef handle(self, Exchange ex):
         """Serve ``ex``: called by the protocol when its head is complete.
@@ -307,6 +371,14 @@ cdef class Proxy(ResponseListener):
                 # Forwarded with its Upgrade; a tunnel once the upstream answers 101.
                 ex.body_kind = BODY_TUNNEL
                 ex.body_done = False
+            elif mode is not None:  # "http": fastgw speaks WebSocket, the upstream HTTP
+                adapter = self.adapters.get(mode)
+                if adapter is None:
+                    self.fail(ex, 501, f"websocket = {mode!r} is not served by this process")
+                    self._finished(ex)
+                else:
+                    adapter(self, ex, route, upstream)
+                return
             else:  # no switch on this route: plain HTTP, Upgrade not forwarded
                 ex.upgrade = None
         pool = upstream.pick(ex)
@@ -387,8 +459,8 @@ cdef class Proxy(ResponseListener):
             pool.record(ex, ex.status < 500)
             self._finished(ex)
         elif (isinstance(error, UpstreamError) and conn.reused and not conn.got_response_bytes
-              and (ex.body_kind == BODY_NONE or ex.body_kind == BODY_TUNNEL)
-              and not ex.response_started and ex.failure is None):
+              and not ex.response_started and ex.failure is None
+              and (ex.body_kind == BODY_NONE or ex.body_kind == BODY_TUNNEL or _hold_again(ex))):
             # A pooled connection the upstream closed while idle fails before any byte
             # comes back. That request never reached the application: send it again on a
             # new connection, once (a new connection is never "reused"), as nginx does.
@@ -427,10 +499,91 @@ cdef class Proxy(ResponseListener):
             return
         conn.start(ex, head, self)
 
+    # -- internal exchanges, and what an adapter answers ------------------------------------
+
+    cpdef Exchange internal_exchange(self, Exchange parent, str path, bytes query, list headers,
+                                     Collector collector):
+        """A POST of ``collector.request_body`` to ``path`` (the upstream's path) with
+        ``headers``, on behalf of ``parent``: its client, host, TLS, route and consumer
+        (X-Consumer-* go upstream as on a proxied request), with a request id of its own."""
+        cdef bytes body = collector.request_body
+        cdef Exchange ex = new_exchange(collector, "POST", path, query, parent.host, parent.authority, headers,
+                                        "1.1", True, parent.peer_ip, BODY_LENGTH, len(body), monotonic())
+        ex.client_ip = parent.client_ip
+        ex.trusted_peer = parent.trusted_peer
+        ex.tls = parent.tls
+        ex.route_name = parent.route_name
+        ex.consumer = parent.consumer
+        ex.request_id = self.ids.next()
+        ex.upstream_path = path
+        if body:
+            ex.feed_body(body)
+        ex.end_body()
+        return ex
+
+    cpdef send_internal(self, Exchange ex, Upstream upstream, double timeout):
+        """Send an internal exchange to ``upstream`` (``timeout``: the route's, or 0): a
+        target picked, retried, timed out, logged as any request; its collector hears
+        the end, a failure included."""
+        cdef Pool pool
+        ex.upstream = upstream
+        if timeout:
+            ex.deadline = ex.started + timeout
+        try:
+            pool = upstream.pick(ex)
+            if pool is None:
+                now = monotonic()
+                why = upstream.unavailable(now)
+                _log_upstream_failure(ex, why, "answered 503")
+                self.fail(ex, 503, why, [(b"retry-after", str(upstream.retry_after(now)).encode())])
+                self._finished(ex)
+            else:
+                self._send(ex, pool)
+        except FastGWError as exc:
+            self._end(ex, exc)
+        except Exception:  # a bug of ours: the collector hears a 500
+            log.exception("request %s failed", ex.request_id)
+            self._end(ex, None)
+
+    cpdef respond(self, Exchange ex, int status, list fields, bytes body):
+        """Answer ``ex`` with a head of fastgw's making (the last fields of every head
+        added: X-Request-Id, the route's response fields) and ``body``; or, with ``body``
+        None, only the head of a switch (101), the connection going on."""
+        cdef Downstream downstream = ex.downstream
+        headers = head_fields(ex, status, fields)
+        if body is None:
+            if status == 101:  # a switch: the exchange is a tunnel from now on
+                ex.body_kind = BODY_TUNNEL
+                ex.body_done = False
+            downstream.send_head(ex, status, headers, -1)
+            downstream.flush()
+            return
+        downstream.send_head(ex, status, headers, len(body))
+        if body:
+            downstream.send_body(ex, body)
+        downstream.send_end(ex)
+
+    cpdef finish(self, Exchange ex):
+        """An exchange served by someone else (an adapter) is over: its log phase and
+        its access log line, as every exchange gets once."""
+        self._finished(ex)
+
     cpdef bytes upstream_head(self, Exchange ex, str path, str target_address):
         """The request head for the upstream, built in one pass over the client's headers
         (two when a Connection header names other headers, which are hop-by-hop too)."""
         return _upstream_head(ex, path, target_address, None)
+
+
+cdef bint _hold_again(Exchange ex):
+    """An internal exchange keeps its whole body: held again, so that it can be sent
+    again on a new connection (True), as a request without a body can."""
+    if type(ex.downstream) is not Collector:
+        return False
+    cdef bytes body = (<Collector>ex.downstream).request_body
+    ex.body_held = [body] if body else []
+    ex.body_held_bytes = len(body)
+    ex.body_done = True
+    return True
 
 
 cdef _log_upstream_failure(Exchange ex, error, str outcome, int level=logging.ERROR):

@@ -52,6 +52,7 @@ from fastgw.config import Config, ServerConfig, load_config
 from fastgw.errors import ConfigError
 from fastgw.health import HealthChecker
 from fastgw.logs import AccessLog, error_log
+from fastgw.protocols import websocket
 from fastgw.protocols.http1 import HTTP1Connection
 from fastgw.protocols.http2 import HTTP2Connection
 from fastgw.proxy import Proxy
@@ -130,6 +131,7 @@ class Worker:
         self.limits: ServerConfig = config.server
         self.access_log = AccessLog(config.log.access)
         self.proxy = Proxy(snapshot, self.access_log)
+        websocket.attach(self.proxy, slot, supervisor_pid)  # websocket = "http", and its registry
         self.sockets = sockets
         self.connections: set[HTTP1Connection | HTTP2Connection] = set()
         self.servers: list[asyncio.AbstractServer] = []
@@ -258,6 +260,7 @@ class Worker:
         if self.proxy.draining:
             return
         self.proxy.draining = True
+        websocket.going_away()  # adapted WebSocket connections close with 1001
         self.loop.create_task(self.drain())
 
     async def drain(self) -> None:

@@ -9,7 +9,7 @@ recorded (path, request headers, the close code the client sent). Paths:
   anything else   echoes every message, text as text and binary as binary
 
 ``MessageBackend``: a plain HTTP/1.1 server (``http.server``, keep-alive) for routes with
-``websocket = "http"``: it records every request (method, path, headers, body) and
+``websocket = "http"``: it records every request (method, path, query, headers, body) and
 answers ``$connect`` with ``connect_status``, ``$disconnect`` with 204, and any other
 POST by ``reply`` (by default: 200 echoing the body as it came).
 """
@@ -17,6 +17,7 @@ POST by ``reply`` (by default: 200 echoing the body as it came).
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -88,17 +89,28 @@ class WsEcho:
 
 
 class MessageBackend:
-    def __init__(self) -> None:
+    def __init__(self, keep_bodies: bool = True) -> None:
         self.lock = threading.Lock()
-        #: every request: method, path, headers (lower-case name -> value), body
+        #: every request: method, path, headers (lower-case name -> value), body (b"" when
+        #: not ``keep_bodies``)
         self.seen: list[dict] = []
         self.connect_status = 200
         #: (status, body) for a message POST, from the request's record
         self.reply: Callable[[dict], tuple[int, bytes]] = lambda req: (200, req["body"])
         backend = self
 
+        self.clients: set = set()
+
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                # (its head and body are two writes: without this, each answer would wait
+                # for the gateway's delayed ACK of the head)
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                with backend.lock:
+                    backend.clients.add(self.connection)
 
             def log_message(self, *args) -> None:  # quiet
                 pass
@@ -106,13 +118,14 @@ class MessageBackend:
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length) if length else b""
-                record = {"method": "POST", "path": self.path, "body": body,
+                path, _, query = self.path.partition("?")
+                record = {"method": "POST", "path": path, "query": query, "body": body,
                           "headers": {k.lower(): v for k, v in self.headers.items()}}
                 with backend.lock:
-                    backend.seen.append(record)
-                if self.path.endswith("/$connect"):
+                    backend.seen.append(record if keep_bodies else {**record, "body": b""})
+                if path.endswith("/$connect"):
                     status, payload = backend.connect_status, b'{"connect": "answered"}'
-                elif self.path.endswith("/$disconnect"):
+                elif path.endswith("/$disconnect"):
                     status, payload = 204, b""
                 else:
                     status, payload = backend.reply(record)
@@ -146,6 +159,13 @@ class MessageBackend:
         raise AssertionError(f"{count} request(s) ending {suffix!r} not seen in {timeout}s: {self.requests()}")
 
     def close(self) -> None:
+        """Stop, and cut the keep-alive connections still open: gone, as a crash would be."""
         self.server.shutdown()
         self.server.server_close()
+        with self.lock:
+            for client in self.clients:
+                try:
+                    client.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
         self.thread.join(5)
