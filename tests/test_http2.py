@@ -589,3 +589,53 @@ def test_a_reload_changing_the_limits_sends_goaway_and_new_connections_hear_them
         assert keep.response(sid)[0] == 200
     finally:
         keep.close()
+
+
+def test_websocket_over_http2_to_an_http_upstream(gateway):
+    """An extended CONNECT on a ``websocket = "http"`` route: fastgw speaks WebSocket on
+    the stream, each message a POST to the upstream, its answer a message back."""
+    from websockets.frames import Frame
+    from websockets.protocol import Protocol, Side, State
+    from tests.ws_backends import MessageBackend
+
+    backend = MessageBackend()
+    try:
+        port = free_port()
+        gateway(f"""
+[server]
+listen = ["127.0.0.1:{port}"]
+[upstreams.app]
+targets = ["{backend.address}"]
+[[routes]]
+name = "chat"
+paths = ["/chat/*"]
+upstream = "app"
+websocket = "http"
+""", port)
+        raw = RawH2(port)
+        try:
+            sid = raw.request(request_headers(port, "/chat/room", "CONNECT",
+                                              [(":protocol", "websocket"), ("sec-websocket-version", "13")]),
+                              end=False)
+            events = raw.read(lambda events: any(isinstance(e, h2.events.ResponseReceived) for e in events))
+            heads = [e for e in events if isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid]
+            assert heads and dict(heads[0].headers)[b":status"] == b"200", events
+            connection_id = dict(heads[0].headers)[b"x-connection-id"].decode()
+            raw.events.clear()
+            client = Protocol(Side.CLIENT, state=State.OPEN)
+            client.send_text(b"ping over h2")
+            for chunk in client.data_to_send():
+                raw.conn.send_data(sid, chunk)
+            raw.send()
+            events = raw.read(lambda ev: any(isinstance(e, h2.events.DataReceived) for e in ev))
+            client.receive_data(b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived)))
+            frames = [f for f in client.events_received() if isinstance(f, Frame)]
+            assert frames and frames[0].data == b"ping over h2"
+            posts = backend.wait_for("/chat/room")
+            assert posts[-1]["body"] == b"ping over h2"
+            assert posts[-1]["headers"]["x-connection-id"] == connection_id
+        finally:
+            raw.close()
+        assert backend.wait_for("/chat/room/$disconnect")
+    finally:
+        backend.close()

@@ -52,6 +52,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import CLOSED, OPEN
 from websockets.server import ServerProtocol
+from websockets.utils import accept_key
 
 from fastgw.exchange import UpstreamSide
 from fastgw.proxy import Collector
@@ -232,7 +233,10 @@ class WebSocketAdapter(UpstreamSide):
                       for name, value in self.response.headers.raw_items()
                       if name.lower() not in ("date", "server", "upgrade", "connection")]
         else:
-            fields = []
+            # HTTP/2's extended CONNECT: the key is the one fastgw's front end made for the
+            # stream, and the front end answers 200 once the accept matches it.
+            keys = [v for n, v in ex.headers if n.lower() == b"sec-websocket-key"]
+            fields = [(b"sec-websocket-accept", accept_key(keys[0].decode("latin-1")).encode())] if keys else []
         fields.append((b"x-connection-id", self.id.encode()))
         ex.body_done = False  # a tunnel (Proxy.respond's 101): the client's bytes are the protocol's
         ex.attach_body(self._received, self._client_eof)
@@ -298,7 +302,7 @@ class WebSocketAdapter(UpstreamSide):
         self.queue.append((self.message_op, message, reply))
         if len(self.queue) >= MAX_QUEUED and not self.paused:
             self.paused = True
-            self.ex.downstream.pause_reading()
+            self.ex.downstream.pause_reading(self.ex)
         self._next_post()
 
     # -- to the upstream ------------------------------------------------------------------------------
@@ -323,7 +327,7 @@ class WebSocketAdapter(UpstreamSide):
         op, message, reply = self.queue.popleft()
         if self.paused and not self.draining and len(self.queue) <= MAX_QUEUED // 2:
             self.paused = False
-            self.ex.downstream.resume_reading()
+            self.ex.downstream.resume_reading(self.ex)
         fields = [*self._host, (b"x-connection-id", self.id.encode()),
                   (b"content-type", _TEXT_TYPE if op is TEXT else _BINARY_TYPE)]
         self.posting = True
@@ -498,7 +502,7 @@ class WebSocketAdapter(UpstreamSide):
         self._flush()
         if self.paused:  # its close must be read
             self.paused = False
-            self.ex.downstream.resume_reading()
+            self.ex.downstream.resume_reading(self.ex)
         return True
 
     @_guarded
@@ -510,7 +514,7 @@ class WebSocketAdapter(UpstreamSide):
             return  # (its $connect's answer finds it draining: refused below by the close)
         if not self.paused:
             self.paused = True
-            self.ex.downstream.pause_reading()
+            self.ex.downstream.pause_reading(self.ex)
         self._next_post()
 
     @_guarded
