@@ -19,6 +19,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 
 import h2.config
@@ -425,11 +426,33 @@ upstream = "a"
         assert needle in text, (needle, text)
 
 
+def websocket_round_trip(raw: RawH2, sid: int, client, text: str) -> str | None:
+    """Send ``text`` as a WebSocket message (``client``: websockets' sans-I/O protocol) in
+    DATA frames of stream ``sid``, and return the first message that comes back."""
+    from websockets.frames import Frame
+    client.send_text(text.encode())
+    for chunk in client.data_to_send():
+        raw.conn.send_data(sid, chunk)
+    raw.send()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        raw.events.clear()
+        events = raw.read(lambda ev: any(isinstance(e, h2.events.DataReceived) for e in ev), timeout=1)
+        for e in events:
+            if isinstance(e, h2.events.DataReceived) and e.stream_id == sid:
+                raw.conn.acknowledge_received_data(e.flow_controlled_length, sid)
+                client.receive_data(e.data)
+        raw.send()
+        frames = [f for f in client.events_received() if isinstance(f, Frame)]
+        if frames:
+            return frames[0].data.decode()
+    return None
+
+
 def test_websocket_over_http2_extended_connect(gateway):
     """RFC 8441: a CONNECT stream with :protocol websocket becomes an HTTP/1.1 Upgrade to
     the upstream (with a key of fastgw's), answered 200 once the upstream's 101 accepts
     that key; the stream's DATA frames carry the WebSocket bytes both ways."""
-    from websockets.frames import Frame, Opcode
     from websockets.protocol import Protocol, Side, State
     from tests.ws_backends import WsEcho
 
@@ -464,26 +487,7 @@ upstream = "ws"
             assert b"sec-websocket-accept" not in dict(heads[0].headers)
             client = Protocol(Side.CLIENT, state=State.OPEN)
             for text in ("hello", "over", "h2" * 5000):
-                client.send_text(text.encode())
-                for chunk in client.data_to_send():
-                    raw.conn.send_data(sid, chunk)
-                raw.send()
-                got = None
-                deadline = time.monotonic() + 5
-                while got is None and time.monotonic() < deadline:
-                    data = b"".join(e.data for e in raw.read(lambda ev: any(
-                        isinstance(e, h2.events.DataReceived) for e in ev), timeout=1)
-                        if isinstance(e, h2.events.DataReceived) and e.stream_id == sid)
-                    for e in raw.events:
-                        if isinstance(e, h2.events.DataReceived):
-                            raw.conn.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
-                    raw.send()
-                    raw.events.clear()
-                    client.receive_data(data)
-                    frames = [f for f in client.events_received() if isinstance(f, Frame)]
-                    if frames:
-                        got = frames[0].data.decode()
-                assert got == text
+                assert websocket_round_trip(raw, sid, client, text) == text
             assert echo.count("/ws/echo") == 1
             # The same CONNECT on a route without websocket is not tunnelled.
             sid = raw.request(request_headers(port, "/plain/x", "CONNECT",
@@ -506,10 +510,8 @@ def test_a_slow_upstream_holds_back_only_its_own_stream(backend, gateway):
     stuck.bind(("127.0.0.1", 0))
     stuck.listen(8)
     held = []
-    import threading
     threading.Thread(target=lambda: held.append(stuck.accept()), daemon=True).start()
-    port = free_port()
-    toml, port = config_for(backend, port=port, routes=f"""
+    toml, port = config_for(backend, routes="""
         [[routes]]
         name = "stuck"
         paths = ["/stuck/*"]
@@ -594,7 +596,6 @@ def test_a_reload_changing_the_limits_sends_goaway_and_new_connections_hear_them
 def test_websocket_over_http2_to_an_http_upstream(gateway):
     """An extended CONNECT on a ``websocket = "http"`` route: fastgw speaks WebSocket on
     the stream, each message a POST to the upstream, its answer a message back."""
-    from websockets.frames import Frame
     from websockets.protocol import Protocol, Side, State
     from tests.ws_backends import MessageBackend
 
@@ -623,14 +624,7 @@ websocket = "http"
             connection_id = dict(heads[0].headers)[b"x-connection-id"].decode()
             raw.events.clear()
             client = Protocol(Side.CLIENT, state=State.OPEN)
-            client.send_text(b"ping over h2")
-            for chunk in client.data_to_send():
-                raw.conn.send_data(sid, chunk)
-            raw.send()
-            events = raw.read(lambda ev: any(isinstance(e, h2.events.DataReceived) for e in ev))
-            client.receive_data(b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived)))
-            frames = [f for f in client.events_received() if isinstance(f, Frame)]
-            assert frames and frames[0].data == b"ping over h2"
+            assert websocket_round_trip(raw, sid, client, "ping over h2") == "ping over h2"
             posts = backend.wait_for("/chat/room")
             assert posts[-1]["body"] == b"ping over h2"
             assert posts[-1]["headers"]["x-connection-id"] == connection_id
