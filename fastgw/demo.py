@@ -149,6 +149,7 @@ Try, in another terminal (each response carries an X-Request-Id; the access log 
 
   curl -i {base}/users                 # routed; two backends 1:3, see "served_by"; RateLimit-* fields
   curl -i {base}/users/2               # a {{param}} segment
+  curl -i --http2-prior-knowledge {base}/users/2   # the same over HTTP/2 (h2c)
   curl -i {base}/profile/3             # rewritten upstream to /users/3
   curl -i {base}/api/orders?x=1        # prefix route, /api stripped: echo shows what arrived
   curl -i -H 'x-api-key: k-1234' {base}/tenants/hello   # a plugin put X-Tenant: acme on it

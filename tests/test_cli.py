@@ -420,7 +420,10 @@ def _curl(line: str) -> tuple[str, httpx.Response]:
     response = httpx.Response(int(status_line.split()[1]), headers=[tuple(h.split(": ", 1)) for h in header_lines],
                               content=body)
     method = argv[argv.index("-X") + 1] if "-X" in argv else "GET"
-    return f"{method} {re.sub(r'^http://[^/]+', '', argv[-1])}", response
+    h2 = " (h2)" if status_line.startswith("HTTP/2 ") else ""
+    # (HTTP/2 when the line asks for it, and over TLS, where curl offers h2 by ALPN)
+    assert bool(h2) == ("--http2-prior-knowledge" in argv or argv[-1].startswith("https://")), (line, status_line)
+    return f"{method} {re.sub(r'^http://[^/]+', '', argv[-1])}{h2}", response
 
 
 def _alive(pid: int) -> bool:
@@ -472,7 +475,7 @@ def test_demo_serves_the_printed_curl_lines_and_stops_on_ctrl_c(tmp_path):
             served_by = [client.get(f"http://127.0.0.1:{port}/users").json()["served_by"] for _ in range(8)]
 
         assert {k: r.status_code for k, r in tried.items()} == {
-            "GET /users": 200, "GET /users/2": 200, "GET /profile/3": 200, "GET /api/orders?x=1": 200,
+            "GET /users": 200, "GET /users/2": 200, "GET /users/2 (h2)": 200, "GET /profile/3": 200, "GET /api/orders?x=1": 200,
             "GET /api/../users/1": 200, "GET /anything": 200, "DELETE /users/1": 405, "GET /nowhere": 404,
             "GET /broken": 502, "GET /slow": 504, "GET /tenants/hello": 200, "OPTIONS /api/x": 204}
         assert len(ids) == len(tried)
@@ -567,7 +570,7 @@ def test_demo_serves_https_with_a_certificate_it_makes(tmp_path):
         tour = _wait(lambda: "curl -i --cacert" in err.read_text() and err.read_text(), 10, "the tour")
         (line,) = [x for x in tour.splitlines() if "curl -i --cacert" in x]
         key, response = _curl(line)  # curl checks the certificate against the demo's own
-        assert (key, response.status_code) == (f"GET https://127.0.0.1:{tls_port}/users/2", 200)
+        assert (key, response.status_code) == (f"GET https://127.0.0.1:{tls_port}/users/2 (h2)", 200)
         assert response.json()["name"] == "Alan Turing"
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(10) == 0
