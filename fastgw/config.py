@@ -136,6 +136,12 @@ class Http2Config:
     #: SETTINGS and PING acknowledgements waiting for a client that does not read; beyond,
     #: the connection is closed
     max_queued_control_frames: int = 1000
+    #: WINDOW_UPDATE frames per DATA frame we sent (after a first hundred); beyond, GOAWAY
+    #: ENHANCE_YOUR_CALM (window-update abuse)
+    max_window_updates_per_data_frame: int = 10
+    #: malformed requests and invalid frames one connection may send; beyond, GOAWAY
+    #: ENHANCE_YOUR_CALM
+    max_malformed_per_connection: int = 100
     #: flow-control windows we offer: per stream (a slow upstream holds back only its own
     #: stream's) and per connection
     stream_window_bytes: int = 65535

@@ -633,3 +633,25 @@ websocket = "http"
         assert backend.wait_for("/chat/room/$disconnect")
     finally:
         backend.close()
+
+
+def test_malformed_requests_beyond_the_limit_end_the_connection(backend, gateway):
+    toml, port = config_for(backend, server="[server.http2]\nmax_malformed_per_connection = 3\n")
+    gateway(toml, port)
+    raw = RawH2(port)
+    try:
+        for i in range(3):  # within the limit: each refused alone, the connection goes on
+            sid = raw.request(request_headers(port, path=f"/bad {i}"))
+            assert raw.response(sid)[0] in (400, None)  # (answered, or reset by libnghttp2)
+        sid = raw.request(request_headers(port, path="/echo/still-fine"))
+        assert raw.response(sid)[0] == 200
+        raw.request(request_headers(port, path="/bad again"))
+        frames = read_frames(raw.sock, lambda frames: any(isinstance(f, hyperframe.frame.GoAwayFrame)
+                                                          for f in frames))
+        goaways = [f for f in frames if isinstance(f, hyperframe.frame.GoAwayFrame)]
+        assert goaways and goaways[-1].error_code == 0xb  # ENHANCE_YOUR_CALM
+    finally:
+        raw.close()
+    assert backend.count("/bad") == 0
+    with h2_client() as client:  # the gateway serves others
+        assert client.get(f"http://127.0.0.1:{port}/echo/next").status_code == 200

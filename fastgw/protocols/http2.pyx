@@ -87,13 +87,8 @@ cdef list STATUS_CODES = [str(status).encode() for status in range(600)]
 cdef Py_ssize_t OUT_HIGH = 64 * 1024
 cdef Py_ssize_t OUT_LOW = 16 * 1024
 WRITE_HIGH_WATER = 64 * 1024
-# Malformed requests (refused streams) and invalid frames a connection may send before it
-# is told to calm down and closed.
-cdef int MAX_GLITCHES = 100
 # Streams we reset whose late HEADERS (trailers on their way) are ignored, not an error.
 RESETS_REMEMBERED = 64
-# WINDOW_UPDATE frames accepted per DATA frame we sent (Envoy's rule), beyond a first 100.
-cdef int WINDOW_UPDATES_PER_DATA = 10
 cdef dict METHOD_NAMES = {m.encode(): m for m in (
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE")}
 # RFC 9110 token characters (a method).
@@ -154,6 +149,7 @@ cdef class Http2Limits:
     """``[server.http2]`` and the server limits an HTTP/2 connection applies, typed."""
     cdef public int max_concurrent_streams, max_resets_per_second, max_continuation_frames
     cdef public int max_control_frames_per_second, max_queued_control_frames
+    cdef public int max_window_updates_per_data_frame, max_malformed_per_connection
     cdef public Py_ssize_t max_header_list_bytes, max_header_table_bytes, max_body_bytes
     cdef public Py_ssize_t stream_window_bytes, connection_window_bytes
     cdef public double idle_timeout, stream_idle_timeout
@@ -167,6 +163,8 @@ cdef class Http2Limits:
         self.max_resets_per_second = h2.max_resets_per_second
         self.max_control_frames_per_second = h2.max_control_frames_per_second
         self.max_queued_control_frames = h2.max_queued_control_frames
+        self.max_window_updates_per_data_frame = h2.max_window_updates_per_data_frame
+        self.max_malformed_per_connection = h2.max_malformed_per_connection
         self.stream_window_bytes = h2.stream_window_bytes
         self.connection_window_bytes = h2.connection_window_bytes
         self.stream_idle_timeout = h2.stream_idle_timeout
@@ -609,7 +607,8 @@ cdef class HTTP2Connection(Downstream):
             self._reset_received(stream_id)
         elif kind == NGHTTP2_WINDOW_UPDATE:
             self.window_updates += 1
-            if self.window_updates > 100 + WINDOW_UPDATES_PER_DATA * self.data_frames_sent:
+            # (Envoy's rule: so many per DATA frame we sent, beyond a first hundred)
+            if self.window_updates > 100 + self.limits.max_window_updates_per_data_frame * self.data_frames_sent:
                 self._calm("too many WINDOW_UPDATE frames")
         elif kind == NGHTTP2_PING or kind == NGHTTP2_SETTINGS or kind == NGHTTP2_PRIORITY:
             self._control_frame()
@@ -645,7 +644,7 @@ cdef class HTTP2Connection(Downstream):
 
     cdef _glitch(self):
         self.glitches += 1
-        if self.glitches > MAX_GLITCHES:
+        if self.glitches > self.limits.max_malformed_per_connection:
             self._calm("too many malformed requests or frames")
 
     cdef _calm(self, str why):
