@@ -44,8 +44,8 @@ answered 200 and its DATA frames are the tunnel's bytes both ways.
 Timeouts are deadlines checked by the worker's sweeper (``check``): the connection closes
 (GOAWAY) after ``idle_timeout`` with no stream; a stream whose request body or whose
 client's window stalls longer than ``stream_idle_timeout`` is answered 408 or reset.
-Drain and reload: GOAWAY (a shutdown notice, then the last stream id), streams in
-flight finish.
+Drain, and a reload that changes ``[server.http2]``: streams in flight finish, then GOAWAY
+(the last stream id) and close, HTTP/1's ``Connection: close`` in HTTP/2's words.
 
 May import: the standard library, fastgw.proxy, fastgw.exchange, fastgw.errors,
 fastgw._core (path normalisation).
@@ -361,7 +361,7 @@ cdef class HTTP2Connection(Downstream):
     cdef dict streams
     cdef list ready  # exchanges whose heads completed in the bytes being processed
     cdef str peer_ip
-    cdef bint tls, closing, write_paused, in_session, going_away, final_goaway, calmed
+    cdef bint tls, closing, write_paused, in_session, retiring, calmed
     cdef double deadline, window_start
     # abuse accounting: resets and control frames in the current one-second window,
     # resets of streams not yet answered, streams opened, malformed requests, WINDOW_UPDATE
@@ -656,7 +656,6 @@ cdef class HTTP2Connection(Downstream):
         nghttp2_submit_goaway(self.session, NGHTTP2_FLAG_NONE,
                               nghttp2_session_get_last_proc_stream_id(self.session),
                               NGHTTP2_ENHANCE_YOUR_CALM, NULL, 0)
-        self.going_away = self.final_goaway = True
         # Written, then closed, once the bytes read are processed (``_flush``).
         self.loop.call_soon(self._close_after_flush)
 
@@ -1001,10 +1000,8 @@ cdef class HTTP2Connection(Downstream):
         if self.closing:
             return
         if not self.streams:
-            if now >= self.deadline or self.final_goaway:
+            if now >= self.deadline or self.retiring:
                 self.go_away()
-                self._flush()
-                self._close()
             return
         for stream in list(self.streams.values()):
             if now < stream.deadline:
@@ -1028,32 +1025,29 @@ cdef class HTTP2Connection(Downstream):
         self._flush()
 
     cpdef go_away(self):
-        """Graceful GOAWAY: first a notice (new streams may still come while it travels),
-        then, on the next call, the last stream id: streams up to it finish, later ones are
-        refused and the client opens a new connection."""
+        """GOAWAY naming the last stream taken, and close: the HTTP/2 form of HTTP/1's
+        ``Connection: close`` after the last response. Called when no stream is in flight
+        (the idle timeout, a drain, a retired connection). No early notice (GOAWAY with
+        every stream id) goes before it: clients built on the Python ``h2`` library (httpx)
+        fail every stream in flight on any GOAWAY, so one is sent only when none is."""
         if self.closing or self.session is NULL:
             return
-        if not self.going_away:
-            self.going_away = True
-            nghttp2_submit_shutdown_notice(self.session)
-        elif not self.final_goaway:
-            self.final_goaway = True
-            nghttp2_submit_goaway(self.session, NGHTTP2_FLAG_NONE,
-                                  nghttp2_session_get_last_proc_stream_id(self.session),
-                                  NGHTTP2_NO_ERROR, NULL, 0)
+        nghttp2_submit_goaway(self.session, NGHTTP2_FLAG_NONE,
+                              nghttp2_session_get_last_proc_stream_id(self.session),
+                              NGHTTP2_NO_ERROR, NULL, 0)
         self._flush()
+        self._close()
 
     def retire(self):
-        """A reload changed ``[server.http2]``: GOAWAY (the notice now, the last stream id
-        a moment later), so that the client opens a new connection and hears the new
-        SETTINGS; the streams in flight finish here, then the sweeper closes it."""
-        self.go_away()
-        self.loop.call_later(0.1, self.go_away)
+        """A reload changed ``[server.http2]``: GOAWAY as soon as no stream is in flight
+        (now, or when the sweeper finds it so), so that the client opens a new connection
+        and hears the new SETTINGS."""
+        self.retiring = True
+        if not self.streams and not self.ready:
+            self.go_away()
 
     def close_if_idle(self):
-        """Draining (called every 50 ms): GOAWAY, then close once no stream is left."""
-        if self.closing:
-            return
-        self.go_away()
-        if self.final_goaway and not self.streams:
-            self._close()
+        """Draining (called every 50 ms): GOAWAY and close once no stream is in flight;
+        until then streams finish (and new ones are served) within ``drain_timeout``."""
+        if not self.closing and not self.streams and not self.ready:
+            self.go_away()
