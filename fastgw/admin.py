@@ -298,7 +298,8 @@ class AdminProcess:
             if exc.name != "fastgw.metrics":
                 raise
             return error(501, "metrics are not built yet")
-        return Answer(200, module.render(self.snapshot).encode(), METRICS_TYPE)
+        text = module.render(self.snapshot)
+        return Answer(200, text if isinstance(text, bytes) else text.encode(), METRICS_TYPE)
 
     async def post_reload(self, request: Request) -> Answer:
         return await self.loop.run_in_executor(None, self.reload_and_wait)
