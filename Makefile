@@ -8,7 +8,7 @@ PORT   ?= 8080
 # Parallel compiler jobs for the native modules.
 JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: run test compile debug bench-micro bench bench-quick bench-memory clean lint
+.PHONY: prereq run test compile debug bench-micro bench bench-quick bench-memory clean lint
 
 $(VENV)/bin/activate:
 	@echo "fastgw: making the virtual environment $(VENV)"
@@ -33,7 +33,22 @@ $(VENV)/.installed: $(VENV)/bin/activate pyproject.toml setup.py
 run: $(VENV)/.installed
 	$(VENV)/bin/fastgw demo --port $(PORT)
 
-test: $(VENV)/.installed compile
+# What the build and the tests need from the system (Debian 12 package names): stop at once
+# naming the one apt-get line that installs what is missing.
+NGHTTP2_HEADER ?= /usr/include/nghttp2/nghttp2.h
+prereq:
+	@missing=""; \
+	for pair in curl:curl openssl:openssl redis-server:redis-server h2load:nghttp2-client; do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	[ -f "$(NGHTTP2_HEADER)" ] || missing="$$missing libnghttp2-dev"; \
+	if [ -n "$$missing" ]; then \
+	  echo "fastgw: the tests need system packages that are missing; install them with:"; \
+	  echo "  sudo apt-get install$$missing"; \
+	  exit 1; \
+	fi
+
+test: prereq $(VENV)/.installed compile
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 compile: $(VENV)/.installed

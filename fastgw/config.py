@@ -56,6 +56,7 @@ from fastgw.policy import REQUIRED
 
 __all__ = [
     "Address",
+    "AdminConfig",
     "ClusterConfig",
     "ConsumerConfig",
     "Config",
@@ -291,6 +292,16 @@ class RouteConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """``[admin]``: the admin API (fastgw.admin), served by its own process."""
+
+    listen: Address
+    #: the bearer token every request must carry (a secret, ``env:`` resolved), or ""
+    #: for none (allowed on a loopback address only)
+    token: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """A whole, valid config file."""
 
@@ -310,6 +321,8 @@ class Config:
     consumers: tuple[ConsumerConfig, ...] = ()
     #: ``[auth.jwt]``'s settings (fastgw.policies.jwt), or None
     jwt: dict[str, Any] | None = field(default=None, repr=False)
+    #: ``[admin]``, or None: no admin API
+    admin: AdminConfig | None = None
 
     def upstream(self, name: str) -> UpstreamConfig:
         """The upstream called ``name``; ``KeyError`` when there is none."""
@@ -324,11 +337,13 @@ class Config:
 # ---------------------------------------------------------------------------
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
+def load_config(path: str | os.PathLike[str], text_from: str | None = None) -> Config:
     """Read and validate the config file at ``path``.
 
     Errors are prefixed with ``path`` as given; relative file paths inside the
-    file are resolved against the file's folder.
+    file are resolved against the file's folder. With ``text_from``, the text is read
+    from that file instead (a worker reads the copy its supervisor validated), all else
+    being ``path``'s.
 
     Raises:
         ConfigError: with every problem found (or the one reason the file cannot
@@ -336,7 +351,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     """
     source = os.fspath(path)
     try:
-        with open(source, "rb") as f:
+        with open(source if text_from is None else text_from, "rb") as f:
             data = f.read()
     except OSError as e:
         raise ConfigError([f"{source}: cannot read the file: {e.strerror or e}"]) from None
@@ -568,6 +583,13 @@ def _url_address(url: str) -> str | None:
     if not parts.hostname or port is None:
         return None
     return _join_host_port(parts.hostname, port)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _is_hostname(host: str) -> bool:
@@ -819,8 +841,9 @@ def _list(words: Iterable[str]) -> str:
 # The sections
 # ---------------------------------------------------------------------------
 
-_TOP_KEYS = ("server", "log", "upstreams", "routes", "global", "cluster", "plugins", "consumers", "auth")
-_TOP_LATER = ("admin",)
+_TOP_KEYS = ("server", "log", "upstreams", "routes", "global", "cluster", "plugins", "consumers", "auth", "admin")
+_TOP_LATER: tuple[str, ...] = ()
+_ADMIN_KEYS = ("listen", "token")
 _AUTH_KEYS = ("jwt",)
 _CONSUMER_KEYS = ("groups", "api_keys", "jwt_subject", "basic_password")
 _PLUGINS_KEYS = ("paths",)
@@ -959,6 +982,7 @@ class _Builder:
         global_policies = self.global_policies(root.get_table("global"))
         consumers = self.consumer_configs = self.consumers(root.get_table("consumers"))
         self.jwt_settings = self.auth(root.get_table("auth"))
+        admin = self.admin(root.get_table("admin"), server)
         upstreams = root.get_table("upstreams")
         # Routes are checked against every upstream *name*, valid upstream or not;
         # when [upstreams] itself is broken (reported already), not at all.
@@ -983,7 +1007,28 @@ class _Builder:
             plugins=self.plugin_specs,
             consumers=consumers,
             jwt=self.jwt_settings,
+            admin=admin,
         )
+
+    def admin(self, place: Place | None, server: ServerConfig) -> AdminConfig | None:
+        """``[admin]``: its address (none of the gateway's own) and its token, which a
+        non-loopback address must have."""
+        if place is None:
+            return None
+        place.check_unknown(_ADMIN_KEYS)
+        listen = place.get("listen", lambda v: parse_address(v, "127.0.0.1"))
+        token = place.get("token", _secret, "")
+        if listen is None:
+            return None
+        taken = set(server.listen) | set(server.tls.listen if server.tls else ())
+        if listen in taken:
+            place.key("listen").error(f"{listen} is a gateway listen address too")
+            return None
+        if not token and not _is_loopback(listen.host):
+            place.key("listen").error(f"{listen} is not a loopback address: set [admin].token "
+                                      '(e.g. token = "env:FASTGW_ADMIN_TOKEN"), or listen on 127.0.0.1')
+            return None
+        return AdminConfig(listen, token)
 
     def cluster(self, place: Place | None) -> ClusterConfig | None:
         if place is None:

@@ -46,7 +46,7 @@ from typing import Callable
 
 import uvloop
 
-from fastgw import upstream
+from fastgw import __version__, runtime, upstream
 from fastgw._core import limiter
 from fastgw.config import Config, ServerConfig, load_config
 from fastgw.errors import ConfigError
@@ -62,14 +62,30 @@ from fastgw.tls import Listener
 log = logging.getLogger("fastgw")
 
 SWEEP_INTERVAL = 0.25
+#: ``fastgw run``'s exit codes besides 0 (cli.py adds 2, a usage error, as argparse does)
+EXIT_CONFIG = 1   # the config is invalid or cannot be read
+EXIT_START = 3    # a listen address cannot be bound, or the process cannot start
 RESTART_BACKOFF = 1.0
 
 
-def load(path: str) -> tuple[Config, Snapshot]:
-    """Load and compile ``path``; raises ConfigError with every problem (a log file that
-    cannot be written among them: config.py checks that without creating anything)."""
-    config = load_config(path)
+def load(path: str, text_from: str | None = None) -> tuple[Config, Snapshot]:
+    """Load and compile ``path`` (its text read from ``text_from`` when given: a copy in
+    the runtime folder); raises ConfigError with every problem (a log file that cannot be
+    written among them: config.py checks that without creating anything)."""
+    config = load_config(path, text_from)
     return config, compile_snapshot(config)
+
+
+def stage(directory: str, path: str, generation: int) -> str | None:
+    """Copy the config file's bytes into the runtime folder as ``generation``: what is
+    validated next, and what every process will load. None when it cannot be read
+    (loading ``path`` itself then says why)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return runtime.write_config(directory, generation, data)
 
 
 def open_logs(config: Config, access_log: AccessLog | None = None) -> AccessLog:
@@ -115,8 +131,14 @@ class Worker:
 
     def __init__(self, config_path: str, config: Config, snapshot: Snapshot,
                  sockets: list[socket.socket], slot: int = 0, supervisor_pid: int = 0,
-                 tls_sockets: list[socket.socket] = ()) -> None:
+                 tls_sockets: list[socket.socket] = (), runtime_dir: str = "", generation: int = 0) -> None:
         self.config_path = config_path
+        #: the supervisor's runtime folder ("" outside a supervisor): the validated config
+        #: copies and the status this worker publishes there
+        self.runtime_dir = runtime_dir
+        self.generation = generation
+        self.slot = slot
+        self.since = time.time()
         self.tls_sockets = list(tls_sockets)
         #: the TLS listeners' context (its certificates swapped on reload), or None
         self.tls = Listener(config.server.tls) if config.server.tls is not None and tls_sockets else None
@@ -166,6 +188,7 @@ class Worker:
         # meanwhile is pending and is delivered now, to the handlers (unblocked earlier, a
         # SIGHUP's default action would have killed this worker).
         signal.pthread_sigmask(signal.SIG_UNBLOCK, Supervisor.SIGNALS)
+        self.publish()
         sweeper = self.loop.create_task(self.sweep())
         # Every worker runs one; the shared target table makes each check happen once.
         checker = self.loop.create_task(HealthChecker(lambda: self.proxy.snapshot).run())
@@ -175,6 +198,17 @@ class Worker:
             sweeper.cancel()
             checker.cancel()
             self.access_log.close()
+
+    def publish(self, failed: dict | None = None) -> None:
+        """``worker-<slot>.json``: the config this worker runs (for the admin API)."""
+        if not self.runtime_dir:
+            return
+        try:
+            runtime.write_json(self.runtime_dir, runtime.worker_file(self.slot), {
+                "slot": self.slot, "pid": os.getpid(), "generation": self.generation,
+                "digest": self.config.digest, "since": self.since, "failed": failed})
+        except OSError as exc:
+            log.error("cannot write this worker's status in %s: %s", self.runtime_dir, exc.strerror or exc)
 
     async def sweep(self) -> None:
         """Deadlines of every connection and upstream request, and the access log flush,
@@ -215,16 +249,24 @@ class Worker:
         self.reload_generation += 1
         self.loop.create_task(self._reload(self.reload_generation))
 
-    def _load_and_compile(self, previous: Snapshot) -> tuple[Config, Snapshot]:
-        config = load_config(self.config_path)
+    def _load_and_compile(self, previous: Snapshot, text_from: str | None) -> tuple[Config, Snapshot]:
+        config = load_config(self.config_path, text_from)
         return config, compile_snapshot(config, previous=previous)
 
     async def _reload(self, generation: int) -> None:
+        # The config the supervisor validated last, from its copy: never the file, which
+        # may have been edited since (outside a supervisor, the file).
+        text_from, config_generation = None, self.generation
+        if self.runtime_dir:
+            state = runtime.read_json(self.runtime_dir, runtime.SUPERVISOR) or {}
+            config_generation = state.get("generation", self.generation)
+            text_from = runtime.config_copy(self.runtime_dir, config_generation)
         try:
             config, snapshot = await self.loop.run_in_executor(
-                None, self._load_and_compile, self.proxy.snapshot)
+                None, self._load_and_compile, self.proxy.snapshot, text_from)
         except ConfigError as exc:
             log.error("reload refused, the running config stays:\n%s", exc)
+            self.publish({"generation": config_generation, "errors": exc.errors})
             return
         if generation != self.reload_generation:
             return  # a later SIGHUP came while this one compiled: that one wins
@@ -233,6 +275,7 @@ class Worker:
         except OSError as exc:
             log.error("reload refused, the running config stays: cannot open a log file: %s",
                       exc.strerror or exc)
+            self.publish({"generation": config_generation, "errors": [f"cannot open a log file: {exc}"]})
             return
         if self.tls is not None and config.server.tls is not None:
             self.tls.update(config.server.tls)  # new handshakes get the new certificates
@@ -253,6 +296,9 @@ class Worker:
         retire_replaced(old, snapshot)
         if old.cluster is not None and old.cluster is not snapshot.cluster:
             self.loop.create_task(old.cluster.close())
+        if config_generation != self.generation:
+            self.generation, self.since = config_generation, time.time()
+        self.publish()
         log.info("reloaded %s (digest %s, %d routes)", self.config_path, config.digest[:12],
                  len(config.routes))
 
@@ -321,21 +367,52 @@ def _check_free(addr) -> None:
             raise SystemExit(f"fastgw: cannot listen on {addr}: {exc.strerror}") from None
 
 
+def bind_admin(addr) -> socket.socket:
+    """The admin API's listening socket (one, shared by no one: only the admin process
+    accepts on it)."""
+    _check_free(addr)
+    family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((addr.host, addr.port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"fastgw: cannot listen on {addr} (admin): {exc.strerror}") from None
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+#: the admin process's place among the supervisor's children (workers have slots 0..n-1)
+ADMIN_SLOT = -1
+
+
 class Supervisor:
-    """Forks the workers, restarts the dead, forwards signals. Runs no event loop."""
+    """Forks the workers and the admin process, restarts the dead, forwards signals.
+    Runs no event loop."""
 
     # SIGQUIT drains too (nginx's graceful stop). Any other signal whose default is to end
     # the process ends the supervisor; its workers, watching it, drain and go with it.
     SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1)
 
     def __init__(self, config_path: str, config: Config, snapshot: Snapshot,
-                 on_ready: Callable[[], None] | None = None) -> None:
+                 on_ready: Callable[[], None] | None = None, runtime_dir: str = "", generation: int = 1) -> None:
         self.config_path = config_path
+        #: the runtime folder (fastgw.runtime) and the generation of the config running
+        self.runtime_dir = runtime_dir
+        self.generation = generation
+        #: reloads asked for (accepted or refused), and the last one's outcome
+        self.reloads = 0
+        self.last_reload: dict | None = None
+        self.started_at = time.time()
         self.config = config
         self.snapshot = snapshot
         tls = config.server.tls
         self.sockets = bind_sockets(config.server.listen, config.server.workers)
         self.tls_sockets = bind_sockets(tls.listen if tls else (), config.server.workers)
+        self.admin_socket = bind_admin(config.admin.listen) if config.admin is not None else None
+        self.admin_listen = config.admin.listen if config.admin is not None else None
         # What is bound and forked: a reload cannot change them (see ``reload``).
         self.bound = (config.server.listen, config.server.workers, tls.listen if tls else (),
                       tls.min_version if tls else None)
@@ -347,17 +424,24 @@ class Supervisor:
     def spawn(self, slot: int) -> None:
         supervisor = os.getpid()
         pid = os.fork()
-        if pid == 0:  # the worker
+        if pid == 0:  # the worker, or the admin process
             code = 0
             try:
-                # Signals stay blocked until the worker's loop has its handlers (Worker.serve).
+                # Signals stay blocked until the child's loop has its handlers (Worker.serve).
                 for other, socks in enumerate(self.sockets + self.tls_sockets):
                     if other % len(self.sockets) != slot:
                         for sock in socks:
                             sock.close()
                 _watch_supervisor(supervisor)
+                if slot == ADMIN_SLOT:
+                    from fastgw.admin import AdminProcess
+                    AdminProcess(self.config_path, self.config, self.snapshot, self.admin_socket, supervisor,
+                                 self.runtime_dir, self.generation).run()
+                    return
+                if self.admin_socket is not None:
+                    self.admin_socket.close()
                 Worker(self.config_path, self.config, self.snapshot, self.sockets[slot], slot, supervisor,
-                       self.tls_sockets[slot]).run()
+                       self.tls_sockets[slot], self.runtime_dir, self.generation).run()
             except BaseException:  # noqa: BLE001 - a worker must never return into the supervisor
                 log.exception("worker crashed")
                 code = 1
@@ -369,13 +453,17 @@ class Supervisor:
 
     def run(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+        self.publish()
         for slot in range(self.config.server.workers):
             self.spawn(slot)
+        if self.admin_socket is not None:
+            self.spawn(ADMIN_SLOT)
         self.pid_file = self.config.server.pid_file
         write_pid_file(self.pid_file)
         tls = self.config.server.tls
-        log.info("listening on %s%s with %d worker(s)", _addresses(self.config.server.listen),
-                 f", TLS on {_addresses(tls.listen)}" if tls else "", len(self.workers))
+        log.info("listening on %s%s with %d worker(s)%s", _addresses(self.config.server.listen),
+                 f", TLS on {_addresses(tls.listen)}" if tls else "", self.config.server.workers,
+                 f", admin API on {self.admin_listen}" if self.admin_listen else "")
         if self.on_ready is not None:
             self.on_ready()
         stop_deadline = None
@@ -398,8 +486,28 @@ class Supervisor:
             if stop_deadline is not None and time.monotonic() > stop_deadline:
                 self.signal_workers(signal.SIGKILL)
         remove_pid_file(self.pid_file)
+        if self.runtime_dir:
+            runtime.remove(self.runtime_dir)
         log.info("stopped")
         return 0
+
+    def publish(self) -> None:
+        """``supervisor.json``: what the admin API's ``/status`` and ``POST /reload`` read."""
+        if not self.runtime_dir:
+            return
+        try:
+            runtime.write_json(self.runtime_dir, runtime.SUPERVISOR, {
+                "pid": os.getpid(), "version": __version__, "started": self.started_at,
+                "config": os.path.abspath(self.config_path), "generation": self.generation,
+                "digest": self.config.digest, "workers": self.bound[1], "reloads": self.reloads,
+                "last_reload": self.last_reload})
+        except OSError as exc:
+            log.error("cannot write the supervisor's status in %s: %s", self.runtime_dir, exc.strerror or exc)
+
+    def refuse(self, errors: list[str]) -> None:
+        self.last_reload = {"seq": self.reloads, "time": time.time(), "outcome": "refused", "errors": errors,
+                            "generation": None, "digest": None}
+        self.publish()
 
     def reap(self) -> None:
         # Our workers only, never waitpid(-1): whoever runs us may have children of its own
@@ -415,23 +523,30 @@ class Supervisor:
             if self.stopping:
                 continue
             lived = time.monotonic() - self.started.pop(pid, 0.0)
-            log.error("worker %d (pid %d) died with %s; starting another", slot, pid,
-                      _describe_status(status))
+            log.error("%s (pid %d) died with %s; starting another",
+                      "the admin process" if slot == ADMIN_SLOT else f"worker {slot}", pid, _describe_status(status))
             if lived < RESTART_BACKOFF:
                 time.sleep(RESTART_BACKOFF)  # a worker that dies at once: do not spin
             self.spawn(slot)
 
     def reload(self) -> None:
+        """SIGHUP: validate the file; when valid, its exact bytes become the next
+        generation, which every worker (and the admin process) loads."""
+        self.reloads += 1
+        generation = self.generation + 1
+        copy = stage(self.runtime_dir, self.config_path, generation) if self.runtime_dir else None
         try:
-            config, snapshot = load(self.config_path)
+            config, snapshot = load(self.config_path, copy)
         except ConfigError as exc:
             log.error("reload refused, the running config stays:\n%s", exc)
+            self.refuse(exc.errors)
             return
         try:
             error_log().configure(config.log.error, config.log.level)
         except OSError as exc:
             log.error("reload refused, the running config stays: cannot open the error log %s: %s",
                       config.log.error, exc.strerror or exc)
+            self.refuse([f"cannot open the error log {config.log.error}: {exc.strerror or exc}"])
             return
         listen, workers, tls_listen, min_version = self.bound
         tls = config.server.tls
@@ -447,12 +562,21 @@ class Supervisor:
         if config.server.workers != workers:
             log.warning("server.workers is now %d, but %d keep running until the next restart",
                         config.server.workers, workers)
+        admin_listen = config.admin.listen if config.admin is not None else None
+        if admin_listen != self.admin_listen:
+            log.warning("admin.listen is now %s, but %s holds until the next restart",
+                        admin_listen or "none", self.admin_listen or "none")
         if config.server.pid_file != self.pid_file:
             remove_pid_file(self.pid_file)
             self.pid_file = config.server.pid_file
             write_pid_file(self.pid_file)
         # Workers forked later start from the new config.
         self.config, self.snapshot = config, snapshot
+        if copy is not None:
+            self.generation = generation
+        self.last_reload = {"seq": self.reloads, "time": time.time(), "outcome": "ok", "errors": [],
+                            "generation": self.generation, "digest": config.digest}
+        self.publish()
         self.signal_workers(signal.SIGHUP)
 
     def signal_workers(self, signo: int) -> None:
@@ -466,6 +590,8 @@ class Supervisor:
         for socks in self.sockets + self.tls_sockets:
             for sock in socks:
                 sock.close()
+        if self.admin_socket is not None:
+            self.admin_socket.close()
 
 
 def write_pid_file(path: str) -> None:
@@ -548,14 +674,27 @@ def run(config_path: str, on_ready: Callable[[], None] | None = None) -> int:
     """``fastgw run``: validate, bind, fork, supervise. Returns the exit code."""
     error_log()  # on stderr until the config says where
     try:
-        config, snapshot = load(config_path)
+        directory = runtime.prepare(os.getpid())
+    except OSError as exc:
+        print(f"fastgw: cannot make the runtime folder: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_START
+    try:
+        config, snapshot = load(config_path, stage(directory, config_path, 1))
         error_log().configure(config.log.error, config.log.level)  # each worker opens its access log
     except ConfigError as exc:
+        runtime.remove(directory)
         print(exc, file=sys.stderr)
-        return 1
+        return EXIT_CONFIG
     except OSError as exc:
+        runtime.remove(directory)
         print(f"fastgw: cannot open {exc.filename or config_path}: {exc.strerror}", file=sys.stderr)
-        return 1
+        return EXIT_CONFIG
     for warning in config.warnings:
         log.warning("%s", warning)
-    return Supervisor(config_path, config, snapshot, on_ready).run()
+    try:
+        supervisor = Supervisor(config_path, config, snapshot, on_ready, directory, 1)
+    except SystemExit as exc:  # a listen address that cannot be bound
+        runtime.remove(directory)
+        print(exc, file=sys.stderr)
+        return EXIT_START
+    return supervisor.run()

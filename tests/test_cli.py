@@ -531,7 +531,7 @@ def test_demo_serves_the_printed_curl_lines_and_stops_on_ctrl_c(tmp_path):
             socket.create_connection(("127.0.0.1", backend_port), timeout=1).close()
 
 
-def test_demo_on_a_port_in_use_exits_1_and_leaves_nothing(tmp_path):
+def test_demo_on_a_port_in_use_exits_3_and_leaves_nothing(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
@@ -545,7 +545,7 @@ def test_demo_on_a_port_in_use_exits_1_and_leaves_nothing(tmp_path):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
-    assert proc.returncode == 1
+    assert proc.returncode == 3  # cannot bind (server.EXIT_START)
     assert stderr.decode().strip() == f"fastgw: cannot listen on 127.0.0.1:{port}: Address already in use"
     # The backends' process was stopped, not orphaned: nothing is left in the group.
     _wait(lambda: not any(_alive(int(p.name)) for p in Path("/proc").iterdir()

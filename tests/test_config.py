@@ -851,9 +851,21 @@ def test_known_methods(method):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key", ["admin"])
-def test_top_level_not_supported_yet(key):
-    assert only_error(f"[{key}]\n") == f'fastgw.toml: "{key}" is not supported yet'
+def test_admin_listen_token_and_their_errors(monkeypatch):
+    assert parse_config("").admin is None
+    admin = parse_config('[admin]\nlisten = "127.0.0.1:9901"\n').admin
+    assert admin.listen == Address("127.0.0.1", 9901) and admin.token == ""
+    monkeypatch.setenv("FASTGW_TEST_ADMIN", "s3cret")
+    admin = parse_config('[admin]\nlisten = "0.0.0.0:9901"\ntoken = "env:FASTGW_TEST_ADMIN"\n').admin
+    assert admin.token == "s3cret" and "s3cret" not in repr(admin)
+    assert only_error("[admin]\n") == 'fastgw.toml: admin: missing required key "listen"'
+    assert only_error('[admin]\nlisten = "[::]:9901"\n').startswith(
+        "fastgw.toml: admin.listen: [::]:9901 is not a loopback address: set [admin].token")
+    assert only_error('[admin]\nlisten = "127.0.0.1:9901"\ntoken = "env:FASTGW_NOT_SET_ANYWHERE"\n'
+                      ).startswith("fastgw.toml: admin.token: ")
+    assert errors_of('[server]\nlisten = ["127.0.0.1:9901"]\n[admin]\nlisten = "127.0.0.1:9901"\nport = 1\n'
+                     ) == ['fastgw.toml: admin: unknown key "port"',
+                           "fastgw.toml: admin.listen: 127.0.0.1:9901 is a gateway listen address too"]
 
 
 def test_server_tls_needs_certificates_and_its_own_addresses():
@@ -1162,7 +1174,7 @@ def test_the_new_diagnoses_come_with_every_other_error():
 
 def test_every_error_is_reported_at_once():
     text = """\
-    admin = { listen = "127.0.0.1:9901" }
+    admin = { listen = "0.0.0.0:9901" }
 
     [server]
     worker = 2
@@ -1201,13 +1213,14 @@ def test_every_error_is_reported_at_once():
     mode = "parallel"
     """
     assert errors_of(text) == [
-        'fastgw.toml: "admin" is not supported yet',
         'fastgw.toml: server: unknown key "worker" (did you mean "workers"?)',
         'fastgw.toml: server.listen[1]: "::1:80" is not host:port (an IPv6 address needs brackets, e.g. "[::1]:8080")',
         'fastgw.toml: server.max_connections: expected an integer, got string "many"',
         'fastgw.toml: server.header_timeout: "10 seconds" is not a duration (did you mean "10s"? '
         'use e.g. "250ms", "5s", "2m", "1h")',
         'fastgw.toml: log.format: expected "json", got string "text"',
+        'fastgw.toml: admin.listen: 0.0.0.0:9901 is not a loopback address: set [admin].token '
+        '(e.g. token = "env:FASTGW_ADMIN_TOKEN"), or listen on 127.0.0.1',
         'fastgw.toml: upstreams.users.targets[1]: "127.0.0.1:99999" is not host:port (port > 65535)',
         'fastgw.toml: upstreams.users.health_check.path: "healthz" does not start with "/"',
         'fastgw.toml: routes[0] "users": "strip_prefix" and "rewrite" cannot be used together',

@@ -613,7 +613,7 @@ def test_run_on_a_port_in_use_exits_with_a_clear_message(backend, tmp_path):
         toml, _ = config_for(backend, port=port)
         (tmp_path / "fastgw.toml").write_text(toml)
         result = run_fastgw(["run"], cwd=tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 3  # cannot bind (1 is an invalid config)
     assert result.stderr.strip().splitlines()[-1] == f"fastgw: cannot listen on 127.0.0.1:{port}: Address already in use"
 
 
@@ -626,7 +626,7 @@ def test_run_on_a_port_another_gateway_holds_exits_with_a_clear_message(backend,
     other.mkdir()
     (other / "fastgw.toml").write_text(toml)
     result = run_fastgw(["run"], cwd=other)
-    assert result.returncode == 1
+    assert result.returncode == 3
     assert result.stderr.strip().splitlines()[-1] == f"fastgw: cannot listen on 127.0.0.1:{port}: Address already in use"
     assert first.proc.poll() is None
     assert fresh_get(first.url + "/echo").status_code == 200

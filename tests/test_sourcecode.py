@@ -34,6 +34,8 @@ ALLOWED: dict[str, set[str]] = {
     "health": {"_core"},
     "protocols": {"proxy", "exchange", "errors", "_core", "protocols", "websocket_registry"},
     "websocket_registry": set(),
+    "runtime": {"websocket_registry"},
+    "admin": {"config", "snapshot", "errors", "runtime", "websocket_registry", "logs", "metrics"},
     "server": {"*"},
     "cli": {"*"},
     "demo": {"server"},
