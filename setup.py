@@ -29,6 +29,7 @@ COMPILED_MODULES = [
     "fastgw._core.balancer",
     "fastgw._core.targets",
     "fastgw._core.limiter",
+    "fastgw._core.metrics",
     "fastgw.exchange",
     "fastgw.upstream",
     "fastgw.policy",

@@ -64,6 +64,8 @@ from redis._parsers import BaseParser
 from redis.asyncio.connection import parse_url
 from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
 
+from fastgw._core.metrics import shared_metrics
+
 if TYPE_CHECKING:
     from fastgw._core.limiter import Limiter
 
@@ -236,8 +238,10 @@ class ClusterLimits:
 
     def acquire_here(self, key: bytes, local: Limiter, now_ns: int) -> int:
         """While Redis is down (``up`` is False): ``local`` answers at once, counted in
-        ``fallbacks``. The proxy calls this without a task when it sees Redis down."""
+        ``fallbacks`` (and in the machine's ``fastgw_cluster_fallbacks_total``). The proxy
+        calls this without a task when it sees Redis down."""
         self.fallbacks += 1
+        shared_metrics().cluster_fallback()
         return local.acquire(key, now_ns)
 
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -3,6 +3,7 @@
 
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
+from fastgw._core.metrics cimport RouteCounters
 from fastgw._core.wire cimport HeadWriter
 
 
@@ -83,6 +84,8 @@ cdef class Exchange:
     # the protocol the client asks to switch to (b"websocket"), or None: set by the
     # protocol front end, cleared by the proxy when the route does not switch
     cdef public bytes upgrade
+    # the counters of its route (``_core.metrics``), set when it is routed; None: "(none)"
+    cdef public RouteCounters metrics
 
     cpdef feed_body(self, bytes data)
     cpdef end_body(self)

@@ -44,6 +44,10 @@ import re
 import orjson
 
 from fastgw.errors import FastGWError, UpstreamError, UpstreamRetryable, UpstreamTimeout
+from libc.stdint cimport int64_t
+
+from fastgw._core.metrics cimport (
+    U_CONNECT_FAILURES, U_RETRIES, U_TIMEOUTS, RouteCounters, UpstreamCounters, method_class, unmatched)
 from fastgw._core.router cimport RouteMatch
 from fastgw._core.wire cimport (
     H_CONNECTION, H_HOST, H_OTHER, H_TRACEPARENT, H_X_FORWARDED_FOR, H_X_FORWARDED_HOST,
@@ -286,6 +290,7 @@ cdef class Proxy(ResponseListener):
             self._finished(ex)
             return
         ex.route_name = route.name
+        ex.metrics = route.metrics
         if route.timeout:
             ex.deadline = ex.started + route.timeout
         cdef Chain chain = route.chain
@@ -308,6 +313,7 @@ cdef class Proxy(ResponseListener):
             return False
         route = match.target
         ex.route_name = route.name
+        ex.metrics = route.metrics
         if (<Chain>route.chain).on_exchange:
             ex.chain = route.chain
         if (<Policy>route.cors).request(ex) == ANSWERED:
@@ -402,6 +408,12 @@ cdef class Proxy(ResponseListener):
                     policy.log(ex)
                 except Exception:  # one policy's bug must not keep the others from ending
                     log.exception("request %s: the log phase of %s failed", ex.request_id, policy.name)
+        # The metrics (``_core.metrics``): a C call on the route's block, a few atomic adds.
+        cdef RouteCounters counters = ex.metrics
+        if counters is None:
+            counters = unmatched()
+        counters.record(method_class(ex.method), ex.status, <int64_t>((monotonic() - ex.started) * 1e9),
+                        ex.bytes_in, ex.bytes_out)
         self.access_log.write(ex)
 
     cdef _send(self, Exchange ex, Pool pool):
@@ -430,6 +442,7 @@ cdef class Proxy(ResponseListener):
         if pool is None:
             return False
         _log_upstream_failure(ex, error, f"retrying on {pool.address}", logging.WARNING)
+        _count(upstream, U_RETRIES)
         self._send(ex, pool)
         return True
 
@@ -474,6 +487,8 @@ cdef class Proxy(ResponseListener):
             self._end(ex, error)
         else:
             pool.record(ex, False)
+            if isinstance(error, UpstreamTimeout):
+                _count(ex.upstream, U_TIMEOUTS)
             if not (isinstance(error, UpstreamRetryable) and self._retry(ex, pool, error)):
                 self._end(ex, error)
 
@@ -488,6 +503,9 @@ cdef class Proxy(ResponseListener):
             conn = await pool.connect()
         except FastGWError as exc:
             # Nothing of the request went anywhere: any method may try another target.
+            _count(ex.upstream, U_CONNECT_FAILURES)
+            if isinstance(exc, UpstreamTimeout):
+                _count(ex.upstream, U_TIMEOUTS)
             pool.record(ex, False)
             if not self._retry(ex, pool, exc):
                 self._end(ex, exc)
@@ -513,6 +531,7 @@ cdef class Proxy(ResponseListener):
         ex.trusted_peer = parent.trusted_peer
         ex.tls = parent.tls
         ex.route_name = parent.route_name
+        ex.metrics = parent.metrics
         ex.consumer = parent.consumer
         ex.request_id = self.ids.next()
         ex.upstream_path = path
@@ -584,6 +603,14 @@ cdef bint _hold_again(Exchange ex):
     ex.body_held_bytes = len(body)
     ex.body_done = True
     return True
+
+
+cdef inline void _count(upstream, int counter):
+    """One more of an upstream's counter (``_core.metrics``), when it has its counters."""
+    if upstream is not None:
+        counters = (<Upstream>upstream).metrics
+        if counters is not None:
+            (<UpstreamCounters>counters).count(counter)
 
 
 cdef _log_upstream_failure(Exchange ex, error, str outcome, int level=logging.ERROR):

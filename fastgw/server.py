@@ -48,6 +48,7 @@ import uvloop
 
 from fastgw import __version__, runtime, upstream
 from fastgw._core import limiter
+from fastgw._core import metrics as core_metrics
 from fastgw.config import Config, ServerConfig, load_config
 from fastgw.errors import ConfigError
 from fastgw.health import HealthChecker
@@ -146,6 +147,8 @@ class Worker:
         # This worker's share of every route's machine-wide concurrency count; what a
         # predecessor in this slot died with is handed back.
         limiter.set_worker_slot(slot)
+        # Its open-connections gauges start from zero: a predecessor's died with it.
+        core_metrics.set_worker_slot(slot)
         for route in snapshot.routes:
             if route.guard is not None and route.guard.reclaim():
                 log.warning("route %s: requests in flight of a dead worker handed back", route.name)

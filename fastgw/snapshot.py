@@ -6,7 +6,8 @@ groups get their pools, each target its slot of the state every worker shares
 (``_core.targets``: the supervisor's first load maps that table, before it forks), and
 each route its policy chain (``fastgw.policy.Chain``: [global]'s policies and its own,
 by priority), the limits' state in the shared arena of ``_core.limiter``, and the
-cluster's Redis connection (``fastgw.cluster``).
+cluster's Redis connection (``fastgw.cluster``). Each route and upstream gets its block
+of the machine's counters (``_core.metrics``, found by name, so a reload keeps them).
 ``compile_snapshot(config, previous)`` keeps an ``Upstream`` (and
 its warm keep-alive pools) whose settings did not change, so a reload does not cold-start
 upstream connections; the ones that left the config are retired by the caller once the
@@ -26,6 +27,7 @@ from fastgw._core.balancer import SmoothWeighted
 from fastgw._core.errors import RouteError
 from fastgw._core.router import Router, Rule
 from fastgw._core.limiter import ConcurrencyGuard, shared_arena
+from fastgw._core.metrics import shared_metrics
 from fastgw._core.targets import shared_table
 from fastgw.errors import ConfigError
 from fastgw.policies import BUILTIN as BUILTIN_POLICIES
@@ -47,7 +49,7 @@ class Route:
 
     __slots__ = ("name", "index", "upstream", "strip_prefix", "rewrite", "timeout", "config",
                  "splits", "split_shares", "_match_split", "_split_upstreams", "_split", "chain",
-                 "guard", "cors", "websocket")
+                 "guard", "cors", "websocket", "metrics")
 
     def __init__(self, config: RouteConfig, upstreams: dict[str, Upstream], policies: Policies) -> None:
         self.name = config.name
@@ -78,6 +80,11 @@ class Route:
         self.chain = policies.chain_of(config, self.guard)
         #: its cors policy, or None: a preflight its methods leave out is still its own
         self.cors = next((p for p in self.chain.policies if p.name == "cors"), None)
+        #: its counters (``_core.metrics``): the proxy records each exchange's end there
+        self.metrics = policies.metrics.route(config.name.encode())
+        if not self.metrics.named:
+            log.warning("route %s: the metrics table is full (%d routes); its requests count "
+                        'under route="(other)"', config.name, policies.metrics.route_capacity - 2)
 
     def pick_upstream(self, headers: list[tuple[bytes, bytes]]) -> Upstream:
         """The upstream for a request with these headers: ``match_split``, then ``split``
@@ -147,6 +154,7 @@ class Policies:
 
     def __init__(self, config: Config, cluster: Any) -> None:
         self.arena = shared_arena()
+        self.metrics = shared_metrics()
         self.cluster = cluster
         self.workers = config.server.workers
         #: the consumers of [consumers], for the routes' auth
@@ -271,7 +279,11 @@ def build_upstream(up: UpstreamConfig, previous: Snapshot | None = None) -> Upst
             log.warning("upstream %s target %s: the shared target table is full (%d slots); "
                         "this worker keeps the target's health and circuit on its own",
                         up.name, pool.address, table.capacity)
-    return Upstream(up.name, pools, signature, up.balance, up.hash_on, up.retries, up.health_check)
+    upstream = Upstream(up.name, pools, signature, up.balance, up.hash_on, up.retries, up.health_check)
+    upstream.metrics = shared_metrics().upstream(up.name.encode())
+    if not upstream.metrics.named:
+        log.warning('upstream %s: the metrics table is full; it counts under upstream="(other)"', up.name)
+    return upstream
 
 
 def served_methods(methods: tuple[str, ...]) -> tuple[str, ...]:

@@ -1,5 +1,6 @@
 # C-level declarations of fastgw/upstream.pyx, cimported by the proxy.
 
+from fastgw._core.metrics cimport UpstreamCounters
 from fastgw._core.targets cimport TargetState
 from fastgw.exchange cimport Exchange, UpstreamSide
 
@@ -83,6 +84,8 @@ cdef class Upstream:
     cdef str hash_kind
     cdef bytes hash_name
     cdef public object signature
+    # its connect failures, timeouts and retries (``_core.metrics``), set by the snapshot
+    cdef public UpstreamCounters metrics
 
     cpdef Pool pick(self, Exchange ex, list tried=*)
     cdef bytes _mask(self, list tried, double now)

@@ -135,10 +135,3 @@ def _tracked_sources() -> list[Path]:
 def test_sources_cite_no_internal_planning_file():
     """Nor do the docstrings and comments of the code they read."""
     assert _citations(_tracked_sources()) == []
-
-
-def test_docs_promise_nothing_that_is_not_there():
-    """fastgw has no metrics yet: no doc says otherwise."""
-    for path in USER_DOCS:
-        text = path.read_text()
-        assert not re.search(r"\bmetrics?\b", text, re.I), path

@@ -25,6 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "plugin": {"policy", "exchange", "errors"},
     "examples": {"plugin"},
     "logs": set(),
+    "metrics": {"_core"},
     "upstream": {"errors", "exchange", "_core"},
     "snapshot": {"config", "errors", "upstream", "policy", "policies", "cluster", "_core"},
     "proxy": {"errors", "exchange", "upstream", "policy", "_core"},

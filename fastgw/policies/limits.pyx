@@ -35,6 +35,7 @@ import logging
 import math
 
 from fastgw._core.limiter cimport Arena, ConcurrencyGuard, Limiter
+from fastgw._core.metrics cimport R_CONCURRENCY_REFUSED, R_RATE_LIMITED, RouteCounters
 from fastgw.exchange cimport Exchange
 from fastgw.policy cimport ANSWERED, CONTINUE, WAIT, Policy, answer
 from fastgw.policy import REQUIRED, PolicySpec
@@ -158,6 +159,9 @@ cdef class RateLimits(Policy):
 
 
 cdef int _refuse(Exchange ex, RateLimitPolicy policy, int64_t wait_ns) except -1:
+    cdef RouteCounters counters = ex.metrics
+    if counters is not None:
+        counters.count(R_RATE_LIMITED)
     return answer(ex, 429, f"rate limit of {policy.owner!r} exceeded", policy.refusal_fields(wait_ns))
 
 
@@ -193,7 +197,11 @@ cdef class MaxConcurrent(Policy):
         self.guard = guard
 
     cpdef int request(self, Exchange ex) except -1:
+        cdef RouteCounters counters
         if not self.guard.enter():
+            counters = ex.metrics
+            if counters is not None:
+                counters.count(R_CONCURRENCY_REFUSED)
             return answer(ex, 503, f"route {self.owner!r} has {self.guard.maximum} requests in flight "
                                    "(max_concurrent)", [(b"retry-after", b"1")])
         ex.guard = self.guard

@@ -54,6 +54,7 @@ from libc.string cimport memcmp
 
 import httptools
 
+from fastgw._core.metrics cimport P_HTTP1, P_WEBSOCKET, connection_closed, connection_opened
 from fastgw._core.router import normalize_path
 from fastgw._core.wire cimport (
     H_CONTENT_LENGTH, H_EXPECT, H_HOST, H_OTHER, H_TRANSFER_ENCODING, H_UPGRADE, H_X_REQUEST_ID,
@@ -125,9 +126,12 @@ cdef class HTTP1Connection(Downstream):
     cdef Py_ssize_t feed_serial, head_feed
     cdef bint feed_starts_head
     cdef list headers
+    # the open-connections gauge it counts in (``_core.metrics``: P_HTTP1, P_WEBSOCKET), or -1
+    cdef int gauge
 
     def __init__(self, worker, bint tls=False):
         self.worker = worker
+        self.gauge = -1
         self.tls = tls
         self.proxy = worker.proxy
         limits = self.limits = worker.limits
@@ -179,6 +183,8 @@ cdef class HTTP1Connection(Downstream):
             transport.close()
             return
         connections.add(self)
+        self.gauge = P_HTTP1
+        connection_opened(P_HTTP1)
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else ""
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
@@ -197,6 +203,7 @@ cdef class HTTP1Connection(Downstream):
         upgrade), with the bytes read so far."""
         self.closing = True  # this protocol is done with it
         self.worker.connections.discard(self)
+        self._uncount()  # (HTTP/2 counts it from now on)
         take_over(self.worker, self.transport, self.tls, data, upgrade)
 
     def data_received(self, bytes data):
@@ -285,6 +292,7 @@ cdef class HTTP1Connection(Downstream):
         self.upgrading = None
         self.stash = []
         self.worker.connections.discard(self)
+        self._uncount()
         if self.reading is not None:
             self.reading.detach_body()
         self.queue.clear()
@@ -756,11 +764,21 @@ cdef class HTTP1Connection(Downstream):
         if self.stash_bytes > STASH_HIGH:
             self._pause()
 
+    cdef void _uncount(self) noexcept:
+        """Leave the open-connections gauge it counts in (once)."""
+        if self.gauge >= 0:
+            connection_closed(self.gauge)
+            self.gauge = -1
+
     cdef _switch(self, Exchange ex):
         """The 101 is written: from now on this connection is ``ex``'s tunnel, and the
         bytes held since the request are its first."""
         self.tunnel = ex
         self.upgrading = None
+        if ex.upgrade is not None and ex.upgrade.lower() == b"websocket" and self.gauge == P_HTTP1:
+            self._uncount()
+            self.gauge = P_WEBSOCKET
+            connection_opened(P_WEBSOCKET)
         held = self.stash
         self.stash = []
         self.stash_bytes = 0

@@ -65,6 +65,7 @@ from libc.stdint cimport int32_t, uint8_t, uint32_t
 from libc.string cimport memcpy
 
 
+from fastgw._core.metrics cimport P_HTTP2, connection_closed, connection_opened
 from fastgw._core.router import normalize_path
 from fastgw.errors import ClientClosedRequest, PayloadTooLarge, RequestTimeout
 from fastgw.exchange cimport (
@@ -356,6 +357,7 @@ cdef class HTTP2Connection(Downstream):
     cdef nghttp2_session *session
     cdef object worker, loop
     cdef Http2Limits limits
+    cdef bint counted          # in the open-connections gauge (``_core.metrics``)
     cdef Proxy proxy
     cdef public object transport
     cdef dict streams
@@ -402,6 +404,9 @@ cdef class HTTP2Connection(Downstream):
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else ""
         self.worker.connections.add(self)
+        if not self.counted:
+            self.counted = True
+            connection_opened(P_HTTP2)
         self.deadline = monotonic() + limits.idle_timeout
         nghttp2_option_new(&option)
         nghttp2_option_set_no_auto_window_update(option, 1)
@@ -501,6 +506,9 @@ cdef class HTTP2Connection(Downstream):
         cdef H2Stream stream
         self.closing = True
         self.worker.connections.discard(self)
+        if self.counted:
+            self.counted = False
+            connection_closed(P_HTTP2)
         self.ready = []
         streams = list(self.streams.values())
         self.streams.clear()
