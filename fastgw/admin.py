@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import importlib
 import logging
 import os
 import signal
@@ -47,6 +46,7 @@ from fastgw import __version__, runtime, websocket_registry
 from fastgw.config import Config, load_config
 from fastgw.errors import ConfigError
 from fastgw.logs import error_log
+from fastgw import metrics
 from fastgw.snapshot import Snapshot, compile_snapshot, served_methods
 
 log = logging.getLogger("fastgw")
@@ -63,7 +63,6 @@ _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found"
             501: "Not Implemented", 503: "Service Unavailable", 504: "Gateway Timeout"}
 
 JSON = b"application/json"
-METRICS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 
 class Answer:
@@ -292,14 +291,9 @@ class AdminProcess:
         return Answer(200, {"digest": self.config.digest, "upstreams": upstreams_of(self.snapshot)})
 
     def get_metrics(self, request: Request) -> Answer:
-        try:
-            module = importlib.import_module("fastgw.metrics")
-        except ModuleNotFoundError as exc:
-            if exc.name != "fastgw.metrics":
-                raise
-            return error(501, "metrics are not built yet")
-        text = module.render(self.snapshot)
-        return Answer(200, text if isinstance(text, bytes) else text.encode(), METRICS_TYPE)
+        """The Prometheus exposition of the counters every worker adds to (shared memory,
+        inherited: nothing is asked of the workers)."""
+        return Answer(200, metrics.render(self.snapshot).encode(), metrics.CONTENT_TYPE.encode())
 
     async def post_reload(self, request: Request) -> Answer:
         return await self.loop.run_in_executor(None, self.reload_and_wait)

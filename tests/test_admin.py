@@ -16,6 +16,7 @@ import time
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import config_for, free_port, raw_request, wait_port
 from tests.test_server import children, run_fastgw, wait_for
@@ -113,7 +114,11 @@ def test_status_routes_and_upstreams_need_the_token_and_say_what_runs(admin_gate
     r = client.post("/status")
     assert r.status_code == 405 and r.headers["allow"] == "GET" and r.json()["status"] == 405
     r = client.get("/metrics")
-    assert r.status_code == 501 and r.json() == {"error": "metrics are not built yet", "status": 501}
+    assert r.status_code == 200 and r.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    families = {f.name: f for f in text_string_to_metric_families(r.text)}
+    users = [s for s in families["fastgw_requests"].samples
+             if s.name == "fastgw_requests_total" and s.labels["route"] == "users"]
+    assert sum(s.value for s in users) == 1  # the GET /users/1 above
 
 
 def gw_backend_address(gw) -> str:
@@ -311,3 +316,35 @@ def test_connections_endpoints_push_to_and_close_adapted_websockets(tmp_path, mo
     finally:
         gw.stop()
         app.close()
+
+
+def test_metrics_count_every_request_of_both_workers(admin_gateway):
+    """GET /metrics from the admin process: the counts every worker added, summed from
+    shared memory, equal the requests this test sent (fresh connections: both workers)."""
+    gw, client = admin_gateway(routes=ROUTES)
+    before = {w["pid"] for w in client.get("/status").json()["workers"]}
+    assert len(before) == 2
+    sent: dict[tuple[str, str, str], int] = {}
+    for i in range(60):
+        with httpx.Client(timeout=5) as fresh:  # a new connection each: the kernel spreads them
+            if i % 3 == 0:
+                key, r = ("users", "GET"), fresh.get(f"{gw.url}/users/{i}")
+            elif i % 3 == 1:
+                key, r = ("all", "POST"), fresh.post(f"{gw.url}/echo/{i}", content=b"x" * 100)
+            else:
+                key, r = ("all", "DELETE"), fresh.delete(f"{gw.url}/users/{i}")  # ("users" is GET only)
+            sent[(*key, str(r.status_code))] = sent.get((*key, str(r.status_code)), 0) + 1
+    assert sent[("all", "POST", "200")] == 20 and sum(sent.values()) == 60
+    text = client.get("/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    counted = {}
+    for sample in families["fastgw_requests"].samples:
+        if sample.name == "fastgw_requests_total":
+            key = (sample.labels["route"], sample.labels["method"], sample.labels["code"])
+            counted[key] = counted.get(key, 0) + sample.value
+    assert counted == sent
+    durations = [s for s in families["fastgw_request_duration_seconds"].samples
+                 if s.name == "fastgw_request_duration_seconds_count" and s.labels["route"] == "users"]
+    assert [s.value for s in durations] == [20]
+    request_bytes = [s.value for s in families["fastgw_request_bytes"].samples if s.labels["route"] == "all"]
+    assert request_bytes == [20 * 100]
