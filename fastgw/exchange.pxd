@@ -84,6 +84,10 @@ cdef class Exchange:
     # the protocol the client asks to switch to (b"websocket"), or None: set by the
     # protocol front end, cleared by the proxy when the route does not switch
     cdef public bytes upgrade
+    # for the access log: the traceparent sent upstream, and when the request went to the
+    # upstream and its response head came back (monotonic; 0 when it did not)
+    cdef public bytes traceparent
+    cdef public double upstream_sent, upstream_answered
     # the counters of its route (``_core.metrics``), set when it is routed; None: "(none)"
     cdef public RouteCounters metrics
 

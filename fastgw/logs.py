@@ -48,6 +48,17 @@ FLUSH_BYTES = 64 * 1024
 MAX_PENDING = 1024 * 1024
 
 
+_PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0", "2": "HTTP/2"}
+
+
+def _user_agent(headers: list) -> str | None:
+    """The request's User-Agent (the first), cut to 256 characters, or None."""
+    for name, value in headers:
+        if len(name) == 10 and name.lower() == b"user-agent":
+            return value[:256].decode("latin-1")
+    return None
+
+
 class AccessLog:
     __slots__ = ("target", "fd", "buffer", "size", "_second", "_stamp", "_clock_offset", "owns_fd", "enabled",
                  "stalled", "dropped")
@@ -89,19 +100,25 @@ class AccessLog:
         if not self.enabled:
             return
         now = time.monotonic()
+        traceparent = ex.traceparent
+        answered = ex.upstream_answered
         line = orjson.dumps({
             "time": self._time(ex.started),
             "request_id": ex.request_id,
+            "trace_id": traceparent[3:35].decode() if traceparent else None,
             "client_ip": ex.client_ip,
             "method": ex.method,
             "path": ex.path,
+            "protocol": _PROTOCOLS.get(ex.version) or f"HTTP/{ex.version}",
             "route": ex.route_name or None,
             "consumer": ex.consumer.name if ex.consumer is not None else None,
             "upstream": ex.upstream_addr or None,
+            "upstream_ms": round((answered - ex.upstream_sent) * 1000, 3) if answered else None,
             "status": ex.status,
             "bytes_in": ex.bytes_in,
             "bytes_out": ex.bytes_out,
             "duration_ms": round((now - ex.started) * 1000, 3),
+            "user_agent": _user_agent(ex.headers),
         }, option=orjson.OPT_APPEND_NEWLINE)
         self._append(line)
 
@@ -111,9 +128,10 @@ class AccessLog:
             return
         now = time.monotonic()
         self._append(orjson.dumps({
-            "time": self._time(now), "request_id": request_id, "client_ip": client_ip,
-            "method": None, "path": target[:256].decode("latin-1"), "route": None, "consumer": None,
-            "upstream": None, "status": status, "bytes_in": 0, "bytes_out": 0, "duration_ms": 0.0,
+            "time": self._time(now), "request_id": request_id, "trace_id": None, "client_ip": client_ip,
+            "method": None, "path": target[:256].decode("latin-1"), "protocol": None, "route": None,
+            "consumer": None, "upstream": None, "upstream_ms": None, "status": status, "bytes_in": 0,
+            "bytes_out": 0, "duration_ms": 0.0, "user_agent": None,
         }, option=orjson.OPT_APPEND_NEWLINE))
 
     def _append(self, line: bytes) -> None:

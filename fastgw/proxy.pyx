@@ -687,6 +687,7 @@ cdef bytes _upstream_head(Exchange ex, str path, str target_address, set listed)
     if traceparent is None or not _TRACEPARENT.match(traceparent):
         traceparent = new_traceparent()
     head.add_field(b"traceparent", traceparent)
+    ex.traceparent = traceparent
     if ex.body_kind == BODY_CHUNKED:
         head.add(b"transfer-encoding: chunked\r\n\r\n")
     elif ex.body_kind == BODY_LENGTH:

@@ -195,6 +195,7 @@ cdef class UpstreamConnection(UpstreamSide):
             if self._retrying(ex, head.status):
                 return
             self.head_received = True
+            ex.upstream_answered = monotonic()
             self.length = head.content_length
             self.keep_alive = head.keep_alive
             self.relay_left = head.content_length
@@ -282,6 +283,8 @@ cdef class UpstreamConnection(UpstreamSide):
         self.pool.state.enter()
         self._reset_response()
         self._extend_deadline(ex)
+        ex.upstream_sent = monotonic()
+        ex.upstream_answered = 0.0
         active_connections.add(self)
         ex.upstream_side = self
         if ex.body_kind == BODY_NONE or ex.body_kind == BODY_TUNNEL:
@@ -406,6 +409,7 @@ cdef class UpstreamConnection(UpstreamSide):
         if self._retrying(ex, status):
             return
         self.head_received = True
+        ex.upstream_answered = monotonic()
         headers = self.headers
         if self.drop_names:
             drop = self.drop_names
@@ -451,7 +455,8 @@ cdef class UpstreamConnection(UpstreamSide):
         connection is the tunnel's other end."""
         self.tunnel = True
         self.head_received = True
-        self.deadline = monotonic() + self.pool.read_timeout  # the route's timeout was the handshake's
+        ex.upstream_answered = monotonic()
+        self.deadline = ex.upstream_answered + self.pool.read_timeout  # the route's timeout was the handshake's
         self.pool.record(ex, True)  # the target answered: a trial it was is decided
         headers = self.headers
         if self.drop_names:

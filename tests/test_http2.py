@@ -397,6 +397,7 @@ def test_access_log_has_http2_requests(h2_gateway):
     h2_gateway.stop()
     lines = [json.loads(line) for line in h2_gateway.access_lines if rid in line]
     assert lines and lines[0]["path"] == "/echo/logged" and lines[0]["status"] == 200
+    assert lines[0]["protocol"] == "HTTP/2" and lines[0]["user_agent"].startswith("python-httpx/")
 
 
 def test_http2_config_errors(tmp_path):

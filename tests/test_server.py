@@ -96,8 +96,8 @@ def run_fastgw(args: list[str], cwd: Path, timeout: float = 10.0) -> subprocess.
                           timeout=timeout, env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
-ACCESS_FIELDS = ["time", "request_id", "client_ip", "method", "path", "route", "consumer", "upstream", "status",
-                 "bytes_in", "bytes_out", "duration_ms"]
+ACCESS_FIELDS = ["time", "request_id", "trace_id", "client_ip", "method", "path", "protocol", "route", "consumer",
+                 "upstream", "upstream_ms", "status", "bytes_in", "bytes_out", "duration_ms", "user_agent"]
 
 
 # -- workers ---------------------------------------------------------------------------------
@@ -467,9 +467,14 @@ def test_access_log_line_has_exactly_the_fields_and_right_values(backend, gatewa
     rec = records[0]
     assert list(rec) == ACCESS_FIELDS
     assert rec["request_id"] == r.headers["x-request-id"]
-    assert {k: rec[k] for k in ACCESS_FIELDS[2:11]} == {
-        "client_ip": "127.0.0.1", "method": "POST", "path": "/api/echo/x", "route": "echo-route", "consumer": None,
-        "upstream": backend.address, "status": 200, "bytes_in": 10, "bytes_out": len(r.content)}
+    sent = dict(r.json()["headers"])
+    assert {k: rec[k] for k in ACCESS_FIELDS[2:14]} == {
+        "trace_id": sent["traceparent"][3:35], "client_ip": "127.0.0.1", "method": "POST",
+        "path": "/api/echo/x", "protocol": "HTTP/1.1", "route": "echo-route", "consumer": None,
+        "upstream": backend.address, "upstream_ms": rec["upstream_ms"], "status": 200, "bytes_in": 10,
+        "bytes_out": len(r.content)}
+    assert rec["user_agent"] == r.request.headers["user-agent"] and rec["user_agent"].startswith("python-httpx/")
+    assert isinstance(rec["upstream_ms"], float) and 0 <= rec["upstream_ms"] <= rec["duration_ms"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", rec["time"])
     stamp = time.mktime(time.strptime(rec["time"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
     stamp += int(rec["time"][20:23]) / 1000
@@ -477,12 +482,12 @@ def test_access_log_line_has_exactly_the_fields_and_right_values(backend, gatewa
     assert before - 0.05 <= stamp <= after + 0.01, (before, stamp, after)
     assert isinstance(rec["duration_ms"], float) and 0 <= rec["duration_ms"] <= (after - before) * 1000 + 5
 
-    rec = records[1]
+    rec = records[1]  # answered by fastgw: no trace sent upstream, no upstream time
     assert list(rec) == ACCESS_FIELDS
-    assert {k: rec[k] for k in ACCESS_FIELDS[1:11]} == {
-        "request_id": miss.headers["x-request-id"], "client_ip": "127.0.0.1", "method": "GET",
-        "path": "/nowhere", "route": None, "consumer": None, "upstream": None, "status": 404, "bytes_in": 0,
-        "bytes_out": len(miss.content)}
+    assert {k: rec[k] for k in ACCESS_FIELDS[1:14]} == {
+        "request_id": miss.headers["x-request-id"], "trace_id": None, "client_ip": "127.0.0.1", "method": "GET",
+        "path": "/nowhere", "protocol": "HTTP/1.1", "route": None, "consumer": None, "upstream": None,
+        "upstream_ms": None, "status": 404, "bytes_in": 0, "bytes_out": len(miss.content)}
 
 
 def test_access_log_names_the_target_a_failed_connect_tried(backend, gateway):
