@@ -16,7 +16,7 @@ Secrets (``[admin].token``, ``api_keys``, ``basic_password``, ``[auth.jwt].secre
 policy key of kind ``"secret"``, the password of ``[cluster].redis``) are written
 ``"***"``, ``"env:NAME"`` ones too.
 
-The writer is this module's own (no dependency): ``_Table`` and ``_Tables`` mark what
+The writer is this module's own (no dependency): ``Table`` and ``Tables`` mark what
 gets a ``[header]`` or ``[[header]]``; any other table or array is written inline.
 
 May import: the standard library, fastgw.config, fastgw.policies.
@@ -55,7 +55,8 @@ from fastgw.config import (
 from fastgw.policies import BUILTIN as BUILTIN_POLICIES
 from fastgw.policies.jwt import JWT_SPEC
 
-__all__ = ["MASK", "dump_config"]
+__all__ = ["MASK", "Table", "Tables", "dump_config", "format_duration", "format_rate", "format_size", "mask_url",
+           "toml_value", "write_toml"]
 
 #: what a secret is written as
 MASK = "***"
@@ -68,11 +69,11 @@ _RATE_KEYS = frozenset(("websocket_message_rate",))
 _CIRCUIT_BREAKER_KEYS = ("failures", "cooldown")
 
 
-class _Table(dict):  # type: ignore[type-arg]
+class Table(dict):  # type: ignore[type-arg]
     """A table written under its own ``[header]``."""
 
 
-class _Tables(list):  # type: ignore[type-arg]
+class Tables(list):  # type: ignore[type-arg]
     """An array of tables, each written under ``[[header]]``."""
 
 
@@ -81,7 +82,7 @@ def dump_config(config: Config, text: str) -> str:
     filled in and secrets masked, headed by a comment naming the file and its digest."""
     doc = tomllib.loads(text)
     specs = {**BUILTIN_POLICIES, **{spec.name: spec for spec in config.plugins}}
-    root = _Table()
+    root = Table()
     root["server"] = _server(config, doc.get("server", {}))
     root["log"] = _filled(doc.get("log", {}), _LOG_KEYS, lambda key: getattr(config.log, key))
     if config.admin is not None:
@@ -94,13 +95,13 @@ def dump_config(config: Config, text: str) -> str:
         cluster["redis"] = mask_url(cluster["redis"])
         root["cluster"] = cluster
     if "plugins" in doc:
-        root["plugins"] = _Table(doc["plugins"])
+        root["plugins"] = Table(doc["plugins"])
     if "global" in doc:
-        root["global"] = _policies(_Table(), doc["global"], config.global_policies.policies, specs)
+        root["global"] = _policies(Table(), doc["global"], config.global_policies.policies, specs)
     if "consumers" in doc:
         root["consumers"] = _consumers(config, doc["consumers"])
     if "auth" in doc:
-        auth = root["auth"] = _Table()
+        auth = root["auth"] = Table()
         if config.jwt is not None:
             auth["jwt"] = _policy(doc["auth"]["jwt"], config.jwt, JWT_SPEC.schema)
     if "upstreams" in doc:
@@ -118,11 +119,11 @@ def dump_config(config: Config, text: str) -> str:
 # ---------------------------------------------------------------------------
 
 
-def _filled(written: Mapping[str, Any], keys: Iterable[str], effective: Callable[[str], Any]) -> _Table:
+def _filled(written: Mapping[str, Any], keys: Iterable[str], effective: Callable[[str], Any]) -> Table:
     """``keys`` in that order: each as written, else its effective value in config syntax
     (left out when None); then any written key not among ``keys``, as written."""
     keys = tuple(keys)
-    table = _Table()
+    table = Table()
     for key in keys:
         value = written[key] if key in written else _syntax(key, effective(key))
         if value is not None:
@@ -133,7 +134,7 @@ def _filled(written: Mapping[str, Any], keys: Iterable[str], effective: Callable
     return table
 
 
-def _server(config: Config, written: Mapping[str, Any]) -> _Table:
+def _server(config: Config, written: Mapping[str, Any]) -> Table:
     server = config.server
     table = _filled(written, (k for k in _SERVER_KEYS if k not in ("tls", "http2")), lambda k: getattr(server, k))
     table.pop("tls", None)
@@ -143,15 +144,15 @@ def _server(config: Config, written: Mapping[str, Any]) -> _Table:
         tls_written = written["tls"]
         tls = _filled(tls_written, (k for k in _TLS_KEYS if k != "certificates"), lambda k: getattr(server.tls, k))
         tls.pop("certificates", None)
-        tls["certificates"] = _Tables(
+        tls["certificates"] = Tables(
             _filled(item, ("cert", "key", "hosts"), lambda k, c=certificate: getattr(c, k))
             for item, certificate in zip(tls_written["certificates"], server.tls.certificates))
         table["tls"] = tls
     return table
 
 
-def _upstreams(config: Config, written: Mapping[str, Any]) -> _Table:
-    result = _Table()
+def _upstreams(config: Config, written: Mapping[str, Any]) -> Table:
+    result = Table()
     for up in config.upstreams:
         up_written = written[up.name]
         keys = [k for k in _UPSTREAM_KEYS if k not in ("circuit_breaker", "health_check")
@@ -169,8 +170,8 @@ def _upstreams(config: Config, written: Mapping[str, Any]) -> _Table:
     return result
 
 
-def _routes(config: Config, written: list[dict[str, Any]], specs: Mapping[str, Any]) -> _Tables:
-    result = _Tables()
+def _routes(config: Config, written: list[dict[str, Any]], specs: Mapping[str, Any]) -> Tables:
+    result = Tables()
     for route in config.routes:
         route_written = written[route.index]
         keys = [k for k in _ROUTE_KEYS if route.websocket == "http" or k not in _WEBSOCKET_HTTP_KEYS]
@@ -183,18 +184,18 @@ def _routes(config: Config, written: list[dict[str, Any]], specs: Mapping[str, A
     return result
 
 
-def _policies(table: _Table, written: Mapping[str, Any], policies: Iterable[tuple[str, dict[str, Any]]],
-              specs: Mapping[str, Any]) -> _Table:
+def _policies(table: Table, written: Mapping[str, Any], policies: Iterable[tuple[str, dict[str, Any]]],
+              specs: Mapping[str, Any]) -> Table:
     """``table`` with a sub-table for each of ``policies`` (its ``(key, settings)``)."""
     for name, settings in policies:
         table[name] = _policy(written[name], settings, specs[name].schema)
     return table
 
 
-def _policy(written: Mapping[str, Any], settings: Mapping[str, Any], schema: Mapping[str, Any]) -> _Table:
+def _policy(written: Mapping[str, Any], settings: Mapping[str, Any], schema: Mapping[str, Any]) -> Table:
     """A policy's table: its keys as written, the others from its validated settings
     (the schema's defaults, and those its ``complete`` filled), secrets masked."""
-    table = _Table()
+    table = Table()
     for key, (kind, _) in schema.items():
         name = kind[0] if isinstance(kind, tuple) else kind
         if key in written:
@@ -207,8 +208,8 @@ def _policy(written: Mapping[str, Any], settings: Mapping[str, Any], schema: Map
     return table
 
 
-def _consumers(config: Config, written: Mapping[str, Any]) -> _Table:
-    result = _Table()
+def _consumers(config: Config, written: Mapping[str, Any]) -> Table:
+    result = Table()
     for consumer in config.consumers:
         table = _filled(written[consumer.name], _CONSUMER_KEYS, lambda k, c=consumer: getattr(c, k))
         if "api_keys" in table:
@@ -337,9 +338,9 @@ _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
 
 
-def write_toml(root: _Table) -> str:
-    """``root`` as a TOML document: each table's plain keys, then its ``_Table`` and
-    ``_Tables`` values under their headers (a table holding only tables gets none of its
+def write_toml(root: Table) -> str:
+    """``root`` as a TOML document: each table's plain keys, then its ``Table`` and
+    ``Tables`` values under their headers (a table holding only tables gets none of its
     own: its sub-tables' headers define it)."""
     lines: list[str] = []
     for key, value in root.items():
@@ -348,18 +349,18 @@ def write_toml(root: _Table) -> str:
 
 
 def _write_value_tables(lines: list[str], path: list[str], value: Any) -> None:
-    if isinstance(value, _Tables):
+    if isinstance(value, Tables):
         for table in value:
             _write_table(lines, path, table, array=True)
-    elif isinstance(value, _Table):
+    elif isinstance(value, Table):
         _write_table(lines, path, value, array=False)
     else:
         raise TypeError(f"{'.'.join(path)}: a top-level value must be a table")
 
 
 def _write_table(lines: list[str], path: list[str], table: Mapping[str, Any], array: bool) -> None:
-    plain = [(k, v) for k, v in table.items() if not isinstance(v, (_Table, _Tables))]
-    nested = [(k, v) for k, v in table.items() if isinstance(v, (_Table, _Tables))]
+    plain = [(k, v) for k, v in table.items() if not isinstance(v, (Table, Tables))]
+    nested = [(k, v) for k, v in table.items() if isinstance(v, (Table, Tables))]
     if array or plain or not nested:
         if lines:
             lines.append("")

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 from fastgw.config import Config, load_config, parse_config, parse_duration, parse_rate, parse_size
 from fastgw.demo import demo_config, make_certificate
-from fastgw.dump import MASK, _Table, _Tables, dump_config, format_duration, format_rate, format_size, mask_url, \
-    write_toml
+from fastgw.dump import (MASK, Table, Tables, dump_config, format_duration, format_rate, format_size, mask_url,
+                         write_toml)
 from tests.conftest import ROOT
 
 
@@ -420,7 +420,8 @@ def test_an_empty_file_dumps_the_defaults_and_its_warning_goes_to_stderr(tmp_pat
     path.write_text("")
     result = dump(path)
     assert result.returncode == 0
-    assert result.stderr == "warning: fastgw.toml: no routes: every request will be answered 404 (add a [[routes]] table)\n"
+    assert result.stderr == ("warning: fastgw.toml: no routes: every request will be answered 404 "
+                             "(add a [[routes]] table)\n")
     doc = tomllib.loads(result.stdout)
     assert sorted(doc) == ["log", "server"]
     assert doc["server"]["listen"] == ["0.0.0.0:8080"]
@@ -459,15 +460,16 @@ def test_a_size_reads_back_as_the_same_bytes(size):
 _TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
 _SCALARS = (_TEXT | st.integers(min_value=-(2**63), max_value=2**63 - 1) | st.booleans()
             | st.floats(allow_nan=False) | st.dates() | st.times() | st.datetimes())
-_VALUES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=3)
-                       | st.dictionaries(_TEXT, inner, max_size=3), max_leaves=10)
+_VALUES = st.recursive(_SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                         st.dictionaries(_TEXT, inner, max_size=3)), max_leaves=10)
 
 
 @given(st.dictionaries(_TEXT, st.dictionaries(_TEXT, _VALUES, max_size=4), max_size=3),
        st.lists(st.dictionaries(_TEXT, _VALUES, max_size=3), max_size=3))
 def test_the_writer_writes_toml_that_reads_back_the_same(tables, array):
-    root = _Table({name: _Table(table) for name, table in tables.items()})
-    root["an array"] = _Tables(array)
+    tables.pop("an array", None)
+    root = Table({name: Table(table) for name, table in tables.items()})
+    root["an array"] = Tables(array)
     expected = {**tables, **({"an array": array} if array else {})}
     assert tomllib.loads(write_toml(root)) == expected
 
@@ -516,9 +518,9 @@ def test_generated_configs_load_back_equal(parts):
         upstream["health_check"] = parts["health_check"]
     if parts["rate_limit"] is not None:
         route["rate_limit"] = parts["rate_limit"]
-    root = _Table(server=_Table({**parts["server"], "http2": _Table(parts["http2"])}),
-                  upstreams=_Table(u=_Table(upstream)),
-                  routes=_Tables([_Table(name="r", paths=["/r/*"], upstream="u", **route)]))
+    root = Table(server=Table({**parts["server"], "http2": Table(parts["http2"])}),
+                  upstreams=Table(u=Table(upstream)),
+                  routes=Tables([Table(name="r", paths=["/r/*"], upstream="u", **route)]))
     original = parse_config(write_toml(root), "gen.toml")
     text = dump_config(original, write_toml(root))
     assert comparable(parse_config(text, "gen.toml")) == comparable(original)
