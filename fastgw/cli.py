@@ -3,16 +3,20 @@ which signal a running gateway found through its ``[server].pid_file``.
 
 ``check`` and ``explain`` are the config's debugging tools: they compile exactly what
 ``run`` would, then print the route table, every route's and upstream's settings (with
-warnings for routes that can never match), or walk one request through the router and
-the route's choice of upstream (``Route.match_split_entry`` and ``split_shares``, what
-the proxy's ``Route.pick_upstream`` decides by).
+warnings for routes that can never match), or with ``check --dump`` the effective
+config as TOML (fastgw.dump: every default filled in, secrets masked), or walk one
+request through the router and the route's choice of upstream
+(``Route.match_split_entry`` and ``split_shares``, what the proxy's
+``Route.pick_upstream`` decides by).
 
-May import: fastgw.config, fastgw.snapshot, fastgw.server, fastgw.demo, fastgw._core.
+May import: fastgw.config, fastgw.snapshot, fastgw.server, fastgw.demo, fastgw.dump,
+fastgw._core.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -44,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
 
     check = commands.add_parser("check", help="validate a config and print its route table")
     check.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    check.add_argument("--dump", action="store_true",
+                       help="print the effective config instead: TOML, every default filled in, secrets masked")
 
     explain = commands.add_parser("explain", help="which route a request would take, and why")
     explain.add_argument("-c", "--config", default=DEFAULT_CONFIG)
@@ -76,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     if snapshot is None:
         return 1
     if args.command == "check":
-        return cmd_check(snapshot)
+        return cmd_dump(snapshot, args.config) if args.dump else cmd_check(snapshot)
     return cmd_explain(snapshot, args.method, args.url, args.header)
 
 
@@ -137,13 +143,39 @@ def cmd_check(snapshot: Snapshot) -> int:
                      _seconds(up.read_timeout), describe_targets(snapshot.upstreams[up.name])))
         details.append(describe_upstream(up))
     _print_table(rows, details)
+    _print_warnings(snapshot)
+    return 0
+
+
+def cmd_dump(snapshot: Snapshot, path: str) -> int:
+    """``check --dump``: the effective config as TOML on stdout (fastgw.dump), the
+    warnings on stderr, as ``check`` prints them. The text dumped is the file's, read
+    again: it must be the one validated (its digest), else nothing is printed."""
+    from fastgw.dump import dump_config
+    config = snapshot.config
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        print(f"fastgw: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return 1
+    if hashlib.sha256(data).hexdigest() != config.digest:
+        print(f"fastgw: {path} changed while it was read; run the command again", file=sys.stderr)
+        return 1
+    sys.stdout.write(dump_config(config, data.decode("utf-8-sig")))
+    _print_warnings(snapshot)
+    return 0
+
+
+def _print_warnings(snapshot: Snapshot) -> None:
+    """The config's warnings, and the routes that can never match, on stderr."""
+    config = snapshot.config
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     for shadowed, by, reason in snapshot.router.shadowed():
         a, b = config.routes[shadowed], config.routes[by]
         print(f'warning: {config.source}: routes[{a.index}] "{a.name}" can never match: '
               f'shadowed by routes[{b.index}] "{b.name}" ({reason})', file=sys.stderr)
-    return 0
 
 
 def _print_table(rows: list[tuple[str, ...]], details: list[list[str]]) -> None:

@@ -40,6 +40,7 @@ ALLOWED: dict[str, set[str]] = {
     "server": {"*"},
     "cli": {"*"},
     "demo": {"server"},
+    "dump": {"config", "policies"},
     "__init__": set(),
     "__main__": {"cli"},
 }
