@@ -76,4 +76,4 @@ bench-memory: $(VENV)/.installed compile
 	$(PY) benchmarks/memory.py
 
 clean:
-	rm -rf build *.egg-info; find fastgw \( -name "*.c" -o -name "*.so" -o -name "*.html" \) -delete
+	rm -rf build *.egg-info; find fastgw \( -name "*.c" -o -name "*.so" -o -name "*.html" \) ! -name admin_ui.html -delete
