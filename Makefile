@@ -38,7 +38,8 @@ run: $(VENV)/.installed
 NGHTTP2_HEADER ?= /usr/include/nghttp2/nghttp2.h
 prereq:
 	@missing=""; \
-	for pair in curl:curl openssl:openssl redis-server:redis-server h2load:nghttp2-client; do \
+	for pair in curl:curl openssl:openssl redis-server:redis-server h2load:nghttp2-client \
+	            chromium:chromium chromedriver:chromium-driver; do \
 	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
 	done; \
 	[ -f "$(NGHTTP2_HEADER)" ] || missing="$$missing libnghttp2-dev"; \
@@ -76,4 +77,4 @@ bench-memory: $(VENV)/.installed compile
 	$(PY) benchmarks/memory.py
 
 clean:
-	rm -rf build *.egg-info; find fastgw \( -name "*.c" -o -name "*.so" -o -name "*.html" \) -delete
+	rm -rf build *.egg-info; find fastgw \( -name "*.c" -o -name "*.so" -o -name "*.html" \) ! -name admin_ui.html -delete

@@ -19,7 +19,12 @@ The HTTP side is a small HTTP/1.1 server on httptools (bounded head and body,
 keep-alive, requests answered in order); the proxy's front end is not reused: none of
 its routing, policies or upstreams apply here. Calls that wait (a reload, a push to a
 worker) run in a thread, so ``/status`` still answers meanwhile. Every answer is JSON
-(orjson); errors are ``{"error": ..., "status": ...}``.
+(orjson); errors are ``{"error": ..., "status": ...}``. The one exception is ``GET /``:
+the live dashboard, one static page from the package (``fastgw/admin_ui.html``: HTML,
+CSS and script inline, nothing loaded from elsewhere). It is served without the token
+because it holds no data: its script asks the browser's user for the token once (kept in
+the tab's sessionStorage) and reads ``/metrics``, ``/upstreams`` and ``/status`` with it,
+every second, like any other client.
 
 May import: fastgw.config, fastgw.snapshot, fastgw.errors, fastgw.runtime,
 fastgw.websocket_registry, fastgw.logs (the error log), and ``fastgw.metrics`` when it
@@ -29,12 +34,14 @@ exists (the monitoring endpoint's text).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import os
 import signal
 import socket
 import time
+from importlib import resources
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -63,6 +70,19 @@ _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found"
             501: "Not Implemented", 503: "Service Unavailable", 504: "Gateway Timeout"}
 
 JSON = b"application/json"
+HTML = b"text/html; charset=utf-8"
+
+#: paths answered without the token: the dashboard's page, which holds no data (its script
+#: sends the token on every request it makes)
+PUBLIC_PATHS = frozenset({"/"})
+#: the page may run its own inline script and style, and talk to this address only
+DASHBOARD_FIELDS = (
+    (b"Content-Security-Policy", b"default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                                 b"connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
+                                 b"frame-ancestors 'none'"),
+    (b"X-Content-Type-Options", b"nosniff"),
+    (b"Referrer-Policy", b"no-referrer"),
+)
 
 
 class Answer:
@@ -159,6 +179,12 @@ def upstreams_of(snapshot: Snapshot) -> list[dict[str, Any]]:
     return result
 
 
+@functools.cache
+def dashboard_page() -> bytes:
+    """``GET /``: the dashboard's page (fastgw/admin_ui.html, package data), read once."""
+    return resources.files("fastgw").joinpath("admin_ui.html").read_bytes()
+
+
 def _iso(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int(seconds % 1 * 1000):03d}Z"
 
@@ -182,6 +208,7 @@ class AdminProcess:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.stopped: asyncio.Future | None = None
         self.routes: dict[str, dict[str, Callable[[Request], Any]]] = {
+            "/": {"GET": self.get_dashboard, "HEAD": self.get_dashboard},
             "/status": {"GET": self.get_status},
             "/routes": {"GET": self.get_routes},
             "/upstreams": {"GET": self.get_upstreams},
@@ -254,7 +281,7 @@ class AdminProcess:
 
     async def answer(self, request: Request) -> Answer:
         token = self.config.admin.token if self.config.admin is not None else ""
-        if token:
+        if token and request.path not in PUBLIC_PATHS:
             given = request.headers.get("authorization", "")
             scheme, _, value = given.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
@@ -280,6 +307,10 @@ class AdminProcess:
         except Exception as exc:  # noqa: BLE001 - the admin API answers, whatever happens
             log.exception("admin API: %s %s failed", request.method, request.path)
             return error(500, f"internal error: {type(exc).__name__}")
+
+    def get_dashboard(self, request: Request) -> Answer:
+        """The live dashboard (no token: the page holds no data; its script sends the token)."""
+        return Answer(200, dashboard_page(), HTML, DASHBOARD_FIELDS)
 
     def get_status(self, request: Request) -> Answer:
         return Answer(200, status_of(self.runtime_dir, self.supervisor_pid))

@@ -51,6 +51,6 @@ def test_make_test_stops_at_once_naming_the_apt_get_line_for_what_is_missing(tmp
     assert result.returncode != 0
     assert result.stdout.splitlines() == [
         "fastgw: the tests need system packages that are missing; install them with:",
-        "  sudo apt-get install curl openssl redis-server nghttp2-client libnghttp2-dev"]
+        "  sudo apt-get install curl openssl redis-server nghttp2-client chromium chromium-driver libnghttp2-dev"]
     ok = subprocess.run([make, "-s", "-C", str(ROOT), "prereq"], capture_output=True, text=True, timeout=30)
     assert ok.returncode == 0 and ok.stdout == ""
