@@ -341,20 +341,27 @@ def bind_sockets(listen, workers: int) -> list[list[socket.socket]]:
     for _ in range(workers):
         socks = []
         for addr in listen:
-            family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            try:
-                sock.bind((addr.host, addr.port))
-            except OSError as exc:
-                sock.close()
-                raise SystemExit(f"fastgw: cannot listen on {addr}: {exc.strerror}") from None
-            sock.listen(4096)
-            sock.setblocking(False)
-            socks.append(sock)
+            socks.append(_listening_socket(addr, reuseport=True, backlog=4096))
         per_worker.append(socks)
     return per_worker
+
+
+def _listening_socket(addr, reuseport: bool, backlog: int, what: str = "") -> socket.socket:
+    """A non-blocking socket listening on ``addr``; a bind error ends the process with
+    its one-line reason."""
+    family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuseport:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((addr.host, addr.port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"fastgw: cannot listen on {addr}{what}: {exc.strerror}") from None
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
 
 
 def _check_free(addr) -> None:
@@ -374,17 +381,7 @@ def bind_admin(addr) -> socket.socket:
     """The admin API's listening socket (one, shared by no one: only the admin process
     accepts on it)."""
     _check_free(addr)
-    family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((addr.host, addr.port))
-    except OSError as exc:
-        sock.close()
-        raise SystemExit(f"fastgw: cannot listen on {addr} (admin): {exc.strerror}") from None
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
+    return _listening_socket(addr, reuseport=False, backlog=128, what=" (admin)")
 
 
 #: the admin process's place among the supervisor's children (workers have slots 0..n-1)
