@@ -289,6 +289,40 @@ class RouteConfig:
     websocket_max_message: int = 1024 * 1024
     websocket_message_rate: float = 100.0
     websocket_ping_interval: float = 20.0
+    #: ``[routes.aggregate]``: the route answers with a composition of backend calls
+    aggregate: AggregateConfig | None = None
+
+
+#: A compiled template (``compile_template``): literal strings and references, each a
+#: tuple: ("path"|"query"|"header", name), ("body", *keys), ("call", call, "status"),
+#: ("call", call, "body", *keys).
+Template = tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CallConfig:
+    """One backend call of an aggregate (or a call's compensation)."""
+
+    name: str
+    upstream: str
+    method: str
+    path: Template
+    #: (name, template) pairs
+    query: tuple[tuple[str, Template], ...] = ()
+    headers: tuple[tuple[str, Template], ...] = ()
+    #: the JSON body, compiled (``compile_json_template``), or None for no body
+    body: Any = None
+    compensate: CallConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateConfig:
+    """``[routes.aggregate]``: backend calls run in ``mode`` ("parallel" or "sequence")."""
+
+    mode: str
+    timeout: float
+    max_body_bytes: int
+    calls: tuple[CallConfig, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -917,11 +951,99 @@ _ROUTE_KEYS = (
     "websocket_max_message",
     "websocket_message_rate",
     "websocket_ping_interval",
-)
-_ROUTE_LATER = (
     "aggregate",
 )
+_ROUTE_LATER: tuple[str, ...] = ()
 _WEBSOCKET_MODES = ("proxy", "http")
+_AGGREGATE_KEYS = ("mode", "timeout", "max_body_bytes", "calls")
+_CALL_KEYS = ("name", "upstream", "method", "path", "query", "headers", "body", "compensate")
+_COMPENSATE_KEYS = ("method", "path", "query", "headers", "body")
+MAX_AGGREGATE_CALLS = 16
+_CALL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+#: what a template reference may start with, besides a call's name
+_TEMPLATE_SOURCES = ("path", "query", "header", "body")
+_TEMPLATE_REF = re.compile(r"\{([^{}]*)\}")
+
+
+def compile_template(text: str, earlier: tuple[str, ...], mode: str = "sequence",
+                     names: Iterable[str] = ()) -> Template:
+    """``"/accounts/{body.from}/x"`` as literal parts and references (see ``Template``);
+    a ValueError names what is wrong: an unknown source, a call not run before this one
+    (``earlier``: the calls whose responses it may read; ``names``: every call so far)."""
+    parts: list[Any] = []
+    at = 0
+    for m in _TEMPLATE_REF.finditer(text):
+        if m.start() > at:
+            parts.append(text[at:m.start()])
+        parts.append(_reference(m[1], earlier, mode, tuple(names)))
+        at = m.end()
+    rest = text[at:]
+    if "{" in rest or "}" in rest or any(isinstance(p, str) and ("{" in p or "}" in p) for p in parts):
+        raise ValueError(f"{_q(text)} has an unbalanced brace (a reference is {{source.name}})")
+    if rest:
+        parts.append(rest)
+    return tuple(parts)
+
+
+def _reference(ref: str, earlier: tuple[str, ...], mode: str, names: tuple[str, ...]) -> tuple[Any, ...]:
+    keys = ref.strip().split(".")
+    head = keys[0]
+    if any(not k for k in keys):
+        raise ValueError(f"{{{ref}}} is not a reference (e.g. {{body.amount}}, {{path.id}}, {{balance.body.total}})")
+    if head in ("path", "query", "header"):
+        if len(keys) != 2:
+            raise ValueError(f"{{{ref}}}: {head} takes one name, as in {{{head}.name}}")
+        return (head, keys[1].lower() if head == "header" else keys[1])
+    if head == "body":
+        return ("body", *keys[1:])
+    if head in earlier:
+        if len(keys) == 2 and keys[1] == "status":
+            return ("call", head, "status")
+        if keys[1:2] == ["body"]:
+            return ("call", head, "body", *keys[2:])
+        raise ValueError(f"{{{ref}}}: a call's response is {{{head}.status}} or {{{head}.body...}}")
+    if head in names:
+        if mode == "parallel":
+            raise ValueError(f"{{{ref}}} names call {_q(head)}, but parallel calls run at once "
+                             "(use mode = \"sequence\")")
+        raise ValueError(f"{{{ref}}} names call {_q(head)}, which runs later")
+    hint = _did_you_mean(head, (*_TEMPLATE_SOURCES, *earlier))
+    raise ValueError(f"{{{ref}}} names an unknown call or source {_q(head)}{hint}")
+
+
+def compile_json_template(value: Any, earlier: tuple[str, ...], mode: str = "sequence",
+                          names: Iterable[str] = ()) -> Any:
+    """A JSON body with templates in its strings, as tuples: ("obj", ((key, v), ...)),
+    ("list", (v, ...)), ("ref", reference) for a string that is one reference (its
+    value inserted as JSON, a number staying a number), ("str", template), ("lit", value)."""
+    names = tuple(names)
+    if isinstance(value, dict):
+        return ("obj", tuple((k, compile_json_template(v, earlier, mode, names)) for k, v in value.items()))
+    if isinstance(value, list):
+        return ("list", tuple(compile_json_template(v, earlier, mode, names) for v in value))
+    if isinstance(value, str):
+        template = compile_template(value, earlier, mode, names)
+        if len(template) == 1 and isinstance(template[0], tuple):
+            return ("ref", template[0])
+        return ("str", template) if any(isinstance(p, tuple) for p in template) else ("lit", value)
+    if isinstance(value, (datetime.date, datetime.time)):
+        return ("lit", value.isoformat())
+    return ("lit", value)
+
+
+def _call_path(value: Any, earlier: tuple[str, ...], mode: str, names: Iterable[str]) -> Template:
+    """A call's path: absolute, never ``.`` or ``..`` (a value inserted is percent-encoded,
+    so only the literal text could climb out of it)."""
+    text = _string(value)
+    if not text.startswith("/"):
+        raise ValueError(_expected("a path starting with /", text))
+    if "?" in text or "#" in text:
+        raise ValueError(f"{_q(text)}: a call's query goes in its query table")
+    template = compile_template(text, earlier, mode, names)
+    plain = "".join(p if isinstance(p, str) else "x" for p in template)
+    if any(seg in (".", "..") for seg in plain.split("/")):
+        raise ValueError(f"{_q(text)} escapes with . or .. segments")
+    return template
 #: the keys of websocket = "http" alone
 _WEBSOCKET_HTTP_KEYS = ("websocket_max_message", "websocket_message_rate", "websocket_ping_interval")
 
@@ -1336,9 +1458,102 @@ class _Builder:
         self._check_auth(place, dict(policies))
         max_concurrent = place.get_int("max_concurrent", 0, minimum=0)
         websocket = self._websocket(place, fields["methods"])
+        aggregate = self._aggregate(place, upstream_names)
+        if aggregate is not None and websocket["websocket"] is not None:
+            place.key("websocket").error("cannot be used with [routes.aggregate]")
         return RouteConfig(name=name, index=index, paths=paths, upstream=upstream, strip_prefix=strip_prefix,
                            rewrite=rewrite, policies=policies, max_concurrent=max_concurrent,
-                           **websocket, **fields)
+                           aggregate=aggregate, **websocket, **fields)
+
+    def _aggregate(self, place: Place, upstream_names: tuple[str, ...] | None) -> AggregateConfig | None:
+        """``[routes.aggregate]``: its calls, their templates compiled once, here; a
+        template may name the client's request and, in a sequence, the calls before."""
+        table = place.get_table("aggregate")
+        if table is None:
+            return None
+        table.check_unknown(_AGGREGATE_KEYS)
+        mode = table.get_choice("mode", "parallel", ("parallel", "sequence"))
+        timeout = table.get_duration("timeout", 30.0)
+        max_body = table.get_size("max_body_bytes", 1024 * 1024, minimum=1)
+        items = table.get_items("calls", required=True, nonempty="call")
+        if len(items) > MAX_AGGREGATE_CALLS:
+            table.key("calls").error(f"has {len(items)} calls; at most {MAX_AGGREGATE_CALLS}")
+        names: list[str] = []
+        #: every call's name, so that a template naming a later one says so
+        self._call_names = tuple(i.value["name"] for i in items
+                                 if isinstance(i.value, dict) and isinstance(i.value.get("name"), str))
+        calls = []
+        for item in items:
+            if item.convert(_table) is None:
+                continue
+            name = item.value.get("name")
+            if isinstance(name, str) and name:
+                item = item.named(name)
+            call = self._call(item, upstream_names, mode, names, None)
+            if call is not None:
+                calls.append(call)
+        return AggregateConfig(mode=mode, timeout=timeout, max_body_bytes=max_body, calls=tuple(calls))
+
+    def _call(self, item: Place, upstream_names: tuple[str, ...] | None, mode: str, names: list[str],
+              owner: CallConfig | None) -> CallConfig | None:
+        """One call (``owner`` None) or a call's ``compensate`` table (which inherits its
+        call's name and upstream, and may name that call's response too)."""
+        if owner is None:
+            item.check_unknown(_CALL_KEYS)
+            name = item.get("name", _nonempty_string)
+            if name is not None:
+                if not _CALL_NAME.fullmatch(name):
+                    item.key("name").error("a call's name is a letter or _, then letters, digits, _ or -")
+                elif name in _TEMPLATE_SOURCES:
+                    item.key("name").error(f"{_q(name)} names a part of the client's request; choose another")
+                elif name in names:
+                    item.key("name").error(f"call {_q(name)} is already defined")
+            upstream = item.get_str("upstream")
+            if upstream is not None and upstream_names is not None and upstream not in upstream_names:
+                item.key("upstream").error(f"upstream {_q(upstream)} is not defined"
+                                           f"{_did_you_mean(upstream, upstream_names)}")
+            earlier = tuple(names) if mode == "sequence" else ()
+        else:
+            item.check_unknown(_COMPENSATE_KEYS)
+            name, upstream = owner.name, owner.upstream
+            earlier = tuple(names) + (name,)
+        every = self._call_names
+        method = item.get("method", _method, "GET")
+        path = item.get("path", lambda v: _call_path(v, earlier, mode, every))
+        query = self._templates(item, "query", earlier, mode, every)
+        headers = self._templates(item, "headers", earlier, mode, every)
+        body = None
+        if "body" in item.value:
+            body = item.key("body").convert(lambda v: compile_json_template(_table(v), earlier, mode, every))
+        call = None
+        if name is not None and upstream is not None and path is not None and method is not None:
+            call = CallConfig(name=name, upstream=upstream, method=method, path=path, query=query,
+                              headers=headers, body=body)
+        if owner is None:
+            if name is not None:
+                names.append(name)
+            table = item.get_table("compensate")
+            if table is not None and call is not None:
+                compensate = self._call(table, upstream_names, mode, names, call)
+                call = replace(call, compensate=compensate)
+        return call
+
+    @staticmethod
+    def _templates(item: Place, key: str, earlier: tuple[str, ...], mode: str,
+                   names: tuple[str, ...]) -> tuple[tuple[str, Template], ...]:
+        table = item.get_table(key)
+        if table is None:
+            return ()
+        result = []
+        for name in table.value:
+            value = table.key(name).convert(
+                lambda v: compile_template(_string(v) if not isinstance(v, (int, float)) or isinstance(v, bool)
+                                           else str(v), earlier, mode, names))
+            if key == "headers" and not _TOKEN.fullmatch(name):
+                table.key(name).error(f"{_q(name)} is not a valid header name")
+            elif value is not None:
+                result.append((name.lower() if key == "headers" else name, value))
+        return tuple(result)
 
     @staticmethod
     def _websocket(place: Place, methods: tuple[str, ...]) -> dict[str, Any]:
@@ -1434,10 +1649,7 @@ class _Builder:
 
     @staticmethod
     def _route_upstream(place: Place, upstream_names: tuple[str, ...] | None) -> str | None:
-        # NOTE: an "aggregate" route names its upstreams per call; that key is
-        # refused as not supported yet, so its missing "upstream" is not reported too.
-        default = None if "aggregate" in place.value else _REQUIRED
-        upstream = place.get_str("upstream", default)
+        upstream = place.get_str("upstream")
         if upstream is not None and upstream_names is not None and upstream not in upstream_names:
             hint = _did_you_mean(upstream, upstream_names)
             place.error(f"upstream {_q(upstream)} is not defined{hint}")

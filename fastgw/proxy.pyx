@@ -25,7 +25,8 @@ WebSocket adapter's POSTs, ``websocket = "http"``). ``internal_exchange`` makes 
 and ``send_internal`` sends it on an upstream past routing and the route's policies,
 through the same pools, balancing, health, circuits, retries and timeouts as a
 proxied request, and into the access log like one. A ``websocket = "http"`` route's
-handshake goes, once its policies passed, to the adapter in ``adapters``.
+handshake goes, once its policies passed, to the adapter in ``adapters``; so does every
+request of a route with ``[routes.aggregate]`` (``adapters["aggregate"]``, fastgw.aggregate).
 
 The chain (``fastgw.policy``): its request phase runs as C calls in ``_run_policies``;
 a policy that waits gets a task for that request only (``_wait_then_go_on``), and the
@@ -371,6 +372,14 @@ cdef class Proxy(ResponseListener):
         upstream = route.pick_upstream(ex.headers) if route.splits else route.upstream
         ex.upstream = upstream
         ex.upstream_path = route.upstream_path(ex.path, match.params)
+        if route.aggregate is not None:  # [routes.aggregate]: fastgw composes the answer
+            adapter = self.adapters.get("aggregate")
+            if adapter is None:
+                self.fail(ex, 501, "aggregate routes are not served by this process")
+                self._finished(ex)
+            else:
+                adapter(self, ex, route, match.params)
+            return
         if ex.upgrade is not None:
             mode = route.websocket
             if mode == "proxy":

@@ -53,6 +53,7 @@ from fastgw.config import Config, ServerConfig, load_config
 from fastgw.errors import ConfigError
 from fastgw.health import HealthChecker
 from fastgw.logs import AccessLog, error_log
+from fastgw import aggregate
 from fastgw.protocols import websocket
 from fastgw.protocols.http1 import HTTP1Connection
 from fastgw.protocols.http2 import HTTP2Connection
@@ -157,6 +158,7 @@ class Worker:
         self.access_log = AccessLog(config.log.access)
         self.proxy = Proxy(snapshot, self.access_log)
         websocket.attach(self.proxy, slot, supervisor_pid)  # websocket = "http", and its registry
+        aggregate.attach(self.proxy)  # [routes.aggregate]
         self.sockets = sockets
         self.connections: set[HTTP1Connection | HTTP2Connection] = set()
         self.servers: list[asyncio.AbstractServer] = []

@@ -49,7 +49,7 @@ class Route:
 
     __slots__ = ("name", "index", "upstream", "strip_prefix", "rewrite", "timeout", "config",
                  "splits", "split_shares", "_match_split", "_split_upstreams", "_split", "chain",
-                 "guard", "cors", "websocket", "metrics")
+                 "guard", "cors", "websocket", "metrics", "aggregate", "upstreams_by_name")
 
     def __init__(self, config: RouteConfig, upstreams: dict[str, Upstream], policies: Policies) -> None:
         self.name = config.name
@@ -60,6 +60,10 @@ class Route:
         self.timeout = config.timeout or 0.0
         #: what a WebSocket handshake becomes: "proxy" (a tunnel), or None (plain HTTP)
         self.websocket = config.websocket
+        #: [routes.aggregate] (fastgw.aggregate runs it), and the upstreams its calls name
+        self.aggregate = config.aggregate
+        self.upstreams_by_name = ({call.upstream: upstreams[call.upstream] for call in config.aggregate.calls}
+                                  if config.aggregate is not None else {})
         self.config = config
         #: (lower-case header name, value, upstream) as bytes: the first that matches wins
         self._match_split = tuple((header.encode("latin-1"), value.encode("latin-1"), upstreams[name])

@@ -942,16 +942,6 @@ def test_bad_hash_on(balance, hash_on, error):
     assert only_error(text) == f"fastgw.toml: {error}"
 
 
-@pytest.mark.parametrize(
-    ("key", "value"),
-    [
-        ("aggregate", '{ mode = "sequence" }'),
-    ],
-)
-def test_route_keys_not_supported_yet(key, value):
-    assert only_error(route(BASE + f"{key} = {value}")) == f'fastgw.toml: routes[0] "r": "{key}" is not supported yet'
-
-
 def test_policies_are_validated_by_their_own_schema_all_at_once():
     text = ('[global]\nip = { allow = ["10.0.0.0/33", "nope"], deny = "10.0.0.1" }\n'
             + route(BASE + '[routes.ip]\nalow = ["10.0.0.0/8"]\n'
@@ -985,9 +975,9 @@ def test_policies_parsed():
     assert errors_of(text) == ['fastgw.toml: routes[0] "r".response_headers.remove: \'x-b\' is both set and removed']
 
 
-def test_route_plugin_table_not_supported_yet():
+def test_route_aggregate_table_is_validated():
     text = route(BASE + '[routes.aggregate]\nmode = "sequence"')
-    assert errors_of(text) == ['fastgw.toml: routes[0] "r": "aggregate" is not supported yet']
+    assert errors_of(text) == ['fastgw.toml: routes[0] "r".aggregate: missing required key "calls"']
 
 
 # ---------------------------------------------------------------------------
@@ -1051,9 +1041,10 @@ def test_cluster_scope_needs_a_cluster():
     assert only_error("[cluster]\n") == 'fastgw.toml: cluster: missing required key "redis"'
 
 
-def test_aggregate_route_is_not_also_missing_its_upstream():
+def test_aggregate_route_still_names_its_upstream():
     text = route('name = "transfer"\npaths = ["/transfer"]\n[routes.aggregate]\nmode = "sequence"')
-    assert errors_of(text) == ['fastgw.toml: routes[0] "transfer": "aggregate" is not supported yet']
+    assert errors_of(text) == ['fastgw.toml: routes[0] "transfer": missing required key "upstream"',
+                               'fastgw.toml: routes[0] "transfer".aggregate: missing required key "calls"']
 
 
 # ---------------------------------------------------------------------------
@@ -1226,8 +1217,8 @@ def test_every_error_is_reported_at_once():
         'fastgw.toml: routes[0] "users": "strip_prefix" and "rewrite" cannot be used together',
         'fastgw.toml: routes[0] "users".methods[1]: "GETT" is not an HTTP method (did you mean "GET"?)',
         'fastgw.toml: routes[1] "users": name "users" is already used by routes[0]',
-        'fastgw.toml: routes[2] "orders": "aggregate" is not supported yet',
         'fastgw.toml: routes[2] "orders": upstream "order" is not defined (did you mean "orders"?)',
+        'fastgw.toml: routes[2] "orders".aggregate: missing required key "calls"',
     ]
 
 
