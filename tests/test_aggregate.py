@@ -161,6 +161,18 @@ path = "/accounts/alice/balance"
 name = "sleepy"
 upstream = "bank_b"
 path = "/slow"
+
+[[routes]]
+name = "guarded"
+paths = ["/guarded"]
+upstream = "bank_a"
+[routes.ip]
+deny = ["127.0.0.0/8"]
+[routes.aggregate]
+[[routes.aggregate.calls]]
+name = "a"
+upstream = "bank_a"
+path = "/accounts/alice/balance"
 """
 
 
@@ -254,6 +266,24 @@ def test_deadline_is_a_504_naming_the_running_calls(gw, banks):
     assert status == 504
     assert body["running"] == ["sleepy"]
     assert time.monotonic() - started < 1.5
+
+
+def test_the_routes_policies_run_first(gw, banks):
+    status, _ = call(gw, "GET", "/guarded")
+    assert status == 403
+    assert banks[0].seen == []
+
+
+def test_calls_are_in_the_access_log(gw, banks):
+    status, _ = call(gw, "GET", "/overview/alice?other=carol", headers={"X-Request-Id": "ov-1"})
+    assert status == 200
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [json.loads(line) for line in gw.access_lines]
+        if len([line for line in lines if "ov-1" in json.dumps(line)]) >= 4:
+            break
+        time.sleep(0.05)
+    assert len([line for line in lines if "ov-1" in json.dumps(line)]) == 4  # 3 calls + the client's
 
 
 # -- config errors ---------------------------------------------------------------------------
