@@ -290,6 +290,10 @@ class Aggregation(UpstreamSide):
                                    "outcome": "ok" if failure is None else "failed"}
         if failure is not None and "error" in failure:
             outcome["error"] = failure["error"]
+        if failure is not None:
+            # Never silently dropped: the client's 502 lists it, and so does the error log.
+            log.error("request %s route %s: compensation of %s failed: %s", self.ex.request_id,
+                      self.ex.route_name, call.name, failure.get("error") or f"answered {answer.status}")
         self.compensations.append(outcome)
         self._compensate()
 
