@@ -312,6 +312,9 @@ class CallConfig:
     headers: tuple[tuple[str, Template], ...] = ()
     #: the JSON body, compiled (``compile_json_template``), or None for no body
     body: Any = None
+    #: seconds this call may take (within the composition's ``timeout``); a
+    #: compensation's default is its call's; None: the upstream's own timeouts
+    timeout: float | None = None
     compensate: CallConfig | None = None
 
 
@@ -956,8 +959,8 @@ _ROUTE_KEYS = (
 _ROUTE_LATER: tuple[str, ...] = ()
 _WEBSOCKET_MODES = ("proxy", "http")
 _AGGREGATE_KEYS = ("mode", "timeout", "max_body_bytes", "calls")
-_CALL_KEYS = ("name", "upstream", "method", "path", "query", "headers", "body", "compensate")
-_COMPENSATE_KEYS = ("method", "path", "query", "headers", "body")
+_CALL_KEYS = ("name", "upstream", "method", "path", "query", "headers", "body", "timeout", "compensate")
+_COMPENSATE_KEYS = ("method", "path", "query", "headers", "body", "timeout")
 MAX_AGGREGATE_CALLS = 16
 _CALL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 #: what a template reference may start with, besides a call's name
@@ -1525,15 +1528,19 @@ class _Builder:
         body = None
         if "body" in item.value:
             body = item.key("body").convert(lambda v: compile_json_template(_table(v), earlier, mode, every))
+        timeout = item.get_duration("timeout", None if owner is None else owner.timeout)
         call = None
         if name is not None and upstream is not None and path is not None and method is not None:
             call = CallConfig(name=name, upstream=upstream, method=method, path=path, query=query,
-                              headers=headers, body=body)
+                              headers=headers, body=body, timeout=timeout)
         if owner is None:
             if name is not None:
                 names.append(name)
             table = item.get_table("compensate")
-            if table is not None and call is not None:
+            if table is not None and mode != "sequence":
+                # (parallel calls all run at once: there is no "already succeeded" to undo)
+                item.key("compensate").error('runs only in a sequence (mode = "sequence")')
+            elif table is not None and call is not None:
                 compensate = self._call(table, upstream_names, mode, names, call)
                 call = replace(call, compensate=compensate)
         return call

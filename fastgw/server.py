@@ -318,7 +318,8 @@ class Worker:
         for server in self.servers:
             server.close()
         deadline = self.loop.time() + self.limits.drain_timeout
-        while self.connections and self.loop.time() < deadline:
+        # (a sequence's compensations may run on after its client's answer: not cut short)
+        while (self.connections or aggregate.undoing()) and self.loop.time() < deadline:
             for conn in list(self.connections):
                 conn.close_if_idle()
             await asyncio.sleep(0.05)

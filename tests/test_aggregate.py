@@ -4,6 +4,7 @@ real backends on 127.0.0.1 (two small banks keeping balances, answering JSON).""
 from __future__ import annotations
 
 import json
+import socket
 import textwrap
 import threading
 import time
@@ -11,6 +12,7 @@ import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 
 from fastgw.config import ConfigError, parse_config
@@ -20,13 +22,15 @@ from tests.conftest import free_port
 class Bank:
     """A threaded HTTP bank: GET /accounts/{a}/balance, POST /accounts/{a}/withdraw and
     /deposit ({"amount": n}); 409 on insufficient funds, 404 on an unknown account;
-    /slow sleeps. Every request's headers are kept."""
+    /slow sleeps; the first ``fail_deposits`` deposits answer 503, and each deposit
+    takes ``deposit_delay`` seconds. Every request's headers are kept."""
 
-    def __init__(self, balances: dict[str, int], delay: float = 0.0) -> None:
+    def __init__(self, balances: dict[str, int]) -> None:
         self.balances = dict(balances)
         self.seen: list[tuple[str, str, dict[str, str], bytes]] = []
         self.lock = threading.Lock()
-        self.delay = delay
+        self.fail_deposits = 0
+        self.deposit_delay = 0.0
         bank = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -57,6 +61,8 @@ class Bank:
                 if len(parts) != 3 or parts[0] != "accounts":
                     return self._answer(404, {"error": "no such thing"})
                 account, action = parts[1], parts[2]
+                if action == "deposit":
+                    time.sleep(bank.deposit_delay)
                 with bank.lock:
                     if account not in bank.balances:
                         return self._answer(404, {"error": f"no account {account}"})
@@ -70,6 +76,9 @@ class Bank:
                             return self._answer(409, {"error": "insufficient funds"})
                         bank.balances[account] -= amount
                     elif action == "deposit":
+                        if bank.fail_deposits > 0:
+                            bank.fail_deposits -= 1
+                            return self._answer(503, {"error": "try again later"})
                         bank.balances[account] += amount
                     else:
                         return self._answer(404, {"error": "no such action"})
@@ -163,6 +172,67 @@ upstream = "bank_b"
 path = "/slow"
 
 [[routes]]
+name = "slow_transfer"
+paths = ["/slow-transfer"]
+methods = ["POST"]
+upstream = "bank_a"
+[routes.aggregate]
+mode = "sequence"
+timeout = "400ms"
+[[routes.aggregate.calls]]
+name = "withdraw"
+upstream = "bank_a"
+method = "POST"
+path = "/accounts/{body.from}/withdraw"
+body = { amount = "{body.amount}" }
+compensate = { method = "POST", path = "/accounts/{body.from}/deposit", body = { amount = "{body.amount}" } }
+[[routes.aggregate.calls]]
+name = "deposit"
+upstream = "bank_b"
+method = "POST"
+path = "/slow"
+timeout = "{call_timeout}"
+
+[[routes]]
+name = "reads_earlier"
+paths = ["/reads-earlier"]
+methods = ["POST"]
+upstream = "bank_a"
+[routes.aggregate]
+mode = "sequence"
+max_body_bytes = "{max_body}"
+[[routes.aggregate.calls]]
+name = "withdraw"
+upstream = "bank_a"
+method = "POST"
+path = "/accounts/alice/withdraw"
+body = { amount = 5 }
+compensate = { method = "POST", path = "/accounts/alice/deposit", body = { amount = "{withdraw.body.nothing}" } }
+[[routes.aggregate.calls]]
+name = "note"
+upstream = "bank_b"
+path = "/text"
+[[routes.aggregate.calls]]
+name = "next"
+upstream = "bank_b"
+path = "/accounts/{body.field}/balance"
+query = { n = "{withdraw.body.balance}", x = "{note.body.id}" }
+
+[[routes]]
+name = "failing"
+paths = ["/failing"]
+upstream = "bank_a"
+[routes.aggregate]
+[[routes.aggregate.calls]]
+name = "missing"
+upstream = "bank_a"
+path = "/accounts/nobody/balance"
+[[routes.aggregate.calls]]
+name = "sleepy"
+upstream = "bank_b"
+path = "/slow"
+
+[[routes]]
 name = "guarded"
 paths = ["/guarded"]
 upstream = "bank_a"
@@ -176,14 +246,31 @@ path = "/accounts/alice/balance"
 """
 
 
+def transfer_routes(call_timeout: str = "10s", max_body: str = "1MiB") -> str:
+    return TRANSFER.replace("{call_timeout}", call_timeout).replace("{max_body}", max_body)
+
+
 @pytest.fixture
-def gw(banks, gateway):
+def gw(banks, gateway, request):
+    """The gateway of ``TRANSFER``; a test marked ``@pytest.mark.parametrize("gw", [{...}],
+    indirect=True)`` replaces its ``{call_timeout}`` and ``{max_body}``."""
     a, b = banks
     port = free_port()
-    toml = (f'[server]\nlisten = ["127.0.0.1:{port}"]\n[log]\naccess = "stdout"\n'
-            f'[upstreams.bank_a]\ntargets = ["{a.address}"]\n[upstreams.bank_b]\ntargets = ["{b.address}"]\n'
-            + TRANSFER)
+    routes = transfer_routes(**getattr(request, "param", {}))
+    toml = (f'[server]\nlisten = ["127.0.0.1:{port}"]\nmax_body_bytes = "4KiB"\n[log]\naccess = "stdout"\n'
+            f'[upstreams.bank_a]\ntargets = ["{a.address}"]\nretries = 2\n'
+            f'[upstreams.bank_b]\ntargets = ["{b.address}"]\n' + routes)
     return gateway(toml, port)
+
+
+def eventually(check, seconds: float = 5.0) -> bool:
+    """``check()`` became true within ``seconds`` (polled)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return check()
 
 
 def call(gw, method: str, path: str, document=None, raw: bytes | None = None, headers=None):
@@ -268,6 +355,125 @@ def test_deadline_is_a_504_naming_the_running_calls(gw, banks):
     assert time.monotonic() - started < 1.5
 
 
+def test_a_deadline_in_a_sequence_still_compensates(gw, banks):
+    a, b = banks
+    status, body = call(gw, "POST", "/slow-transfer", {"from": "alice", "amount": 30},
+                        headers={"X-Request-Id": "late-1"})
+    assert status == 504, body
+    assert body["running"] == ["deposit"] and body["compensating"] == ["withdraw"]
+    # the answer does not wait for the compensation, which runs on behind it
+    assert eventually(lambda: a.balances["alice"] == 100), a.balances
+    assert [(m, p) for m, p, _, _ in a.seen] == [("POST", "/accounts/alice/withdraw"),
+                                                 ("POST", "/accounts/alice/deposit")]
+    assert a.seen[1][2]["idempotency-key"] == "late-1/withdraw.compensate"
+    # the call cut at the deadline: in doubt, so logged with its key
+    assert eventually(lambda: "late-1/deposit" in gw.stderr), gw.stderr
+
+
+def test_a_drain_waits_for_compensations_after_the_answer(gw, banks):
+    a, _ = banks
+    a.deposit_delay = 1.0
+    status, body = call(gw, "POST", "/slow-transfer", {"from": "alice", "amount": 30},
+                        headers={"X-Request-Id": "drained-1"})
+    assert status == 504 and body["compensating"] == ["withdraw"], body
+    assert gw.stop() == 0  # at once: the client's connection is closed already
+    assert "request drained-1 route slow_transfer: compensations after the answer: withdraw ok" in gw.stderr
+    assert a.balances["alice"] == 100
+
+
+@pytest.mark.parametrize("gw", [{"call_timeout": "150ms"}], indirect=True)
+def test_a_calls_own_timeout_fails_the_sequence(gw, banks):
+    a, _ = banks
+    status, body = call(gw, "POST", "/slow-transfer", {"from": "alice", "amount": 30})
+    assert status == 502, body
+    assert body["failed"]["call"] == "deposit" and body["failed"]["status"] == 504
+    assert body["compensations"] == [{"call": "withdraw", "status": 200, "outcome": "ok"}]
+    assert a.balances["alice"] == 100
+
+
+def test_a_failed_compensation_is_tried_again(gw, banks):
+    a, b = banks
+    a.fail_deposits = 1
+    status, body = call(gw, "POST", "/transfer", {"from": "alice", "to": "nobody", "amount": 30})
+    assert status == 502, body
+    assert body["compensations"] == [{"call": "withdraw", "status": 200, "outcome": "ok", "attempts": 2}]
+    assert a.balances["alice"] == 100
+    deposits = [h["idempotency-key"] for m, p, h, _ in a.seen if p.endswith("/deposit")]
+    assert len(deposits) == 2 and deposits[0] == deposits[1]  # the same key each time
+
+
+def test_a_compensation_that_keeps_failing_is_reported_and_logged(gw, banks):
+    a, b = banks
+    a.fail_deposits = 10
+    status, body = call(gw, "POST", "/transfer", {"from": "alice", "to": "nobody", "amount": 30},
+                        headers={"X-Request-Id": "comp-fails"})
+    assert status == 502, body
+    # bank_a's retries = 2: three tries in all
+    assert body["compensations"] == [{"call": "withdraw", "status": 503, "outcome": "failed", "attempts": 3,
+                                      "error": "try again later"}]
+    assert a.balances["alice"] == 70
+    assert len([p for _, p, _, _ in a.seen if p.endswith("/deposit")]) == 3
+    assert eventually(lambda: any("ERROR" in line and "comp-fails" in line and "compensation of withdraw failed"
+                                  in line for line in gw.stderr.splitlines())), gw.stderr
+
+
+def test_values_of_earlier_responses(gw, banks):
+    """A value missing from an earlier response: 400 naming it, after the compensations
+    (which may themselves lack a value: "not sent"); a response that is not JSON, which
+    a later template reads: 502 naming that call."""
+    a, b = banks
+    status, body = call(gw, "POST", "/reads-earlier", {"field": "carol"})
+    assert status == 502, body
+    assert body["failed"]["call"] == "note" and "not valid JSON" in body["failed"]["error"]
+    assert body["compensations"] == [{"call": "withdraw", "outcome": "not sent",
+                                      "error": "missing template value {withdraw.body.nothing}"}]
+    assert [p for _, p, _, _ in b.seen] == ["/text"]  # "next" never went
+
+
+@pytest.mark.parametrize("gw", [{"max_body": "16B"}], indirect=True)
+def test_a_response_over_max_body_bytes_fails_the_call(gw, banks):
+    status, body = call(gw, "POST", "/reads-earlier", {"field": "carol"})
+    assert status == 502, body
+    assert body["failed"] == {"call": "withdraw", "status": 200, "error": "the response is over max_body_bytes"}
+
+
+def test_a_client_body_over_the_servers_limit_is_a_413(gw, banks):
+    status, body = call(gw, "POST", "/transfer", raw=b'{"from": "alice", "pad": "' + b"x" * 5000 + b'"}',
+                        headers={"Content-Type": "application/json"})
+    assert status == 413, body
+    assert banks[0].seen == [] and banks[1].seen == []
+
+
+def test_a_failed_parallel_call_cuts_the_others(gw, banks):
+    started = time.monotonic()
+    status, body = call(gw, "GET", "/failing", headers={"X-Request-Id": "cut-1"})
+    assert status == 502, body
+    assert body["failed"] == {"call": "missing", "status": 404, "error": "no account nobody"}
+    assert time.monotonic() - started < 1.5  # not held for the sleepy call (2 s)
+    assert eventually(lambda: any('"status":499' in line.replace(" ", "") and "cut-1" in line
+                                  for line in gw.access_lines)), gw.access_lines
+
+
+def test_the_client_leaving_mid_sequence_undoes_what_succeeded(gw, banks):
+    a, _ = banks
+    body = b'{"from": "alice", "amount": 30}'
+    with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+        sock.sendall(b"POST /slow-transfer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        assert eventually(lambda: a.balances["alice"] == 70)  # the withdrawal went
+    assert eventually(lambda: a.balances["alice"] == 100), a.balances
+
+
+def test_http2_clients_get_aggregates_too(gw, banks):
+    with httpx.Client(http1=False, http2=True, base_url=gw.url, timeout=10) as client:
+        response = client.post("/transfer", json={"from": "alice", "to": "carol", "amount": 30})
+        assert response.http_version == "HTTP/2"
+        assert response.status_code == 200, response.text
+        assert response.json()["deposit"] == {"account": "carol", "balance": 35}
+        overview = client.get("/overview/alice", params={"other": "carol"})
+        assert overview.status_code == 200 and set(overview.json()) == {"a", "b", "note"}
+
+
 def test_the_routes_policies_run_first(gw, banks):
     status, _ = call(gw, "GET", "/guarded")
     assert status == 403
@@ -299,7 +505,7 @@ HEAD = '[upstreams.a]\ntargets = ["h:1"]\n[upstreams.b]\ntargets = ["h:2"]\n'
 
 
 def test_the_bank_example_loads():
-    config = parse_config(HEAD.replace('"a"', '"bank_a"') + TRANSFER.replace("bank_", "").replace(
+    config = parse_config(HEAD.replace('"a"', '"bank_a"') + transfer_routes().replace("bank_", "").replace(
         'upstream = "a"', 'upstream = "a"'))
     aggregate = config.routes[0].aggregate
     assert aggregate.mode == "sequence" and aggregate.timeout == 3.0 and aggregate.max_body_bytes == 1 << 20
@@ -368,3 +574,37 @@ def test_too_many_calls_and_bad_keys():
     assert len(errors) == 2, errors
     assert 'routes[0] "t".aggregate.mode' in errors[0] and '"fan"' in errors[0]
     assert errors[1] == 'fastgw.toml: routes[0] "t".aggregate.calls: has 17 calls; at most 16'
+
+
+def test_call_timeouts_and_compensations_only_in_a_sequence():
+    text = HEAD + """
+    [[routes]]
+    name = "t"
+    paths = ["/t"]
+    upstream = "a"
+    [routes.aggregate]
+    mode = "sequence"
+    [[routes.aggregate.calls]]
+    name = "one"
+    upstream = "a"
+    path = "/x"
+    timeout = "250ms"
+    compensate = { method = "DELETE", path = "/x/{one.body.id}" }
+    [[routes.aggregate.calls]]
+    name = "two"
+    upstream = "b"
+    path = "/y"
+    compensate = { path = "/undo", timeout = "2s" }
+    """
+    calls = parse_config(textwrap.dedent(text)).routes[0].aggregate.calls
+    assert (calls[0].timeout, calls[0].compensate.timeout) == (0.25, 0.25)  # a compensation inherits its call's
+    assert (calls[1].timeout, calls[1].compensate.timeout) == (None, 2.0)
+    parallel = text.replace('mode = "sequence"', 'mode = "parallel"').replace("{one.body.id}", "1")
+    assert errors_of(parallel.replace('"250ms"', '"soon"')) == [
+        'fastgw.toml: routes[0] "t".aggregate.calls[0] "one".timeout: "soon" is not a duration'
+        ' (use e.g. "250ms", "5s", "2m", "1h")',
+        'fastgw.toml: routes[0] "t".aggregate.calls[0] "one".compensate: runs only in a sequence'
+        ' (mode = "sequence")',
+        'fastgw.toml: routes[0] "t".aggregate.calls[1] "two".compensate: runs only in a sequence'
+        ' (mode = "sequence")',
+    ]

@@ -35,7 +35,7 @@ ALLOWED: dict[str, set[str]] = {
     "health": {"_core"},
     "protocols": {"proxy", "exchange", "errors", "_core", "protocols", "websocket_registry"},
     "websocket_registry": set(),
-    "aggregate": {"proxy", "exchange", "config"},
+    "aggregate": {"proxy", "exchange", "config", "errors"},
     "runtime": {"websocket_registry"},
     "admin": {"config", "snapshot", "errors", "runtime", "websocket_registry", "logs", "metrics"},
     "server": {"*"},
