@@ -138,8 +138,7 @@ class Aggregation(UpstreamSide):
         answer to write; the calls in flight are cut, and what a sequence did is undone."""
         if self.answered:
             return
-        self.answered = True
-        self.timer.cancel()
+        self._now_answered()
         status = getattr(error, "status", 400) or 400
         self.proxy.fail(self.ex, status, getattr(error, "public", None) or str(error) or "request failed")
         self.proxy.finish(self.ex)
@@ -384,6 +383,10 @@ class Aggregation(UpstreamSide):
                       self.ex.route_name, call.name, missing)
             return False
 
+    def _compensate_again(self, call: Any, attempt: int) -> None:
+        if not self._send_compensation(call, attempt):
+            self._compensate()
+
     def _compensated(self, call: Any, attempt: int, answer: Collector) -> None:
         label = f"{call.name}.compensate"
         self.running.pop(label, None)
@@ -394,7 +397,7 @@ class Aggregation(UpstreamSide):
             log.warning("request %s route %s: compensation of %s failed (%s), trying again", self.ex.request_id,
                         self.ex.route_name, call.name, failure.get("error") or f"answered {answer.status}")
             self.running[label] = None
-            asyncio.get_running_loop().call_later(_RETRY_DELAY * attempt, self._send_compensation, call, attempt + 1)
+            asyncio.get_running_loop().call_later(_RETRY_DELAY * attempt, self._compensate_again, call, attempt + 1)
             return
         outcome: dict[str, Any] = {"call": call.name, "status": answer.status or None,
                                    "outcome": "ok" if failure is None else "failed"}
@@ -454,13 +457,17 @@ class Aggregation(UpstreamSide):
 
     # -- the answer ---------------------------------------------------------------------------------
 
-    def _answer(self, status: int, document: dict[str, Any] | None) -> None:
-        if self.answered:
-            return
+    def _now_answered(self) -> None:
+        """The client has its answer (or is gone): what still runs is compensations."""
         self.answered = True
         self.timer.cancel()
         if any(label.endswith(".compensate") for label in self.running):
             _UNDOING.add(self)
+
+    def _answer(self, status: int, document: dict[str, Any] | None) -> None:
+        if self.answered:
+            return
+        self._now_answered()
         ex = self.ex
         ex.detach_body()
         if ex.failure is not None:  # the client is gone: nothing to write, only to log
