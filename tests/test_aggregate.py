@@ -246,8 +246,41 @@ path = "/accounts/alice/balance"
 """
 
 
+#: three calls, the first two with a compensation; the third goes to upstream LAST
+THREE_STEPS = """
+[[routes]]
+name = "three_steps_LAST"
+paths = ["/three-steps/LAST"]
+methods = ["POST"]
+upstream = "bank_a"
+[routes.aggregate]
+mode = "sequence"
+[[routes.aggregate.calls]]
+name = "first"
+upstream = "bank_a"
+method = "POST"
+path = "/accounts/alice/withdraw"
+body = { amount = 5 }
+compensate = { method = "POST", path = "/accounts/alice/deposit", body = { amount = 5 } }
+[[routes.aggregate.calls]]
+name = "second"
+upstream = "bank_a"
+method = "POST"
+path = "/accounts/bob/withdraw"
+body = { amount = 5 }
+compensate = { method = "POST", path = "/accounts/bob/deposit", body = { amount = "{first.body.balance}" } }
+[[routes.aggregate.calls]]
+name = "third"
+upstream = "LAST"
+method = "POST"
+path = "/accounts/carol/deposit"
+body = { amount = 10 }
+"""
+
+
 def transfer_routes(call_timeout: str = "10s", max_body: str = "1MiB") -> str:
-    return TRANSFER.replace("{call_timeout}", call_timeout).replace("{max_body}", max_body)
+    three_steps = "".join(THREE_STEPS.replace("LAST", last) for last in ("bank_b", "nowhere"))
+    return TRANSFER.replace("{call_timeout}", call_timeout).replace("{max_body}", max_body) + three_steps
 
 
 @pytest.fixture
@@ -259,7 +292,8 @@ def gw(banks, gateway, request):
     routes = transfer_routes(**getattr(request, "param", {}))
     toml = (f'[server]\nlisten = ["127.0.0.1:{port}"]\nmax_body_bytes = "4KiB"\n[log]\naccess = "stdout"\n'
             f'[upstreams.bank_a]\ntargets = ["{a.address}"]\nretries = 2\n'
-            f'[upstreams.bank_b]\ntargets = ["{b.address}"]\n' + routes)
+            f'[upstreams.bank_b]\ntargets = ["{b.address}"]\n'
+            f'[upstreams.nowhere]\ntargets = ["127.0.0.1:{free_port()}"]\n' + routes)
     return gateway(toml, port)
 
 
@@ -353,6 +387,28 @@ def test_deadline_is_a_504_naming_the_running_calls(gw, banks):
     assert status == 504
     assert body["running"] == ["sleepy"]
     assert time.monotonic() - started < 1.5
+
+
+@pytest.mark.parametrize("last", ["bank_b", "nowhere"])
+def test_compensations_run_in_reverse_order(gw, banks, last):
+    """The last call fails (a 404 at bank B; or its upstream is unreachable): the two
+    before it are undone, the second first; a compensation reads its call's response."""
+    a, b = banks
+    if last == "bank_b":
+        b.balances.pop("carol")
+    status, body = call(gw, "POST", f"/three-steps/{last}", {})
+    assert status == 502, body
+    if last == "bank_b":
+        assert body["failed"] == {"call": "third", "status": 404, "error": "no account carol"}
+    else:
+        assert body["failed"]["call"] == "third" and body["failed"]["status"] == 502
+        assert "127.0.0.1" not in json.dumps(body)  # (never an internal address)
+    assert body["compensations"] == [{"call": "second", "status": 200, "outcome": "ok"},
+                                     {"call": "first", "status": 200, "outcome": "ok"}]
+    assert [p for _, p, _, _ in a.seen] == ["/accounts/alice/withdraw", "/accounts/bob/withdraw",
+                                            "/accounts/bob/deposit", "/accounts/alice/deposit"]
+    # bob's compensation deposited alice's balance after the first withdrawal (95)
+    assert a.balances == {"alice": 100, "bob": 100}
 
 
 def test_a_deadline_in_a_sequence_still_compensates(gw, banks):
@@ -505,8 +561,8 @@ HEAD = '[upstreams.a]\ntargets = ["h:1"]\n[upstreams.b]\ntargets = ["h:2"]\n'
 
 
 def test_the_bank_example_loads():
-    config = parse_config(HEAD.replace('"a"', '"bank_a"') + transfer_routes().replace("bank_", "").replace(
-        'upstream = "a"', 'upstream = "a"'))
+    upstreams = HEAD + '[upstreams.nowhere]\ntargets = ["h:3"]\n'
+    config = parse_config(upstreams + transfer_routes().replace("bank_", ""))
     aggregate = config.routes[0].aggregate
     assert aggregate.mode == "sequence" and aggregate.timeout == 3.0 and aggregate.max_body_bytes == 1 << 20
     assert [c.name for c in aggregate.calls] == ["balance", "withdraw", "deposit"]
