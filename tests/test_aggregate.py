@@ -274,6 +274,7 @@ name = "third"
 upstream = "LAST"
 method = "POST"
 path = "/accounts/carol/deposit"
+query = { after = "{second.status}" }
 body = { amount = 10 }
 """
 
@@ -400,6 +401,7 @@ def test_compensations_run_in_reverse_order(gw, banks, last):
     assert status == 502, body
     if last == "bank_b":
         assert body["failed"] == {"call": "third", "status": 404, "error": "no account carol"}
+        assert [p for _, p, _, _ in b.seen] == ["/accounts/carol/deposit?after=200"]
     else:
         assert body["failed"]["call"] == "third" and body["failed"]["status"] == 502
         assert "127.0.0.1" not in json.dumps(body)  # (never an internal address)
