@@ -1,6 +1,12 @@
 """``fastgw demo``: the gateway on an embedded config (``demo.toml``) in front of demo
 backends it starts itself on free loopback ports, so a newcomer sees routing, params,
-rewrites, weighted balancing and the error answers with no file of their own.
+rewrites, weighted balancing, the error answers and an aggregate route (a bank transfer
+with its compensation) with no file of their own.
+
+What lives here: the demo backends (users, echo, and ``Bank``, the two demo banks behind
+the ``transfer`` and ``balances`` aggregate routes), ``demo_config`` (``demo.toml`` with
+its ports filled in), ``tour`` (what the demo prints), ``make_certificate`` (for
+``--tls-port``) and ``run_demo``.
 
 The backends are deliberately plain (the standard library's threading HTTP server in a
 child process): they are there to be proxied, not to be fast.
@@ -24,6 +30,83 @@ from importlib import resources
 USERS = {"1": {"id": 1, "name": "Ada Lovelace"}, "2": {"id": 2, "name": "Alan Turing"},
          "3": {"id": 3, "name": "Grace Hopper"}}
 
+# The demo banks' services (their sockets' names) and opening balances.
+BANKS = {"bank-a": {"alice": 100, "bob": 20}, "bank-b": {"carol": 50}}
+
+
+# -- the demo banks ------------------------------------------------------------------------------
+
+
+class Bank:
+    """One demo bank, in memory: ``GET /accounts`` (every balance), ``GET
+    /accounts/{a}/balance``, ``POST /accounts/{a}/withdraw`` and ``/deposit`` with
+    ``{"amount": n}`` (a positive integer, else 400); 404 for an unknown account, 409 for
+    insufficient funds.
+
+    A POST with an ``Idempotency-Key`` is applied once: the same key again, for the same
+    method, path and body, gets the first answer back (marked ``Idempotent-Replayed:
+    true``) and changes nothing; for another request it is a 422. That is what the
+    gateway's aggregate calls send the key for: a retried call cannot move money twice.
+    """
+
+    MAX_KEYS = 10_000  # answers kept per bank: a demo left running must not grow forever
+
+    def __init__(self, name: str, balances: dict[str, int]) -> None:
+        self.name = name
+        self.balances = dict(balances)
+        # key -> (the request it came with, status, answer), oldest first
+        self.answers: dict[str, tuple[tuple[str, str, bytes], int, dict[str, object]]] = {}
+        # One lock for everything, held from the key's look-up to its answer's storing:
+        # a request repeated while the first is running waits for it, then is replayed.
+        self.lock = threading.Lock()
+
+    def serve(self, method: str, path: str, body: bytes, key: str | None) -> tuple[int, dict[str, object], bool]:
+        """(status, JSON answer, whether it is a replay) for one request."""
+        with self.lock:
+            if not key or method != "POST":  # GETs are safe to repeat: nothing to keep
+                return (*self._apply(method, path, body), False)
+            request = (method, path, body)
+            if key in self.answers:
+                first, status, answer = self.answers[key]
+                if first != request:
+                    return 422, {"error": f"Idempotency-Key {key} was used for another request"}, False
+                return status, answer, True
+            status, answer = self._apply(method, path, body)
+            self.answers[key] = (request, status, answer)
+            if len(self.answers) > self.MAX_KEYS:
+                del self.answers[next(iter(self.answers))]
+            return status, answer, False
+
+    def _apply(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, object]]:
+        parts = path.strip("/").split("/")
+        if parts == ["accounts"] and method == "GET":
+            return 200, {"bank": self.name, "balances": dict(self.balances)}
+        if len(parts) != 3 or parts[0] != "accounts" or parts[2] not in ("balance", "withdraw", "deposit"):
+            return 404, {"error": "no such thing"}
+        account, action = parts[1], parts[2]
+        if (method, action) not in (("GET", "balance"), ("POST", "withdraw"), ("POST", "deposit")):
+            return 405, {"error": "method not allowed"}
+        if account not in self.balances:
+            return 404, {"error": f"no account {account}"}
+        if action != "balance":
+            try:
+                amount = json.loads(body or b"{}").get("amount")
+            except (ValueError, AttributeError):
+                amount = None
+            # (bool is an int in Python; true is not an amount)
+            if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+                return 400, {"error": 'want {"amount": n}, n a positive integer'}
+            if action == "withdraw":
+                if self.balances[account] < amount:
+                    return 409, {"error": "insufficient funds"}
+                self.balances[account] -= amount
+            else:
+                self.balances[account] += amount
+        return 200, {"bank": self.name, "account": account, "balance": self.balances[account]}
+
+
+# -- the backends' process -----------------------------------------------------------------------
+
 
 def _free_socket() -> socket.socket:
     sock = socket.socket()
@@ -31,7 +114,7 @@ def _free_socket() -> socket.socket:
     return sock
 
 
-def _handler(service: str) -> type[BaseHTTPRequestHandler]:
+def _handler(service: str, bank: Bank | None = None) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         # One write per response: separate header and body writes meet Nagle and delayed
@@ -42,10 +125,12 @@ def _handler(service: str) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: object) -> None:  # quiet: fastgw logs
             pass
 
-        def _reply(self, status: int, payload: object) -> None:
+        def _reply(self, status: int, payload: object, replayed: bool = False) -> None:
             body = json.dumps(payload, indent=2).encode() + b"\n"
             self.send_response(status)
             self.send_header("content-type", "application/json")
+            if replayed:
+                self.send_header("idempotent-replayed", "true")
             self.send_header("content-length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -65,6 +150,9 @@ def _handler(service: str) -> type[BaseHTTPRequestHandler]:
         def handle_any(self) -> None:
             body = self._body()
             path, _, query = self.path.partition("?")
+            if bank is not None:
+                self._reply(*bank.serve(self.command, path, body, self.headers.get("idempotency-key")))
+                return
             if service == "echo":
                 if path == "/slow":
                     time.sleep(3)
@@ -94,7 +182,8 @@ def _serve_backends(sockets: dict[str, socket.socket]) -> None:
     """In the backend child process: serve every demo service until killed."""
     servers = []
     for service, sock in sockets.items():
-        server = ThreadingHTTPServer(sock.getsockname(), _handler(service), bind_and_activate=False)
+        bank = Bank(service.replace("-", "_"), BANKS[service]) if service in BANKS else None
+        server = ThreadingHTTPServer(sock.getsockname(), _handler(service, bank), bind_and_activate=False)
         server.socket.close()
         server.socket = sock
         server.daemon_threads = True
@@ -113,7 +202,8 @@ CONFIG_END = "# ---- the demo's config: end ----"
 def demo_config(port: int, ports: dict[str, int]) -> str:
     """``demo.toml`` with its port placeholders filled in: a config that runs as is.
 
-    ``ports`` maps ``users_a``, ``users_b``, ``echo`` and ``dead`` to the backends' ports;
+    ``ports`` maps ``users_a``, ``users_b``, ``echo``, ``bank_a``, ``bank_b`` and ``dead``
+    to the backends' ports;
     ``{examples}`` is the folder of the example plugins shipped with fastgw.
     The template's own header (which explains the placeholders) is replaced by one that
     names the ports, so that the text has no placeholder left outside path patterns.
@@ -161,6 +251,15 @@ Try, in another terminal (each response carries an X-Request-Id; the access log 
   curl -i {base}/broken                # 502: nothing listens behind this route
   curl -i {base}/slow                  # 504: the route's timeout is 1s, the backend takes 3s
 
+Aggregation: one request answered by several backend calls. Bank A holds alice (100) and
+bob (20), bank B holds carol (50):
+
+  # 200: alice's balance and a withdrawal at bank A, then a deposit at bank B, in sequence
+  curl -i -X POST -H 'content-type: application/json' -d '{{"from":"alice","to":"carol","amount":30}}' {base}/transfer
+  # 502: bank B has no "nobody"; the withdrawal was compensated (see "compensations")
+  curl -i -X POST -H 'content-type: application/json' -d '{{"from":"alice","to":"nobody","amount":30}}' {base}/transfer
+  curl -i {base}/balances              # both banks in one answer: alice got that 30 back
+
 Another port: `fastgw demo --port 9000` (or `make run PORT=9000`). Stop with Ctrl-C.
 """
 
@@ -198,7 +297,7 @@ def make_certificate(folder: str) -> tuple[str, str]:
 def run_demo(port: int = 8080, tls_port: int | None = None) -> int:
     from fastgw.server import run
 
-    sockets = {name: _free_socket() for name in ("users-a", "users-b", "echo")}
+    sockets = {name: _free_socket() for name in ("users-a", "users-b", "echo", *BANKS)}
     dead = _free_socket()  # reserved then released: nothing will listen there
     ports = {name.replace("-", "_"): sock.getsockname()[1] for name, sock in sockets.items()}
     ports["dead"] = dead.getsockname()[1]

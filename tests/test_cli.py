@@ -19,13 +19,15 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
 import fastgw
-from fastgw.demo import CONFIG_BEGIN, CONFIG_END
+from fastgw.demo import CONFIG_BEGIN, CONFIG_END, tour
 from tests.conftest import ROOT, free_port, wait_port
 
 FASTGW = Path(sys.executable).with_name("fastgw")  # the console script of this environment
@@ -410,7 +412,8 @@ def test_version_with_python_m(tmp_path):
 
 def _curl(line: str) -> tuple[str, httpx.Response]:
     """Run one ``curl -i ...  # comment`` line of the demo's tour as printed (curl is a CI
-    dependency for exactly this), and return "METHOD /target" and the parsed response."""
+    dependency for exactly this), and return "METHOD /target" (" BODY" after it for a
+    ``-d BODY`` line) and the parsed response."""
     argv = shlex.split(line, comments=True)
     assert argv[:2] == ["curl", "-i"], line
     result = subprocess.run([argv[0], "-sS", "--max-time", "10", *argv[1:]], capture_output=True, timeout=15)
@@ -423,7 +426,8 @@ def _curl(line: str) -> tuple[str, httpx.Response]:
     h2 = " (h2)" if status_line.startswith("HTTP/2 ") else ""
     # (HTTP/2 when the line asks for it, and over TLS, where curl offers h2 by ALPN)
     assert bool(h2) == ("--http2-prior-knowledge" in argv or argv[-1].startswith("https://")), (line, status_line)
-    return f"{method} {re.sub(r'^http://[^/]+', '', argv[-1])}{h2}", response
+    data = f" {argv[argv.index('-d') + 1]}" if "-d" in argv else ""
+    return f"{method} {re.sub(r'^http://[^/]+', '', argv[-1])}{h2}{data}", response
 
 
 def _alive(pid: int) -> bool:
@@ -458,6 +462,13 @@ def _wait(predicate, timeout: float, what: str):
     return value
 
 
+# The tour's bank lines, as _curl names them, and the banks once the tour ran them in order.
+TRANSFER = 'POST /transfer {"from":"alice","to":"carol","amount":30}'
+TRANSFER_TO_NOBODY = 'POST /transfer {"from":"alice","to":"nobody","amount":30}'
+BALANCES_AFTER_THE_TOUR = {"bank_a": {"bank": "bank_a", "balances": {"alice": 70, "bob": 20}},
+                           "bank_b": {"bank": "bank_b", "balances": {"carol": 80}}}
+
+
 @pytest.mark.slow
 def test_demo_serves_the_printed_curl_lines_and_stops_on_ctrl_c(tmp_path):
     port = free_port()
@@ -477,7 +488,8 @@ def test_demo_serves_the_printed_curl_lines_and_stops_on_ctrl_c(tmp_path):
         assert {k: r.status_code for k, r in tried.items()} == {
             "GET /users": 200, "GET /users/2": 200, "GET /users/2 (h2)": 200, "GET /profile/3": 200, "GET /api/orders?x=1": 200,
             "GET /api/../users/1": 200, "GET /anything": 200, "DELETE /users/1": 405, "GET /nowhere": 404,
-            "GET /broken": 502, "GET /slow": 504, "GET /tenants/hello": 200, "OPTIONS /api/x": 204}
+            "GET /broken": 502, "GET /slow": 504, "GET /tenants/hello": 200, "OPTIONS /api/x": 204,
+            TRANSFER: 200, TRANSFER_TO_NOBODY: 502, "GET /balances": 200}
         assert len(ids) == len(tried)
         assert tried["GET /users/2"].json() == {"served_by": tried["GET /users/2"].json()["served_by"],
                                                 "id": 2, "name": "Alan Turing"}
@@ -496,12 +508,17 @@ def test_demo_serves_the_printed_curl_lines_and_stops_on_ctrl_c(tmp_path):
         assert tried["GET /broken"].json()["error"] == "upstream unavailable"  # the address only in the log
         assert sorted(served_by) == ["users-a"] * 2 + ["users-b"] * 6  # weights 1:3
         assert tried["GET /users"].headers["ratelimit-limit"] == "20"  # the users route's limit
+        # The bank transfer (in the tour's order): 30 moved, then a failed one compensated.
+        assert tried[TRANSFER].json()["deposit"] == {"bank": "bank_b", "account": "carol", "balance": 80}
+        failed = tried[TRANSFER_TO_NOBODY].json()
+        assert (failed["failed"]["call"], failed["compensations"][0]["outcome"]) == ("deposit", "ok")
+        assert tried["GET /balances"].json() == BALANCES_AFTER_THE_TOUR
 
         records = _wait(lambda: len(out.read_text().splitlines()) >= len(tried) + 8
                         and [json.loads(line) for line in out.read_text().splitlines()], 5, "the access log")
         backend_ports = {int(rec["upstream"].rsplit(":", 1)[1]) for rec in records
                          if rec["upstream"] and rec["route"] != "broken"}
-        assert len(backend_ports) == 3  # users-a, users-b, echo
+        assert len(backend_ports) == 5  # users-a, users-b, echo, bank-a, bank-b
         family = _descendants(proc.pid)
         assert len(family) == 2  # the backends' process and one worker
 
@@ -520,11 +537,11 @@ def test_demo_serves_the_printed_curl_lines_and_stops_on_ctrl_c(tmp_path):
     # header's "{request_id}" are the config's own syntax).
     config = stderr.split(CONFIG_BEGIN + "\n", 1)[1].split(CONFIG_END, 1)[0]
     assert f'listen = ["127.0.0.1:{port}"]' in config
-    assert not re.findall(r"\{(port|examples|users_a|users_b|echo|dead)\}", config)
+    assert not re.findall(r"\{(port|examples|users_a|users_b|echo|bank_a|bank_b|dead)\}", config)
     (tmp_path / "demo.toml").write_text(config)
     result = fastgw_cmd("check", "-c", "demo.toml", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("demo.toml: ok (7 routes, 3 upstreams")
+    assert result.stdout.startswith("demo.toml: ok (9 routes, 5 upstreams")
     _wait(lambda: not any(_alive(pid) for pid in family), 5, "the demo's processes to end")
     for backend_port in backend_ports:
         with pytest.raises(ConnectionRefusedError):
@@ -578,3 +595,124 @@ def test_demo_serves_https_with_a_certificate_it_makes(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+
+
+@pytest.mark.slow
+def test_demo_bank_transfer_compensates_and_its_banks_apply_an_idempotency_key_once(tmp_path):
+    """The demo's aggregate routes end to end (gateway and banks real processes): a
+    transfer moves money, a failed deposit is compensated, a client's retry under the same
+    X-Request-Id moves nothing twice; and a bank, called directly, applies a key once and
+    keeps its balances right under concurrent requests."""
+    port = free_port()
+    err = tmp_path / "stderr"
+    proc = subprocess.Popen([sys.executable, "-m", "fastgw", "demo", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=err.open("wb"), stdin=subprocess.DEVNULL, cwd=tmp_path,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)), start_new_session=True)
+    try:
+        wait_port(port, proc=proc)
+        tour = _wait(lambda: "Stop with Ctrl-C." in err.read_text() and err.read_text(), 10, "the tour")
+        config = tomllib.loads(tour.split(CONFIG_BEGIN + "\n", 1)[1].split(CONFIG_END, 1)[0])
+        gateway = f"http://127.0.0.1:{port}"
+        bank_a = "http://" + config["upstreams"]["bank_a"]["targets"][0]  # the bank itself, not via fastgw
+        with httpx.Client(timeout=10.0) as client:
+
+            def balances() -> dict:
+                response = client.get(gateway + "/balances")
+                assert response.status_code == 200, response.text
+                assert {bank: doc["bank"] for bank, doc in response.json().items()} == {"bank_a": "bank_a",
+                                                                                          "bank_b": "bank_b"}
+                return {bank: doc["balances"] for bank, doc in response.json().items()}
+
+            def transfer(document: dict, **headers: str) -> httpx.Response:
+                return client.post(gateway + "/transfer", json=document, headers=headers)
+
+            assert balances() == {"bank_a": {"alice": 100, "bob": 20}, "bank_b": {"carol": 50}}
+
+            done = transfer({"from": "alice", "to": "carol", "amount": 30})
+            assert done.status_code == 200, done.text
+            assert done.json() == {"balance": {"bank": "bank_a", "account": "alice", "balance": 100},
+                                   "withdraw": {"bank": "bank_a", "account": "alice", "balance": 70},
+                                   "deposit": {"bank": "bank_b", "account": "carol", "balance": 80}}
+            moved = {"bank_a": {"alice": 70, "bob": 20}, "bank_b": {"carol": 80}}
+            assert balances() == moved
+
+            failed = transfer({"from": "alice", "to": "nobody", "amount": 30})
+            assert failed.json() == {"error": "call 'deposit' failed",
+                                     "failed": {"call": "deposit", "status": 404, "error": "no account nobody"},
+                                     "compensations": [{"call": "withdraw", "status": 200, "outcome": "ok"}],
+                                     "status": 502, "request_id": failed.headers["x-request-id"]}
+            assert failed.status_code == 502
+            assert balances() == moved  # withdrawn, then deposited back: alice has her 30
+
+            poor = transfer({"from": "bob", "to": "carol", "amount": 50})  # bob has 20
+            assert (poor.status_code, poor.json()["failed"], poor.json()["compensations"]) == (
+                502, {"call": "withdraw", "status": 409, "error": "insufficient funds"}, [])
+            incomplete = transfer({"from": "alice", "amount": 5})  # nothing is sent upstream
+            assert (incomplete.status_code, incomplete.json()["error"]) == (400, "missing template value {body.to}")
+            assert balances() == moved
+
+            # A client that retries under its own X-Request-Id: the calls carry the same
+            # Idempotency-Keys, so the banks answer the retry from what they stored.
+            first = transfer({"from": "alice", "to": "carol", "amount": 5}, **{"x-request-id": "retry-1"})
+            again = transfer({"from": "alice", "to": "carol", "amount": 5}, **{"x-request-id": "retry-1"})
+            assert first.status_code == again.status_code == 200, (first.text, again.text)
+            assert again.json()["withdraw"] == first.json()["withdraw"] == {"bank": "bank_a", "account": "alice",
+                                                                              "balance": 65}
+            assert again.json()["deposit"] == {"bank": "bank_b", "account": "carol", "balance": 85}
+            assert balances() == {"bank_a": {"alice": 65, "bob": 20}, "bank_b": {"carol": 85}}
+
+            # The bank directly: a key is applied once, its answer replayed; another request under it is a 422.
+            key = {"idempotency-key": "direct-1"}
+            one = client.post(bank_a + "/accounts/bob/deposit", json={"amount": 5}, headers=key)
+            two = client.post(bank_a + "/accounts/bob/deposit", json={"amount": 5}, headers=key)
+            assert (one.status_code, one.json(), "idempotent-replayed" in one.headers) == (
+                200, {"bank": "bank_a", "account": "bob", "balance": 25}, False)
+            assert (two.status_code, two.json(), two.headers.get("idempotent-replayed")) == (200, one.json(), "true")
+            assert client.post(bank_a + "/accounts/bob/deposit", json={"amount": 6}, headers=key).status_code == 422
+            assert client.post(bank_a + "/accounts/bob/withdraw", json={"amount": 5}, headers=key).status_code == 422
+            assert client.get(bank_a + "/accounts/bob/balance").json()["balance"] == 25
+            # Without a key, each POST is applied.
+            assert [client.post(bank_a + "/accounts/bob/deposit", json={"amount": 1}).json()["balance"]
+                    for _ in range(2)] == [26, 27]
+
+            for amount in (0, -3, "5", 1.5, True, None):
+                response = client.post(bank_a + "/accounts/bob/deposit", json={"amount": amount})
+                assert response.status_code == 400, (amount, response.text)
+            assert client.post(bank_a + "/accounts/bob/deposit", content=b"not json").status_code == 400
+            unknown = client.post(bank_a + "/accounts/zed/withdraw", json={"amount": 1})
+            assert (unknown.status_code, unknown.json()) == (404, {"error": "no account zed"})
+            assert client.get(bank_a + "/accounts").json() == {"bank": "bank_a", "balances": {"alice": 65, "bob": 27}}
+
+        # Concurrent requests: 20 withdrawals of 10 from alice's 65 leave 5 (6 applied,
+        # 14 refused), and 10 deposits under one key are applied once.
+        def post(path: str, headers: dict | None = None) -> httpx.Response:
+            with httpx.Client(timeout=10.0) as own:
+                return own.post(bank_a + path, json={"amount": 10}, headers=headers)
+
+        with ThreadPoolExecutor(20) as pool:
+            withdrawals = list(pool.map(lambda _: post("/accounts/alice/withdraw"), range(20)))
+            deposits = list(pool.map(lambda _: post("/accounts/bob/deposit", {"idempotency-key": "once"}), range(10)))
+        assert sorted(r.status_code for r in withdrawals) == [200] * 6 + [409] * 14
+        assert {r.json()["balance"] for r in deposits} == {37}
+        assert [r.headers.get("idempotent-replayed") for r in deposits].count(None) == 1
+        assert httpx.get(bank_a + "/accounts", timeout=10.0).json()["balances"] == {"alice": 5, "bob": 37}
+
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    assert "Traceback" not in err.read_text()
+
+
+def test_the_docs_bank_lines_are_the_ones_the_demo_prints():
+    """README and docs/aggregation.md show the demo's bank lines as its tour prints them on
+    the default port, so they are the lines the demo's own test runs."""
+    printed = [shlex.split(line, comments=True) for line in tour(8080, "").splitlines()
+               if line.lstrip().startswith("curl ")]
+    for doc in (ROOT / "README.md", ROOT / "docs" / "aggregation.md"):
+        shown = [shlex.split(line, comments=True) for line in doc.read_text().splitlines()
+                 if line.startswith("curl -i ") and re.search(r"/(transfer|balances)\b", line)]
+        assert len(shown) == 3, (doc.name, shown)
+        assert [argv for argv in shown if argv not in printed] == [], doc.name

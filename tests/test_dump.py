@@ -64,7 +64,8 @@ def body(text: str) -> str:
 
 def test_the_demo_config_dumps_every_default_and_loads_back_equal(tmp_path):
     path = tmp_path / "demo.toml"
-    path.write_text(demo_config(8080, {"users_a": 9001, "users_b": 9002, "echo": 9003, "dead": 9004}))
+    path.write_text(demo_config(8080, {"users_a": 9001, "users_b": 9002, "echo": 9003, "bank_a": 9004, "bank_b": 9005,
+                                       "dead": 9006}))
     original = load_config(path)
     result = dump(path)
     assert result.returncode == 0, result.stderr
