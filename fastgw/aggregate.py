@@ -26,7 +26,7 @@ Every call carries ``X-Request-Id`` (the client request's id: its calls share it
 access log) and ``Idempotency-Key: <request id>/<call name>``.
 
 May import: the standard library, orjson, fastgw.errors, fastgw.proxy (``Collector``),
-fastgw.exchange (``UpstreamSide``); fastgw.config only for types.
+fastgw.exchange (``UpstreamSide``), fastgw.config (``template_text``).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 import orjson
 
 from fastgw.errors import ClientClosedRequest
+from fastgw.config import template_text
 from fastgw.exchange import UpstreamSide
 from fastgw.proxy import Collector
 
@@ -82,9 +83,7 @@ _RETRY_DELAY = 0.05
 
 
 def _ref_text(ref: tuple[Any, ...]) -> str:
-    if ref[0] == "call":
-        return "{" + ".".join(ref[1:]) + "}"
-    return "{" + ".".join(ref) + "}"
+    return template_text((ref,))
 
 
 class Aggregation(UpstreamSide):

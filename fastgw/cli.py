@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from fastgw import __version__
 from fastgw._core.router import normalize_path
-from fastgw.config import Config, UpstreamConfig
+from fastgw.config import AggregateConfig, Config, UpstreamConfig, template_text
 from fastgw.errors import ConfigError
 from fastgw.snapshot import Route, Snapshot, served_methods
 
@@ -130,8 +130,12 @@ def cmd_check(snapshot: Snapshot) -> int:
     details: list[list[str]] = [[]]
     for route in snapshot.routes:
         rc = route.config
+        if rc.aggregate is not None:  # (its calls' upstreams, not the route's, are used)
+            goes_to = "aggregate → " + ", ".join(dict.fromkeys(call.upstream for call in rc.aggregate.calls))
+        else:
+            goes_to = f"{rc.upstream} → {describe_targets(route.upstream)}"
         rows.append((str(rc.index), rc.name, " ".join(rc.hosts) or "*", describe_methods(rc.methods),
-                     " ".join(rc.paths), str(rc.priority), f"{rc.upstream} → {describe_targets(route.upstream)}"))
+                     " ".join(rc.paths), str(rc.priority), goes_to))
         details.append(describe_route(config, route))
     _print_table(rows, details)
     print()
@@ -226,6 +230,22 @@ def describe_route(config: Config, route: Route) -> list[str]:
         lines.append(f"match_split {header} = {_quoted(value)} → {name}")
     if route.split_shares:
         lines.append("split " + " / ".join(f"{percent}% {up.name}" for up, percent in route.split_shares))
+    if rc.aggregate is not None:
+        lines.extend(describe_aggregate(rc.aggregate))
+    return lines
+
+
+def describe_aggregate(spec: AggregateConfig) -> list[str]:
+    """An aggregate route's composition: its mode and bounds, then a line per call."""
+    lines = [f"aggregate {spec.mode}, timeout {_seconds(spec.timeout)}, "
+             f"max_body_bytes {spec.max_body_bytes} per response"]
+    for number, call in enumerate(spec.calls, 1):
+        line = f"  {number}. {call.name}: {call.method} {call.upstream} {template_text(call.path)}"
+        if call.timeout is not None:
+            line += f" (timeout {_seconds(call.timeout)})"
+        if call.compensate is not None:
+            line += f"; compensate {call.compensate.method} {template_text(call.compensate.path)}"
+        lines.append(line)
     return lines
 
 
@@ -284,6 +304,10 @@ def cmd_explain(snapshot: Snapshot, method: str, url: str, header_args: list[str
     if match.params:
         print("params: " + ", ".join(f"{k}={v}" for k, v in match.params.items()))
     print(f"policies: {route.chain.describe()}")
+    if rc.aggregate is not None:  # answered by its calls, not forwarded
+        for line in describe_aggregate(rc.aggregate):
+            print(line)
+        return 0
     print(f"upstream: {describe_choice(route, sent)} path {upstream_path}"
           + (f" timeout {_seconds(rc.timeout)}" if rc.timeout else ""))
     return 0

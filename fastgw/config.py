@@ -988,6 +988,12 @@ def compile_template(text: str, earlier: tuple[str, ...], mode: str = "sequence"
     return tuple(parts)
 
 
+def template_text(template: Template) -> str:
+    """A compiled template written back as text (``check``, ``explain``, error messages)."""
+    return "".join(part if isinstance(part, str) else
+                   "{" + ".".join(part[1:] if part[0] == "call" else part) + "}" for part in template)
+
+
 def _reference(ref: str, earlier: tuple[str, ...], mode: str, names: tuple[str, ...]) -> tuple[Any, ...]:
     keys = ref.strip().split(".")
     head = keys[0]

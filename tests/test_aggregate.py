@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -666,3 +668,22 @@ def test_call_timeouts_and_compensations_only_in_a_sequence():
         'fastgw.toml: routes[0] "t".aggregate.calls[1] "two".compensate: runs only in a sequence'
         ' (mode = "sequence")',
     ]
+
+
+def test_check_and_explain_show_the_composition(tmp_path):
+    config = tmp_path / "fastgw.toml"
+    upstreams = "".join(f'[upstreams.{name}]\ntargets = ["127.0.0.1:{n}"]\n'
+                        for n, name in enumerate(("bank_a", "bank_b", "nowhere"), 9001))
+    config.write_text(upstreams + transfer_routes())
+    run = [sys.executable, "-m", "fastgw"]
+    check = subprocess.run([*run, "check", "-c", str(config)], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
+    assert "aggregate → bank_a, bank_b" in check.stdout
+    assert ("  2. withdraw: POST bank_a /accounts/{body.from}/withdraw; compensate POST"
+            " /accounts/{body.from}/deposit") in check.stdout
+    explain = subprocess.run([*run, "explain", "-c", str(config), "POST", "/three-steps/bank_b"],
+                             capture_output=True, text=True, timeout=30)
+    assert explain.returncode == 0, explain.stderr
+    assert "aggregate sequence, timeout 30s" in explain.stdout
+    assert "  3. third: POST bank_b /accounts/carol/deposit" in explain.stdout
+    assert "upstream:" not in explain.stdout  # (not forwarded)
