@@ -263,7 +263,11 @@ class Aggregation(UpstreamSide):
             fields.append((b"host", self.ex.authority))
         if call.body is not None:
             fields.append((b"content-type", b"application/json"))
-        collector = Collector(lambda answer: done(call, answer), body, self.spec.max_body_bytes)
+        # ``done`` runs on the loop's next turn, not inside the relay that completed the
+        # answer: the call's access log line comes first (before the client's, when that
+        # answer ends the composition), and no send nests inside another's callback.
+        call_soon = asyncio.get_running_loop().call_soon
+        collector = Collector(lambda answer: call_soon(done, call, answer), body, self.spec.max_body_bytes)
         iex = self.proxy.internal_exchange(self.ex, path, query, fields, collector)
         iex.method = call.method
         iex.is_head = call.method == "HEAD"

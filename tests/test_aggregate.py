@@ -549,7 +549,9 @@ def test_calls_are_in_the_access_log(gw, banks):
         if len([line for line in lines if "ov-1" in json.dumps(line)]) >= 4:
             break
         time.sleep(0.05)
-    assert len([line for line in lines if "ov-1" in json.dumps(line)]) == 4  # 3 calls + the client's
+    ours = [line for line in lines if "ov-1" in json.dumps(line)]
+    assert len(ours) == 4  # 3 calls + the client's, last (its calls were over before its answer)
+    assert "/overview/alice" in json.dumps(ours[-1]) and "/overview" not in json.dumps(ours[:3]), ours
 
 
 # -- config errors ---------------------------------------------------------------------------
