@@ -26,7 +26,7 @@ spoiled. The result fails when it exceeds the baseline's ratio by more than MARG
 
 The baseline is benchmarks/guard_baseline.json (the ratio, every round, the date, the
 machine, the commit and the command); ``--update`` rewrites it. 127.0.0.1 only; the
-whole run is bounded (TIME_LIMIT). Exit status: 0 pass (or baseline written), 1 a
+whole run is bounded (2 x rounds x duration + 2 x warm-up + 30 s, then it fails). Exit status: 0 pass (or baseline written), 1 a
 regression or a side that fails to start or to answer, 2 a missing tool or baseline.
 
 May import the standard library and benchmarks/macro.py (its sides and wrk) and
@@ -64,7 +64,7 @@ MARGIN = 0.12
 ROUNDS = 9
 UPDATE_ROUNDS = 18    # a baseline is recorded once and judged against many times: steadier
 DURATION = 2          # seconds per wrk run: more short rounds tame bursts better than fewer long ones
-WARMUP = 2            # 1 s left fastgw's first round high
+WARMUP = 2            # with 1 s, fastgw's first round came out high in 4 of 6 trial runs
 CONNECTIONS = 50
 TOOLS = {"nginx": "nginx-light", "wrk": "wrk"}
 
