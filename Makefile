@@ -8,7 +8,7 @@ PORT   ?= 8080
 # Parallel compiler jobs for the native modules.
 JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: prereq run test compile debug bench-micro bench bench-quick bench-memory clean lint
+.PHONY: prereq run test compile debug bench-micro bench bench-quick bench-memory bench-guard bench-guard-update clean lint
 
 $(VENV)/bin/activate:
 	@echo "fastgw: making the virtual environment $(VENV)"
@@ -71,6 +71,16 @@ bench: $(VENV)/.installed compile
 # CI short mode: every scenario once, 2 s, -c50. Reports, never judges a ratio.
 bench-quick: $(VENV)/.installed compile
 	$(PY) benchmarks/macro.py --quick
+
+# The speed guard (under a minute): fastgw's CPU per request relative to nginx's, against
+# benchmarks/guard_baseline.json; fails when it grew by more than guard.py's MARGIN.
+bench-guard: $(VENV)/.installed compile
+	$(PY) benchmarks/guard.py
+
+# Records a new baseline (about 90 s): only for a cost that is wanted, or a new machine
+# (benchmarks/README.md, "The speed guard").
+bench-guard-update: $(VENV)/.installed compile
+	$(PY) benchmarks/guard.py --update
 
 # Worker RSS with 10,000 idle keep-alive connections, fastgw and nginx (under a minute).
 bench-memory: $(VENV)/.installed compile
