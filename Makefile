@@ -63,7 +63,7 @@ bench-micro: $(VENV)/.installed compile
 
 # fastgw against nginx (needs nginx and wrk, and benchmarks/macro.py checks for h2load too:
 # apt-get install nginx-light wrk nghttp2-client).
-# The full suite takes about 13 minutes and wants an otherwise idle machine; BENCH_ARGS
+# The full suite takes about 30 minutes and wants an otherwise idle machine; BENCH_ARGS
 # passes options through, e.g. make bench BENCH_ARGS="--scenario json_4k --duration 5".
 bench: $(VENV)/.installed compile
 	$(PY) benchmarks/macro.py $(BENCH_ARGS)

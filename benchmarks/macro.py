@@ -13,7 +13,10 @@ exits 2 naming what is missing. For each scenario it starts, on fresh ports:
 - fastgw: access log off, upstream keepalive 64, the route table of the scenario;
 
 (the ``websocket`` scenario: a ``websockets`` echo backend, both proxies set to tunnel to
-it, and benchmarks/websocket_load.py's client instead of wrk, counting round trips);
+it, and benchmarks/websocket_load.py's client instead of wrk, counting round trips; the
+``aggregate`` scenario: no nginx proxy, fastgw with a parallel aggregate route of three
+calls, measured against wrk calling the backend directly, with fastgw's CPU per request
+from /proc: ``measure_aggregate``);
 checks that both proxies give the backend's answer to the scenario's request, then, for
 each load (``wrk -t1 -cC -dDs --latency``; for the HTTP/2 scenarios ``h2load -t1 -cC -mM
 -DD`` over cleartext HTTP/2 by prior knowledge, its per-request log giving p50 and p99),
@@ -27,9 +30,14 @@ or smoke run never replaces the latest full table.
 
 Every request, in every scenario, goes to the last route of fastgw's table (a wildcard
 host and a ``{param}`` path with a catch-all) with ``Host: gw.bench.example.com``; nginx
-gets the same request on a single ``location /``. Results are reported, never asserted:
+gets the same request on a single ``location /``. (The aggregate scenario's aggregate
+requests take an 11th route, its exact path.) Results are reported, never asserted:
 the exit status is 0 unless a tool is missing (2) or a side fails to start or to answer
 correctly (1). Fair play is in benchmarks/README.md.
+
+May import: the standard library; fastgw.demo (the TLS scenario's certificate), imported
+only when that scenario runs. fastgw itself runs as ``python -m fastgw run``, never
+in-process.
 """
 
 from __future__ import annotations
@@ -62,6 +70,8 @@ TOOLS = {"nginx": "nginx-light", "wrk": "wrk", "h2load": "nghttp2-client"}
 HOST = "gw.bench.example.com"
 SMALL_BODY = "hello from the backend\n"
 UPSTREAM_KEEPALIVE = 64
+# The aggregate scenario's backend answer, one per call: small JSON, served from memory.
+ITEM_JSON = '{"sku":"SKU-00042","name":"item number 42","price":56.0,"in_stock":true}'
 
 
 def json_4k() -> str:
@@ -103,6 +113,10 @@ http {{
     server {{
         listen 127.0.0.1:{port} reuseport;
         location / {{ return 200 "{SMALL_BODY.strip()}\\n"; }}
+        location /api/v1/item/ {{
+            default_type application/json;
+            return 200 '{ITEM_JSON}';
+        }}
         location = /api/v1/json {{
             default_type application/json;
             return 200 "{joined}";
@@ -193,7 +207,7 @@ TLS_NGINX = """ssl_certificate {folder}/demo-cert.pem;
 
 
 def fastgw_conf(port: int, backend: int, workers: int, routes: int, server_extra: str = "",
-                target_extra: str = "") -> str:
+                target_extra: str = "", more_routes: str = "") -> str:
     return f"""
 [server]
 listen = ["127.0.0.1:{port}"]
@@ -205,7 +219,7 @@ access = "off"
 targets = ["127.0.0.1:{backend}"]
 keepalive = {UPSTREAM_KEEPALIVE}
 
-""" + route_table(routes, target_extra)
+""" + route_table(routes, target_extra) + more_routes
 
 
 # -- scenarios ----------------------------------------------------------------------------------
@@ -227,6 +241,29 @@ api_keys = ["bench-key-0123456789"]
 """
 
 
+# The aggregate scenario: three small GETs to the backend sent at once, composed into one
+# JSON object. Its exact path outranks the benchmark route's "/api/{version}/*" (a literal
+# segment before a parameter), whatever the order in the file.
+AGGREGATE_CALLS = ("/api/v1/item/1", "/api/v1/item/2", "/api/v1/item/3")
+AGGREGATE_PATH = "/api/v1/aggregate"
+AGGREGATE_ROUTE = f"""
+[[routes]]
+name = "aggregate"
+hosts = ["*.bench.example.com"]
+paths = ["{AGGREGATE_PATH}"]
+methods = ["GET"]
+upstream = "backend"
+[routes.aggregate]
+mode = "parallel"
+timeout = "5s"
+""" + "".join(f"""[[routes.aggregate.calls]]
+name = "item{i}"
+upstream = "backend"
+method = "GET"
+path = "{path}"
+""" for i, path in enumerate(AGGREGATE_CALLS, 1))
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -244,6 +281,7 @@ class Scenario:
     loads: tuple[int, ...] = ()     # the connection counts of this scenario (default: --connections)
     compare_plain: bool = False     # a second fastgw without them, interleaved too
     websocket: bool = False         # a websockets echo backend, tunnelled; benchmarks/websocket_load.py's client
+    aggregate: bool = False         # fastgw's aggregate route against the client calling the backend itself; no nginx
     note: str = ""
 
 
@@ -271,6 +309,10 @@ SCENARIOS = {s.name: s for s in (
              target_extra='websocket = "proxy"\n', websocket=True,
              note="messages/s, not requests: benchmarks/websocket_load.py's client (Python, one process), "
                   "the same for both"),
+    Scenario("aggregate", f"GET of a parallel aggregate route: three GETs of a {len(ITEM_JSON)}-byte JSON answer "
+             "sent at once by fastgw, composed into one JSON object; against the client sending the same three itself",
+             path=AGGREGATE_PATH, aggregate=True, loads=(1, 50),
+             note="not against nginx: the direct client is the reference"),
 )}
 
 
@@ -367,7 +409,8 @@ def start_scenario(stack: Stack, sc: Scenario) -> dict[str, Proc]:
         server_extra = (f'[server.tls]\nlisten = ["127.0.0.1:{fastgw_port}"]\n'
                         f'certificates = [{{ cert = "{cert}", key = "{key}" }}]\n')
     (folder / "fastgw.toml").write_text(fastgw_conf(free_port() if sc.tls else fastgw_port, backend, sc.workers,
-                                                    sc.routes, server_extra, target_extra=sc.target_extra))
+                                                    sc.routes, server_extra, target_extra=sc.target_extra,
+                                                    more_routes=AGGREGATE_ROUTE if sc.aggregate else ""))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     if sc.websocket:
         backend_side = stack.start("backend", [sys.executable, str(HERE / "websocket_load.py"), "echo", "--port",
@@ -375,13 +418,12 @@ def start_scenario(stack: Stack, sc: Scenario) -> dict[str, Proc]:
     else:
         backend_side = stack.start("backend", ["nginx", "-c", str(folder / "backend.conf"), "-p", str(folder)],
                                    backend, extra_logs=(folder / "backend.err",))
-    sides = {
-        "backend": backend_side,
-        "nginx": stack.start("nginx", ["nginx", "-c", str(folder / "proxy.conf"), "-p", str(folder)],
-                             nginx_port, extra_logs=(folder / "proxy.err",)),
-        "fastgw": stack.start("fastgw", [sys.executable, "-m", "fastgw", "run", "-c", str(folder / "fastgw.toml")],
-                              fastgw_port, env=env),
-    }
+    sides = {"backend": backend_side}
+    if not sc.aggregate:  # (nginx has no aggregation: that scenario's reference is the backend itself)
+        sides["nginx"] = stack.start("nginx", ["nginx", "-c", str(folder / "proxy.conf"), "-p", str(folder)],
+                                     nginx_port, extra_logs=(folder / "proxy.err",))
+    sides["fastgw"] = stack.start("fastgw", [sys.executable, "-m", "fastgw", "run", "-c",
+                                             str(folder / "fastgw.toml")], fastgw_port, env=env)
     if sc.compare_routes:
         name = f"fastgw_{sc.compare_routes}routes"
         port = free_port()
@@ -400,10 +442,11 @@ def start_scenario(stack: Stack, sc: Scenario) -> dict[str, Proc]:
 # -- the request and wrk ------------------------------------------------------------------------
 
 
-def fetch(port: int, sc: Scenario, tls: bool = False, h2: bool = False) -> tuple[int, bytes]:
+def fetch(port: int, sc: Scenario, tls: bool = False, h2: bool = False, path: str | None = None) -> tuple[int, bytes]:
+    path = path or sc.path
     if h2:  # (nginx's cleartext HTTP/2 port speaks nothing else)
         done = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "-H", f"Host: {HOST}", "-w", "\n%{http_code}",
-                               f"http://127.0.0.1:{port}{sc.path}"], capture_output=True, timeout=10)
+                               f"http://127.0.0.1:{port}{path}"], capture_output=True, timeout=10)
         body, _, status = done.stdout.rpartition(b"\n")
         return int(status or 0), body
     # 1 KiB of JSON for a POST, as post_1k.lua sends (the backend answers the same to any body)
@@ -416,7 +459,7 @@ def fetch(port: int, sc: Scenario, tls: bool = False, h2: bool = False) -> tuple
         headers = {"Host": HOST, **dict(f.split(": ", 1) for f in sc.headers)}
         if body is not None:
             headers["Content-Type"] = "application/json"
-        conn.request(sc.method, sc.path, body=body, headers=headers)
+        conn.request(sc.method, path, body=body, headers=headers)
         resp = conn.getresponse()
         return resp.status, resp.read()
     finally:
@@ -432,6 +475,9 @@ def check_answers(sides: dict[str, Proc], sc: Scenario) -> None:
             if not result["requests"] or result["errors"]:
                 raise Fail(f"{sc.name}: {name} echoes no WebSocket message: {result}")
         return
+    if sc.aggregate:
+        check_aggregate(sides, sc)
+        return
     status, expected = fetch(sides["backend"].port, sc)
     if status != 200:
         raise Fail(f"{sc.name}: the backend answers {status} to {sc.path}")
@@ -442,6 +488,34 @@ def check_answers(sides: dict[str, Proc], sc: Scenario) -> None:
         if status != 200 or body != expected:
             raise Fail(f"{sc.name}: {name} answers {status} with {len(body)} bytes to {sc.path}, "
                        f"the backend 200 with {len(expected)}:\n{body[:300]!r}")
+
+
+def check_aggregate(sides: dict[str, Proc], sc: Scenario) -> None:
+    """The aggregate URL must answer 200 with one member per call, each the backend's
+    own JSON, and the proxied call the backend's answer: otherwise the run would time
+    502s or 404s."""
+    expected = {}
+    for i, path in enumerate(AGGREGATE_CALLS, 1):
+        status, body = fetch(sides["backend"].port, sc, path=path)
+        if status != 200:
+            raise Fail(f"{sc.name}: the backend answers {status} to {path}")
+        expected[f"item{i}"] = json.loads(body)
+    status, body = fetch(sides["fastgw"].port, sc, path=AGGREGATE_CALLS[0])
+    if status != 200 or json_or_none(body) != expected["item1"]:
+        raise Fail(f"{sc.name}: fastgw answers {status} to {AGGREGATE_CALLS[0]} (proxied), not the backend's "
+                   f"200:\n{body[:300]!r}")
+    status, body = fetch(sides["fastgw"].port, sc)
+    got = json_or_none(body)
+    if status != 200 or not isinstance(got, dict) or list(got) != list(expected) or got != expected:
+        raise Fail(f"{sc.name}: fastgw's answer to {sc.path} is not a 200 with the members "
+                   f"{', '.join(expected)}, each the backend's JSON; it is a {status}:\n{body[:600]!r}")
+
+
+def json_or_none(body: bytes):
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
 
 
 def to_ms(text: str) -> float:
@@ -464,13 +538,14 @@ def load(port: int, sc: Scenario, connections: int, duration: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def wrk(port: int, sc: Scenario, connections: int, duration: int) -> dict:
+def wrk(port: int, sc: Scenario, connections: int, duration: int, path: str | None = None,
+        lua: str | None = None) -> dict:
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-H", f"Host: {HOST}"]
     for header in sc.headers:
         argv += ["-H", header]
-    if sc.lua:
-        argv += ["-s", str(HERE / sc.lua)]
-    argv.append(f"{'https' if sc.tls else 'http'}://127.0.0.1:{port}{sc.path}")
+    if lua or sc.lua:
+        argv += ["-s", str(HERE / (lua or sc.lua))]
+    argv.append(f"{'https' if sc.tls else 'http'}://127.0.0.1:{port}{path or sc.path}")
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30)
     out = done.stdout
     if done.returncode != 0 or "Requests/sec" not in out:
@@ -483,13 +558,16 @@ def wrk(port: int, sc: Scenario, connections: int, duration: int) -> dict:
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if non_2xx:
         errors["non_2xx_3xx"] = int(non_2xx.group(1))
-    return {
+    result = {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
         "requests": int(re.search(r"(\d+) requests in", out).group(1)),
         "p50_ms": to_ms(re.search(r"\s50%\s+(\S+)", out).group(1)),
         "p99_ms": to_ms(re.search(r"\s99%\s+(\S+)", out).group(1)),
         "errors": {k: v for k, v in errors.items() if v},
     }
+    for key, value in re.findall(r"^lua: (\w+)_us (\d+)$", out, re.M):  # a script's own figures
+        result[f"{key}_ms"] = int(value) / 1000.0
+    return result
 
 
 def h2load(port: int, sc: Scenario, connections: int, duration: int) -> dict:
@@ -578,6 +656,87 @@ def measure(sides: dict[str, Proc], stack: Stack, sc: Scenario, connections: int
     return entry
 
 
+def session_cpu_ticks(session: int) -> tuple[int, int]:
+    """User and system CPU (clock ticks) of every live process in ``session``: a side
+    started by ``Stack.start`` leads its own, so for fastgw that is the supervisor and its
+    workers."""
+    user = system = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:  # (gone meanwhile)
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()  # from field 3 on: the name may hold spaces
+        if int(fields[3]) == session:
+            user, system = user + int(fields[11]), system + int(fields[12])
+    return user, system
+
+
+def measure_aggregate(sides: dict[str, Proc], stack: Stack, sc: Scenario, connections: int, args) -> dict:
+    """The aggregate scenario at ``connections`` clients: three runs, interleaved ``--rounds``
+    times. ``direct``: wrk with 3 × ``connections`` connections on a call's URL at the
+    backend (a client's three parallel calls on three connections: the backend has as many
+    calls in flight as under the aggregate). ``fastgw_proxied``: one call proxied by
+    fastgw's ordinary route, ``connections`` connections. ``fastgw_aggregate``: the
+    aggregate URL, ``connections`` connections. fastgw's CPU (its processes' user and
+    system time, /proc) is read around each of its runs."""
+    gateway = sides["fastgw"]
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+    plans = {  # name: (port, path, wrk connections, script)
+        "direct": (sides["backend"].port, AGGREGATE_CALLS[0], 3 * connections, "aggregate_direct.lua"),
+        "fastgw_proxied": (gateway.port, AGGREGATE_CALLS[0], connections, None),
+        "fastgw_aggregate": (gateway.port, sc.path, connections, None),
+    }
+    for name in ("fastgw_proxied", "fastgw_aggregate"):  # the backend answers from memory: nothing to warm
+        port, path, conns, lua = plans[name]
+        wrk(port, sc, conns, args.warmup, path=path, lua=lua)
+    runs: dict[str, list[dict]] = {name: [] for name in plans}
+    for i in range(args.rounds):
+        for name, (port, path, conns, lua) in plans.items():
+            before = session_cpu_ticks(gateway.popen.pid)
+            result = wrk(port, sc, conns, args.duration, path=path, lua=lua)
+            after = session_cpu_ticks(gateway.popen.pid)
+            stack.check_alive()
+            cpu = ""
+            if name != "direct" and result["requests"]:
+                result["cpu_user_us"] = (after[0] - before[0]) * tick_us / result["requests"]
+                result["cpu_system_us"] = (after[1] - before[1]) * tick_us / result["requests"]
+                result["cpu_us"] = result["cpu_user_us"] + result["cpu_system_us"]
+                cpu = f"  fastgw CPU {result['cpu_us']:6.1f} µs/request"
+            runs[name].append(result)
+            flag = f"  ERRORS {result['errors']}" if result["errors"] else ""
+            print(f"  {sc.name} -c{connections} round {i + 1} {name:18} {result['rps']:>9.0f} req/s  "
+                  f"p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms{cpu}{flag}", flush=True)
+    medians = {name: median_of(rs) for name, rs in runs.items()}
+    for name, rs in runs.items():
+        for key in ("cpu_us", "cpu_user_us", "cpu_system_us", "slowest_of_3_p50_ms", "slowest_of_3_p99_ms"):
+            if all(key in r for r in rs):
+                medians[name][key] = statistics.median(r[key] for r in rs)
+    errors = {name: error_total(rs) for name, rs in runs.items()}
+    direct, proxied, agg = medians["direct"], medians["fastgw_proxied"], medians["fastgw_aggregate"]
+    return {
+        "scenario": sc.name, "what": sc.what, "note": sc.note, "connections": connections,
+        "request": {"method": sc.method, "path": sc.path, "host": HOST, "calls": list(AGGREGATE_CALLS),
+                    "direct": {"path": AGGREGATE_CALLS[0], "connections": 3 * connections},
+                    "proxied": {"path": AGGREGATE_CALLS[0], "connections": connections}},
+        "workers": sc.workers, "fastgw_routes": sc.routes + 1,
+        "runs": runs, "medians": medians, "errors": {k: v for k, v in errors.items() if v},
+        "aggregate": {
+            "rps": agg["rps"], "proxied_rps": proxied["rps"], "direct_calls_rps": direct["rps"],
+            # a client's aggregate answer against its own three parallel calls: one call's
+            # percentile (a bound that can only overstate what fastgw adds) and the
+            # slowest-of-three estimate (exact if the calls' times were independent)
+            "added_p50_ms": agg["p50_ms"] - direct["p50_ms"],
+            "added_p99_ms": agg["p99_ms"] - direct["p99_ms"],
+            "added_p50_ms_vs_slowest_of_3": agg["p50_ms"] - direct.get("slowest_of_3_p50_ms", direct["p50_ms"]),
+            "added_p99_ms_vs_slowest_of_3": agg["p99_ms"] - direct.get("slowest_of_3_p99_ms", direct["p99_ms"]),
+            "cpu_us_per_aggregate": agg.get("cpu_us"), "cpu_us_per_proxied": proxied.get("cpu_us"),
+        },
+    }
+
+
 # -- reporting ----------------------------------------------------------------------------------
 
 
@@ -616,6 +775,17 @@ def errors_text(errors: dict) -> str:
 
 
 def table(entries: list[dict], args) -> str:
+    against_nginx = [e for e in entries if "aggregate" not in e]
+    lines = against_nginx_table(against_nginx, args) if against_nginx else []
+    aggregates = [e for e in entries if "aggregate" in e]
+    if aggregates:
+        lines += ([""] if lines else []) + aggregate_table(aggregates, args)
+    lines += ["", "Scenarios: " + "; ".join(
+        f"`{name}`: {SCENARIOS[name].what}" for name in dict.fromkeys(e["scenario"] for e in entries)) + "."]
+    return "\n".join(lines)
+
+
+def against_nginx_table(entries: list[dict], args) -> list[str]:
     lines = [
         f"wrk -t1 -d{args.duration}s --latency (h2 scenarios: h2load -t1 -m10), {args.rounds} round(s) interleaved (nginx, fastgw, ...), "
         f"medians; ratio = fastgw / nginx.",
@@ -646,9 +816,51 @@ def table(entries: list[dict], args) -> str:
             f"| {e['scenario']} | {e['connections']} | {n['rps']:,.0f} | {f['rps']:,.0f} | **{e['ratio_rps']:.2f}×** "
             f"| {n['p50_ms']:.2f} ms | {f['p50_ms']:.2f} ms | {n['p99_ms']:.2f} ms | {f['p99_ms']:.2f} ms "
             f"| {e['ratio_p99']:.2f}× | {'; '.join(notes)} |")
-    lines += ["", "Scenarios: " + "; ".join(
-        f"`{name}`: {SCENARIOS[name].what}" for name in dict.fromkeys(e["scenario"] for e in entries)) + "."]
-    return "\n".join(lines)
+    return lines
+
+
+def aggregate_table(entries: list[dict], args) -> list[str]:
+    """The aggregate scenario's rows: fastgw against the client calling the backend
+    itself, not against nginx (benchmarks/README.md says how to read them)."""
+    lines = [
+        f"Aggregation, fastgw against no gateway (not against nginx): wrk -t1 -d{args.duration}s --latency, "
+        f"{args.rounds} round(s) interleaved (direct, proxied, aggregate), medians. conns = clients: the aggregate "
+        "and proxied runs use that many connections, the direct run 3× (each client's three parallel calls). "
+        "added = aggregate − direct (one call's percentile); fastgw CPU = its processes' user + system time "
+        "(/proc) per request served.",
+        "",
+        "| scenario | conns | direct calls/s | proxied req/s | aggregate req/s | direct p50 | aggregate p50 "
+        "| added p50 | direct p99 | aggregate p99 | added p99 | fastgw CPU / proxied | fastgw CPU / aggregate "
+        "| notes |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for e in entries:
+        m, a = e["medians"], e["aggregate"]
+        d, p, g = m["direct"], m["fastgw_proxied"], m["fastgw_aggregate"]
+        notes = []
+        if args.rounds == 1:
+            notes.append("1 round: smoke test, not a measurement")
+        if e["errors"]:
+            notes.append(f"**⚠ errors** ({errors_text(e['errors'])})")
+        notes.append(f"against the slowest of three direct calls (estimate): added p50 "
+                     f"{a['added_p50_ms_vs_slowest_of_3']:+.3f} ms, p99 {a['added_p99_ms_vs_slowest_of_3']:+.3f} ms")
+        if a["cpu_us_per_aggregate"] and a["cpu_us_per_proxied"]:
+            notes.append(f"an aggregate costs fastgw {a['cpu_us_per_aggregate'] / a['cpu_us_per_proxied']:.1f}× "
+                         f"the CPU of a proxied call")
+        if e["note"]:
+            notes.append(e["note"])
+        lines.append(
+            f"| {e['scenario']} | {e['connections']} | {d['rps']:,.0f} | {p['rps']:,.0f} | {g['rps']:,.0f} "
+            f"| {d['p50_ms']:.3f} ms | {g['p50_ms']:.3f} ms | **{a['added_p50_ms']:+.3f} ms** "
+            f"| {d['p99_ms']:.3f} ms | {g['p99_ms']:.3f} ms | **{a['added_p99_ms']:+.3f} ms** "
+            f"| {cpu_text(p)} | {cpu_text(g)} | {'; '.join(notes)} |")
+    return lines
+
+
+def cpu_text(medians: dict) -> str:
+    if "cpu_us" not in medians:
+        return "n/a"
+    return f"{medians['cpu_us']:.1f} µs ({medians['cpu_user_us']:.1f} user + {medians['cpu_system_us']:.1f} sys)"
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -705,7 +917,8 @@ def main(argv: list[str] | None = None) -> int:
                 if sc.loads and not args.explicit_connections:
                     loads = sc.loads[:1] if args.quick else list(sc.loads)
                 for connections in loads:
-                    entries.append(measure(sides, stack, sc, connections, args))
+                    entries.append((measure_aggregate if sc.aggregate else measure)(sides, stack, sc, connections,
+                                                                                    args))
             finally:
                 stack.stop()
                 shutil.rmtree(folder, ignore_errors=True)
