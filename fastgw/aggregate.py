@@ -116,6 +116,7 @@ class Aggregation(UpstreamSide):
         self.stopped = False                   # no more calls: failed, expired or abandoned
         self.answered = False
         self.timer: Any = None
+        self.loop: Any = None
         self.deadline = 0.0
         self.failure: dict[str, Any] | None = None
         self.status = 502                      # the answer once the compensations ran
@@ -129,7 +130,13 @@ class Aggregation(UpstreamSide):
 
     def start(self) -> None:
         self.deadline = time.monotonic() + self.spec.timeout
-        self.timer = asyncio.get_running_loop().call_later(self.spec.timeout, self._expired)
+        # PERF: asyncio.get_running_loop() makes a getpid() system call each time; the
+        # proxy keeps its worker's loop.
+        loop = self.proxy.loop
+        if loop is None:
+            loop = self.proxy.loop = asyncio.get_running_loop()
+        self.loop = loop
+        self.timer = loop.call_later(self.spec.timeout, self._expired)
         self.ex.attach_body(self.chunks.append, self._body_read)
 
     def cancel(self, error: Any) -> None:
@@ -206,19 +213,8 @@ class Aggregation(UpstreamSide):
     def _check_request_values(self) -> None:
         """Every value the templates take from the client's request, looked up before
         any call is sent: one missing is a 400 with nothing done upstream."""
-        for call in self.spec.calls:
-            for one in (call, call.compensate):
-                if one is None:
-                    continue
-                templates = [one.path, *(t for _, t in one.query), *(t for _, t in one.headers)]
-                for template in templates:
-                    for part in template:
-                        if isinstance(part, tuple) and part[0] != "call":
-                            self._value(part)
-                if one.body is not None:
-                    for ref in _json_refs(one.body):
-                        if ref[0] != "call":
-                            self._value(ref)
+        for ref in self.spec.request_refs:
+            self._value(ref)
 
     def _text(self, template: tuple[Any, ...], encode: bool = False) -> str:
         out = []
@@ -266,7 +262,7 @@ class Aggregation(UpstreamSide):
         # ``done`` runs on the loop's next turn, not inside the relay that completed the
         # answer: the call's access log line comes first (before the client's, when that
         # answer ends the composition), and no send nests inside another's callback.
-        call_soon = asyncio.get_running_loop().call_soon
+        call_soon = self.loop.call_soon
         collector = Collector(lambda answer: call_soon(done, call, answer), body, self.spec.max_body_bytes)
         iex = self.proxy.internal_exchange(self.ex, path, query, fields, collector)
         iex.method = call.method
@@ -400,7 +396,7 @@ class Aggregation(UpstreamSide):
             log.warning("request %s route %s: compensation of %s failed (%s), trying again", self.ex.request_id,
                         self.ex.route_name, call.name, failure.get("error") or f"answered {answer.status}")
             self.running[label] = None
-            asyncio.get_running_loop().call_later(_RETRY_DELAY * attempt, self._compensate_again, call, attempt + 1)
+            self.loop.call_later(_RETRY_DELAY * attempt, self._compensate_again, call, attempt + 1)
             return
         outcome: dict[str, Any] = {"call": call.name, "status": answer.status or None,
                                    "outcome": "ok" if failure is None else "failed"}
@@ -492,21 +488,6 @@ def _worth_again(answer: Collector) -> bool:
     """A compensation's failure that another try may mend: no answer, a cut one, a
     5xx, 408 or 429."""
     return answer.cut or answer.status == 0 or answer.status >= 500 or answer.status in (408, 429)
-
-
-def _json_refs(node: Any):
-    """The references of a compiled JSON template."""
-    kind, value = node
-    if kind == "ref":
-        yield value
-    elif kind == "str":
-        yield from (p for p in value if isinstance(p, tuple))
-    elif kind == "obj":
-        for _, v in value:
-            yield from _json_refs(v)
-    elif kind == "list":
-        for v in value:
-            yield from _json_refs(v)
 
 
 def _dig(value: Any, keys: tuple[str, ...]) -> Any:

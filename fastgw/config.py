@@ -41,7 +41,7 @@ import re
 import stat
 import tomllib
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -326,6 +326,9 @@ class AggregateConfig:
     timeout: float
     max_body_bytes: int
     calls: tuple[CallConfig, ...]
+    #: every reference the calls and compensations make to the client's request, once
+    #: each: looked up before any call is sent (a missing one: 400, nothing sent)
+    request_refs: tuple[tuple[Any, ...], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -1040,6 +1043,29 @@ def compile_json_template(value: Any, earlier: tuple[str, ...], mode: str = "seq
     return ("lit", value)
 
 
+def template_refs(call: CallConfig) -> Iterator[tuple[Any, ...]]:
+    """The references of a call's (or compensation's) path, query, headers and body."""
+    for template in (call.path, *(t for _, t in call.query), *(t for _, t in call.headers)):
+        yield from (part for part in template if isinstance(part, tuple))
+    nodes = [] if call.body is None else [call.body]
+    while nodes:
+        kind, value = nodes.pop()
+        if kind == "ref":
+            yield value
+        elif kind == "str":
+            yield from (part for part in value if isinstance(part, tuple))
+        elif kind == "obj":
+            nodes.extend(v for _, v in reversed(value))
+        elif kind == "list":
+            nodes.extend(reversed(value))
+
+
+def _request_refs(calls: list[CallConfig]) -> tuple[tuple[Any, ...], ...]:
+    refs = (ref for call in calls for one in (call, call.compensate) if one is not None
+            for ref in template_refs(one) if ref[0] != "call")
+    return tuple(dict.fromkeys(refs))
+
+
 def _call_path(value: Any, earlier: tuple[str, ...], mode: str, names: Iterable[str]) -> Template:
     """A call's path: absolute, never ``.`` or ``..`` (a value inserted is percent-encoded,
     so only the literal text could climb out of it)."""
@@ -1501,7 +1527,8 @@ class _Builder:
             call = self._call(item, upstream_names, mode, names, None)
             if call is not None:
                 calls.append(call)
-        return AggregateConfig(mode=mode, timeout=timeout, max_body_bytes=max_body, calls=tuple(calls))
+        return AggregateConfig(mode=mode, timeout=timeout, max_body_bytes=max_body, calls=tuple(calls),
+                               request_refs=_request_refs(calls))
 
     def _call(self, item: Place, upstream_names: tuple[str, ...] | None, mode: str, names: list[str],
               owner: CallConfig | None) -> CallConfig | None:
