@@ -460,6 +460,11 @@ class Aggregation(UpstreamSide):
         """The client has its answer (or is gone): what still runs is compensations."""
         self.answered = True
         self.timer.cancel()
+        # PERF: the exchange and its timer refer back to us; left, those cycles wait for
+        # the cyclic GC, which took ~12% of a worker busy with aggregates. Nothing needs
+        # them now: after the answer, the client leaving changes nothing.
+        self.timer = None
+        self.ex.upstream_side = None
         if any(label.endswith(".compensate") for label in self.running):
             _UNDOING.add(self)
 
