@@ -49,6 +49,15 @@ COMPILED_MODULES = [
 LIBRARIES = {"fastgw.protocols.http2": ["nghttp2"]}
 NGHTTP2_HEADER = "nghttp2/nghttp2.h"
 
+# The HTTP/1.1 front end parses requests with llhttp, vendored (vendor/llhttp: the same
+# release httptools 0.9.0 builds on), its C compiled into the module. Its symbols are kept
+# inside the module (hidden visibility): httptools' extension carries the same names.
+LLHTTP = "vendor/llhttp"
+C_SOURCES = {"fastgw.protocols.http1": [f"{LLHTTP}/src/api.c", f"{LLHTTP}/src/http.c", f"{LLHTTP}/src/llhttp.c"]}
+INCLUDE_DIRS = {"fastgw.protocols.http1": [f"{LLHTTP}/include"]}
+DEPENDS = {"fastgw.protocols.http1": [f"{LLHTTP}/include/llhttp.h"]}
+HIDDEN_SYMBOLS = {"fastgw.protocols.http1"}
+
 
 def _require_nghttp2() -> None:
     include_dirs = ["/usr/include", "/usr/local/include",
@@ -65,9 +74,11 @@ _require_nghttp2()
 extensions = [
     Extension(
         name,
-        [name.replace(".", "/") + ".pyx"],
-        extra_compile_args=["-O2"],
+        [name.replace(".", "/") + ".pyx", *C_SOURCES.get(name, [])],
+        extra_compile_args=["-O2", *(["-fvisibility=hidden"] if name in HIDDEN_SYMBOLS else [])],
         libraries=LIBRARIES.get(name, []),
+        include_dirs=INCLUDE_DIRS.get(name, []),
+        depends=DEPENDS.get(name, []),
         define_macros=[("CYTHON_TRACE", "1"), ("FASTGW_DEBUG", "1")] if DEBUG else [],
     )
     for name in COMPILED_MODULES

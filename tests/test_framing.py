@@ -15,6 +15,7 @@ gateway of its own.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import time
@@ -412,6 +413,42 @@ def test_headers_under_the_limit_all_reach_the_backend(gw, app):
     assert names == ["x-h%03d" % i for i in range(100)]
 
 
+def test_request_trickled_in_small_pieces_arrives_whole(gw, app):
+    """llhttp hands a target, a header name or value, and a body over in as many pieces
+    as the reads cut them into: each is put together again (an empty value, a value
+    longer than the first buffer, a chunked body with a trailer), and the next request
+    on the connection starts clean."""
+    mark = marker()
+    long_value = b"v" * 700
+    first = (f"POST /echo/{mark}?q=a%20b HTTP/1.1\r\nHost: gw.test\r\nX-Empty:\r\n".encode()
+             + b"X-Long: " + long_value + b"\r\nX-Spaced:   a b  \r\nTransfer-Encoding: chunked\r\n\r\n"
+             + b"3\r\nabc\r\n4\r\ndefg\r\n0\r\nX-Trailer: t\r\n\r\n")
+    second = get(f"/echo/{mark}/2", b"X-Second: 2\r\n")
+    with connect(gw.port) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(0, len(first), 5):
+            sock.sendall(first[i:i + 5])
+            time.sleep(0.002)
+        reader = Reader(sock)
+        resp = reader.response()
+        sock.sendall(second)
+        again = reader.response()
+    assert resp.status == 200, resp
+    echo = resp.json()
+    assert echo["target"] == f"/echo/{mark}?q=a%20b"
+    assert echo["body_len"] == 7
+    headers = dict(echo["headers"])
+    assert headers["x-empty"] == ""
+    assert headers["x-long"] == long_value.decode()
+    assert headers["x-spaced"] == "a b"
+    assert again.status == 200, again
+    second_echo = again.json()
+    assert second_echo["target"] == f"/echo/{mark}/2"
+    second_headers = dict(second_echo["headers"])
+    assert second_headers["x-second"] == "2"
+    assert not {"x-empty", "x-long", "x-spaced", "x-trailer"} & set(second_headers)
+
+
 def test_refusal_is_logged_with_its_request_id(gw):
     with connect(gw.port) as sock:
         sock.sendall(b"GET /echo/logged HTTP/1.1\r\nHost: gw.test\r\nX-A : b\r\n\r\n")
@@ -710,11 +747,25 @@ def test_max_connections_closes_the_extra_one_at_once(limited_gw, app):
 # -- llhttp: never loosened, and its defaults pinned ---------------------------------------------
 
 
+def test_vendored_llhttp_is_the_release_httptools_carries():
+    """The front end parses with vendor/llhttp, the upstream side and the admin server with
+    httptools' copy: one release, so that the pins below hold for both. Upgrading
+    httptools means vendoring its llhttp again (vendor/llhttp/README.md)."""
+    from importlib.metadata import version
+
+    header = (ROOT / "vendor" / "llhttp" / "include" / "llhttp.h").read_text()
+    vendored = ".".join(re.search(rf"#define LLHTTP_VERSION_{part} (\d+)", header).group(1)
+                        for part in ("MAJOR", "MINOR", "PATCH"))
+    assert (version("httptools"), vendored) == ("0.9.0", "9.4.3")
+
+
 def test_no_llhttp_leniency_is_ever_set():
-    """Each llhttp leniency flag re-opens a request smuggling class; fastgw sets none."""
+    """Each llhttp leniency flag re-opens a request smuggling class; fastgw sets none
+    (neither through httptools nor on its own parser: ``llhttp_set_lenient_*``)."""
     offenders = []
     for path in sorted((ROOT / "fastgw").rglob("*")):
-        if path.is_file() and b"set_dangerous_leniencies" in path.read_bytes():
+        if path.suffix in (".py", ".pyx", ".pxd") and (
+                b"set_dangerous_leniencies" in path.read_bytes() or b"set_lenient" in path.read_bytes()):
             offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []
 

@@ -1,23 +1,31 @@
 # cython: boundscheck=True, wraparound=True
 # (Python semantics for indexing: this module is the request path, not the numeric core.)
-"""The HTTP/1.1 front end: an ``asyncio.Protocol`` on ``httptools.HttpRequestParser``.
+"""The HTTP/1.1 front end: an ``asyncio.Protocol`` on llhttp's request parser.
 
-Theory of operation. Bytes go into llhttp; its callbacks build one ``Exchange`` per
-request head. The first exchange runs once the bytes read are parsed (``Proxy.handle``,
-in callbacks, no task); pipelined ones wait in ``queue`` and start, in order, when the
-one before has sent its whole response, so responses leave in request order. Request body chunks go into the exchange
-whose body is being read (``reading``); the exchange streams them upstream or holds a
-bounded amount.
+Theory of operation. Bytes go into llhttp (vendored in vendor/llhttp, bound by
+``llhttp.pxd``: the release httptools 0.9.0 carries, so that it refuses what httptools'
+parser refuses). Its callbacks are C functions landing in this connection's typed
+handlers, no Python call per callback: a header's name and value are put together in a
+buffer of the connection however the reads cut them, and become one ``(name, value)``
+pair of bytes in the exchange's ``headers``; method and version are read off the
+parser's state. One ``Exchange`` is built per request head. The first exchange runs
+once the bytes read are parsed (``Proxy.handle``, in callbacks, no task); pipelined ones
+wait in ``queue`` and start, in order, when the one before has sent its whole response,
+so responses leave in request order. Request body chunks go into the exchange whose body
+is being read (``reading``); the exchange streams them upstream or holds a bounded
+amount.
 
 What llhttp refuses by itself (in its strict mode: no leniency flag is set) becomes 400
-and a close. What it leaves to us is checked here: HTTP/1.0 with Transfer-Encoding, any transfer coding but chunked
-alone, missing or repeated Host (and the authority of an absolute-form target replacing
-Host), HTTP/0.9 and HTTP/2.0 request lines, fragments and non-origin-form targets, path
-normalisation, header and URL size (431/414, never dropping headers silently), body size
-(413, at once for a Content-Length, mid-stream for chunks), Upgrade and CONNECT. Whatever
-can be judged on the head is refused in ``on_headers_complete``, before an exchange
-exists, so nothing of such a request reaches an upstream. No leniency flag of llhttp is
-ever set.
+and a close. A handler's refusal stops llhttp the same way: the exception cannot cross
+llhttp's C frames, so it is kept on the connection and answered once llhttp has
+returned. What llhttp leaves to us is checked here: HTTP/1.0 with Transfer-Encoding, any
+transfer coding but chunked alone, missing or repeated Host (and the authority of an
+absolute-form target replacing Host), HTTP/0.9 and HTTP/2.0 request lines, fragments and
+non-origin-form targets, path normalisation, header and URL size (431/414, never
+dropping headers silently), body size (413, at once for a Content-Length, mid-stream for
+chunks), Upgrade and CONNECT. Whatever can be judged on the head is refused in
+``_headers_complete``, before an exchange exists, so nothing of such a request reaches
+an upstream. No leniency flag of llhttp is ever set.
 
 Errors we answer ourselves close the connection lingering: we stop reading requests, send
 the answer, half-close, and discard what the client still sends for a moment, so that it
@@ -44,15 +52,16 @@ close), ``idle_timeout`` between keep-alive requests and between body reads.
 Compiled (Cython): a connection's state is typed, and its calls into the proxy and the
 exchange are C calls; it is the ``Downstream`` (exchange.pxd) of its exchanges.
 
-May import: the standard library, httptools, fastgw.proxy, fastgw.exchange, fastgw.errors,
-fastgw._core (path normalisation).
+May import: the standard library, fastgw.proxy, fastgw.exchange, fastgw.errors,
+fastgw.protocols (http2 for the hand-over, the llhttp declarations), fastgw._core (path
+normalisation, header ids, the head writer, the counters).
 """
 
 from collections import deque
 
-from libc.string cimport memcmp
-
-import httptools
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.stdlib cimport free, realloc
+from libc.string cimport memcpy
 
 from fastgw._core.metrics cimport P_HTTP1, P_WEBSOCKET, connection_closed, connection_opened
 from fastgw._core.router import normalize_path
@@ -65,6 +74,11 @@ from fastgw.exchange cimport (
 from fastgw.proxy cimport Proxy
 from fastgw.proxy import error_body, status_line
 from fastgw.protocols.http2 import H2C_SWITCH, PREFACE, decode_settings, take_over
+from fastgw.protocols.llhttp cimport (
+    HPE_OK, HPE_PAUSED_UPGRADE, HPE_USER, HTTP_CONNECT, HTTP_GET, HTTP_REQUEST, llhttp_errno_t,
+    llhttp_execute, llhttp_get_error_pos, llhttp_get_error_reason, llhttp_init, llhttp_method_name,
+    llhttp_method_t, llhttp_resume_after_upgrade, llhttp_settings_init, llhttp_settings_t,
+    llhttp_should_keep_alive, llhttp_t)
 
 cdef list STATUS_LINES = [status_line(status) for status in range(600)]
 # One writer builds every response head of this process (a head is built without yielding).
@@ -79,9 +93,12 @@ cdef Py_ssize_t STASH_HIGH = 64 * 1024
 # What a request line holds besides its target: method, two spaces, "HTTP/1.1", CRLF,
 # with room for llhttp's longest method. Used to tell 414 from 431 while a head is cut.
 cdef Py_ssize_t REQUEST_LINE_SLACK = 32
-# Method names as str without a decode for the common ones.
-cdef dict METHOD_NAMES = {m.encode(): m for m in (
-    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE")}
+# Method names as str by llhttp's method number, each decoded once (llhttp_method_name
+# aborts on a number it does not know, so only those a parsed request carried are asked).
+cdef list METHOD_NAMES = [None] * 256
+# A header field being read is grown in a buffer of the connection; one that grew past
+# this is given back after its head, so an idle connection holds no large buffer.
+cdef Py_ssize_t FIELD_BUFFER_KEPT = 4096
 # The errors a refusal becomes when it is answered as the response of a started exchange.
 REFUSAL_ERRORS = {400: BadRequest, 408: RequestTimeout, 413: PayloadTooLarge}
 
@@ -105,7 +122,15 @@ cdef class HTTP1Connection(Downstream):
     cdef double header_timeout, idle_timeout
     # per-connection state
     cdef public object transport
-    cdef object parser, queue, refusal
+    cdef object queue, refusal
+    # llhttp's state, its callbacks landing in this connection (``parser.data``); the
+    # exception a handler raised, kept for ``data_received`` once llhttp has stopped
+    cdef llhttp_t parser
+    cdef object parse_error
+    # the header field being read: its name, then its value, in one growing buffer (either
+    # may come in several pieces, across reads)
+    cdef char* field
+    cdef Py_ssize_t field_length, field_capacity, name_length
     cdef str peer_ip
     cdef Exchange current, reading, deferred
     # an upgrade request waiting for its answer (the bytes after it held in ``stash``),
@@ -122,9 +147,6 @@ cdef class HTTP1Connection(Downstream):
     cdef Py_ssize_t linger_bytes, head_bytes, raw_head_bytes
     cdef double deadline
     cdef bytes url, held_head, feeding
-    # the request-line shortcut (_version): feeds counted, and the feed a head began
-    cdef Py_ssize_t feed_serial, head_feed
-    cdef bint feed_starts_head
     cdef list headers
     # the open-connections gauge it counts in (``_core.metrics``: P_HTTP1, P_WEBSOCKET), or -1
     cdef int gauge
@@ -141,7 +163,7 @@ cdef class HTTP1Connection(Downstream):
         self.idle_timeout = limits.idle_timeout
         self.loop = worker.loop
         self.transport = None
-        self.parser = httptools.HttpRequestParser(self)
+        self._new_parser()
         self.peer_ip = ""
         self.queue = deque()
         self.current = None
@@ -162,13 +184,24 @@ cdef class HTTP1Connection(Downstream):
         #: a response head not yet written: it goes out with the first body bytes
         self.held_head = b""
         self.sniffed = b""
-        #: an exchange whose head completed during this feed_data: started after it, so that
+        #: an exchange whose head completed during this data_received: started after it, so that
         #: a refusal later in the same bytes (a broken body) is known before anything is sent
         self.deferred = None
         self.upgrading = None
         self.tunnel = None
         self.stash = []
         self.stash_bytes = 0
+
+    def __dealloc__(self):
+        free(self.field)
+
+    cdef void _new_parser(self) noexcept:
+        """A fresh llhttp request parser (strict: no leniency flag is set, as httptools
+        sets none), its callbacks this connection's handlers."""
+        llhttp_init(&self.parser, HTTP_REQUEST, &REQUEST_CALLBACKS)
+        self.parser.data = <void*>self
+        self.parse_error = None
+        self.field_length = self.name_length = 0
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -243,21 +276,10 @@ cdef class HTTP1Connection(Downstream):
             self.raw_head_bytes += len(data)
         elif self.reading is not None:
             self.deadline = monotonic() + self.idle_timeout
-        self.feed_serial += 1
         self.feeding = data
-        self.feed_starts_head = self.in_head and self.raw_head_bytes == len(data)
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self._upgrade_requested(exc.args[0] if exc.args else len(data))
-        except httptools.HttpParserCallbackError as exc:
-            refusal = exc.__context__
-            if isinstance(refusal, _Refuse):
-                self.refuse(refusal.status, refusal.message)
-            else:
-                raise
-        except httptools.HttpParserError as exc:
-            self.refuse(400, f"malformed request: {_parser_reason(exc)}")
+        cdef llhttp_errno_t error = llhttp_execute(&self.parser, <const char*>data, len(data))
+        if error != HPE_OK:
+            self._parse_stopped(error, data)
         else:
             if self.in_head and self.raw_head_bytes > self.max_header_bytes:
                 # Everything since the head began is head: over the limit, whatever llhttp
@@ -275,6 +297,29 @@ cdef class HTTP1Connection(Downstream):
             self.deferred = None
             if ex is self.current and not self.closing:
                 self.proxy.handle(ex)
+
+    cdef _parse_stopped(self, llhttp_errno_t error, bytes data):
+        """llhttp stopped before the end of ``data``: an upgrade, a handler's refusal, or
+        a request it refuses itself (as httptools' ``feed_data`` reads the same states)."""
+        cdef Py_ssize_t offset
+        cdef const char* reason
+        raised = self.parse_error
+        self.parse_error = None
+        if error == HPE_PAUSED_UPGRADE and self.parser.upgrade == 1:
+            offset = llhttp_get_error_pos(&self.parser) - <const char*>data
+            # Out of the paused state at once, as httptools does: what follows the head is
+            # ours to read (held, tunnelled, or the connection closes after the answer).
+            llhttp_resume_after_upgrade(&self.parser)
+            self._upgrade_requested(offset)
+        elif raised is not None:
+            if isinstance(raised, _Refuse):
+                self.refuse(raised.status, raised.message)
+            else:
+                raise raised
+        else:
+            reason = llhttp_get_error_reason(&self.parser)
+            text = reason.decode("latin-1") if reason is not NULL else "invalid request"
+            self.refuse(400, f"malformed request: {_parser_reason(text)}")
 
     def eof_received(self):
         # The client shut its side: as nginx does, that ends the connection, and a request
@@ -333,44 +378,71 @@ cdef class HTTP1Connection(Downstream):
             self.paused = False
             self.transport.resume_reading()
 
-    # -- parser callbacks ------------------------------------------------------------------
+    # -- llhttp's callbacks (through the trampolines at the end of the module) -------------
 
-    def on_message_begin(self):
-        # Whether this head begins the bytes being fed: then its request line can be read
-        # from them (``_version``). Only the first message of a feed does.
-        self.head_feed = self.feed_serial if self.feed_starts_head else 0
-        self.feed_starts_head = False
+    cdef int _message_begin(self) except -1:
         self.in_head = True
         self.url = b""
         self.headers = []
         self.head_bytes = 0
+        self.field_length = self.name_length = 0
+        return 0
 
-    def on_url(self, bytes url):
-        self.url += url
+    cdef int _url_piece(self, const char* at, size_t length) except -1:
+        piece = PyBytes_FromStringAndSize(at, length)
+        self.url = self.url + piece if self.url else piece
         if len(self.url) > self.max_header_bytes:
             raise _Refuse(414, "request target too long")
+        return 0
 
-    def on_header(self, bytes name, bytes value):
+    cdef int _field_piece(self, const char* at, size_t length, bint is_value) except -1:
+        cdef Py_ssize_t needed = self.field_length + <Py_ssize_t>length
+        cdef char* grown
+        if needed > self.max_header_bytes:
+            # (the head would be refused as too large anyway; this bounds the buffer for a
+            # trailer too, which the head's byte count does not see)
+            raise _Refuse(431, "request head too large")
+        if needed > self.field_capacity:
+            grown = <char*>realloc(self.field, max(needed, 2 * self.field_capacity, 256))
+            if grown is NULL:
+                raise MemoryError()
+            self.field = grown
+            self.field_capacity = max(needed, 2 * self.field_capacity, 256)
+        memcpy(self.field + self.field_length, at, length)
+        self.field_length = needed
+        if not is_value:
+            self.name_length = needed
+        return 0
+
+    cdef int _field_complete(self) except -1:
+        """A header field (or a trailer) read whole: one (name, value) in ``headers``."""
+        name = PyBytes_FromStringAndSize(self.field, self.name_length)
+        value = PyBytes_FromStringAndSize(self.field + self.name_length, self.field_length - self.name_length)
+        self.field_length = self.name_length = 0
         self.head_bytes += len(name) + len(value) + 4
         if self.head_bytes + len(self.url) > self.max_header_bytes:
             raise _Refuse(431, "request head too large")
         self.headers.append((name, value))
+        return 0
 
-    def on_headers_complete(self):
+    cdef int _headers_complete(self) except -1:
         cdef Py_ssize_t hosts = 0, length = 0
         cdef int body_kind = BODY_NONE
         cdef bint expect_continue = False
         cdef Exchange ex
         self.in_head = False
         self.raw_head_bytes = 0
-        parser = self.parser
-        method = parser.get_method()
-        version = self._version(method)
+        if self.field_capacity > FIELD_BUFFER_KEPT:
+            free(self.field)
+            self.field = NULL
+            self.field_capacity = 0
+        cdef int method = self.parser.method
+        version = _version(self.parser.http_major, self.parser.http_minor)
         if version != "1.1" and version != "1.0":
             if version.startswith("2"):
                 raise _Refuse(505, f"HTTP/{version} is not spoken on this port as HTTP/1")
             raise _Refuse(400, f"HTTP/{version} is not supported")
-        if method == b"CONNECT":
+        if method == HTTP_CONNECT:
             # Refused here, before an exchange exists: llhttp reports CONNECT (as an
             # upgrade) only after this callback, and a CONNECT with an origin-form target
             # would otherwise be routed and forwarded like any request.
@@ -430,15 +502,15 @@ cdef class HTTP1Connection(Downstream):
             raise _Refuse(400, "invalid Host header")
         if body_kind == BODY_LENGTH and length > self.max_body_bytes:
             raise _Refuse(413, "request body too large")
-        method_name = METHOD_NAMES.get(method)
+        method_name = METHOD_NAMES[method]
         if method_name is None:
-            method_name = method.decode()
+            method_name = METHOD_NAMES[method] = llhttp_method_name(<llhttp_method_t>method).decode()
         ex = new_exchange(self, method_name, npath, query, hostname, host, self.headers,
-                      version, parser.should_keep_alive(), self.peer_ip, body_kind, length,
-                      monotonic())
+                      version, llhttp_should_keep_alive(&self.parser) != 0, self.peer_ip, body_kind,
+                      length, monotonic())
         ex.tls = self.tls
-        if (upgrade is not None and body_kind == BODY_NONE and version == "1.1" and method == b"GET"
-                and parser.should_upgrade() and _asks_websocket(upgrade)):
+        if (upgrade is not None and body_kind == BODY_NONE and version == "1.1" and method == HTTP_GET
+                and self.parser.upgrade and _asks_websocket(upgrade)):
             ex.upgrade = b"websocket"
         self.proxy.prepare(ex, request_id)
         if body_kind != BODY_NONE:
@@ -448,26 +520,12 @@ cdef class HTTP1Connection(Downstream):
                 self.transport.write(CONTINUE)
         if self.current is None:
             self.current = ex
-            self.deferred = ex  # handled when feed_data returns (data_received)
+            self.deferred = ex  # handled when llhttp_execute returns (data_received)
         else:
             self.queue.append(ex)
             if len(self.queue) >= MAX_PIPELINE:
                 self._pause()
-
-    cdef str _version(self, bytes method):
-        """The request's HTTP version, "1.1" read from the request line when the head
-        began the bytes just fed and the line says so (PERF: the parser's
-        get_http_version() formats a string each time, a microsecond per request)."""
-        cdef bytes data = self.feeding
-        cdef Py_ssize_t m = len(method), u = len(self.url)
-        cdef const char* line
-        if self.head_feed == self.feed_serial and data is not None and len(data) >= m + u + 12:
-            line = data
-            if (memcmp(line + m + 1 + u, b" HTTP/1.1\r\n", 11) == 0 and line[m] == 32
-                    and memcmp(line, <const char*>method, m) == 0
-                    and memcmp(line + m + 1, <const char*>self.url, u) == 0):
-                return "1.1"
-        return self.parser.get_http_version()
+        return 0
 
     @staticmethod
     def _absolute_form(bytes url, host):
@@ -481,21 +539,29 @@ cdef class HTTP1Connection(Downstream):
             raise _Refuse(400, "invalid authority in request target")
         return slash + path if slash else b"/", authority
 
-    def on_body(self, bytes body):
+    cdef int _body_piece(self, const char* at, size_t length) except -1:
         cdef Exchange ex = self.reading
         if ex is None:
-            return
-        if ex.bytes_in + len(body) > self.max_body_bytes:
+            return 0
+        if ex.bytes_in + <Py_ssize_t>length > self.max_body_bytes:
             raise _Refuse(413, "request body too large")
-        ex.feed_body(body)
+        cdef bytes data = self.feeding
+        if data is not None and at == <const char*>data and <Py_ssize_t>length == len(data):
+            # PERF: a read that is all body (an upload's reads after its head) goes on as
+            # it is, not copied
+            ex.feed_body(data)
+        else:
+            ex.feed_body(PyBytes_FromStringAndSize(at, length))
+        return 0
 
-    def on_message_complete(self):
+    cdef int _message_complete(self) except -1:
         cdef Exchange ex = self.reading
         if ex is not None:
             self.reading = None
             ex.end_body()
         self.in_head = True
         self.deadline = monotonic() + self.idle_timeout
+        return 0
 
     # -- Downstream: what the proxy and the upstream call -----------------------------------
 
@@ -701,7 +767,7 @@ cdef class HTTP1Connection(Downstream):
 
     cdef _upgrade_requested(self, Py_ssize_t offset):
         # llhttp stops after a request carrying Upgrade (or CONNECT, which never gets here:
-        # on_headers_complete refuses it); ``offset`` is where the bytes after its head
+        # _headers_complete refuses it); ``offset`` is where the bytes after its head
         # begin in those being fed. h2c (a bodiless first request on a plain connection)
         # switches to HTTP/2. A WebSocket request waits for its answer, the bytes after it
         # held. Any other upgrade is served as plain HTTP (Upgrade is hop-by-hop and not
@@ -789,7 +855,7 @@ cdef class HTTP1Connection(Downstream):
     cdef _resume_http(self):
         """An upgrade request answered without a switch: a new parser reads what the
         client sent after it as the next request."""
-        self.parser = httptools.HttpRequestParser(self)
+        self._new_parser()
         self.in_head = True
         self.raw_head_bytes = 0
         self.deadline = monotonic() + self.idle_timeout
@@ -850,6 +916,117 @@ cdef bint _asks_websocket(bytes upgrade):
     return False
 
 
-def _parser_reason(exc):
-    text = str(exc) or exc.__class__.__name__
+cdef str _version(int major, int minor):
+    """The request line's HTTP version as httptools' ``get_http_version()`` spelled it."""
+    if major == 1:
+        if minor == 1:
+            return "1.1"
+        if minor == 0:
+            return "1.0"
+    return f"{major}.{minor}"
+
+
+cdef str _parser_reason(str text):
     return text.split(":", 1)[-1].strip() if "HPE_" in text else text
+
+
+# -- llhttp's callbacks: C functions that land in the connection's typed handlers ----------
+#
+# A handler's exception cannot cross llhttp's C frames: it is kept on the connection and
+# the callback returns an error, which stops llhttp_execute; ``_parse_stopped`` raises or
+# answers it. Returning 1 from on_headers_complete when the request asks to upgrade tells
+# llhttp there is no body to read and to pause after the message (HPE_PAUSED_UPGRADE),
+# as httptools does.
+
+cdef int _on_message_begin(llhttp_t* parser) noexcept:
+    cdef HTTP1Connection connection = <HTTP1Connection>parser.data
+    try:
+        connection._message_begin()
+    except BaseException as exc:
+        connection.parse_error = exc
+        return -1
+    return 0
+
+
+cdef int _on_url(llhttp_t* parser, const char* at, size_t length) noexcept:
+    cdef HTTP1Connection connection = <HTTP1Connection>parser.data
+    try:
+        connection._url_piece(at, length)
+    except BaseException as exc:
+        connection.parse_error = exc
+        return HPE_USER
+    return 0
+
+
+cdef int _on_header_field(llhttp_t* parser, const char* at, size_t length) noexcept:
+    cdef HTTP1Connection connection = <HTTP1Connection>parser.data
+    try:
+        connection._field_piece(at, length, False)
+    except BaseException as exc:
+        connection.parse_error = exc
+        return HPE_USER
+    return 0
+
+
+cdef int _on_header_value(llhttp_t* parser, const char* at, size_t length) noexcept:
+    cdef HTTP1Connection connection = <HTTP1Connection>parser.data
+    try:
+        connection._field_piece(at, length, True)
+    except BaseException as exc:
+        connection.parse_error = exc
+        return HPE_USER
+    return 0
+
+
+cdef int _on_header_value_complete(llhttp_t* parser) noexcept:
+    cdef HTTP1Connection connection = <HTTP1Connection>parser.data
+    try:
+        connection._field_complete()
+    except BaseException as exc:
+        connection.parse_error = exc
+        return -1
+    return 0
+
+
+cdef int _on_headers_complete(llhttp_t* parser) noexcept:
+    cdef HTTP1Connection connection = <HTTP1Connection>parser.data
+    try:
+        connection._headers_complete()
+    except BaseException as exc:
+        connection.parse_error = exc
+        return -1
+    return 1 if parser.upgrade else 0
+
+
+cdef int _on_body(llhttp_t* parser, const char* at, size_t length) noexcept:
+    cdef HTTP1Connection connection = <HTTP1Connection>parser.data
+    try:
+        connection._body_piece(at, length)
+    except BaseException as exc:
+        connection.parse_error = exc
+        return HPE_USER
+    return 0
+
+
+cdef int _on_message_complete(llhttp_t* parser) noexcept:
+    cdef HTTP1Connection connection = <HTTP1Connection>parser.data
+    try:
+        connection._message_complete()
+    except BaseException as exc:
+        connection.parse_error = exc
+        return -1
+    return 0
+
+
+# One settings table for every connection (llhttp keeps a pointer to it: it must outlive
+# them all, so it is the module's).
+cdef llhttp_settings_t REQUEST_CALLBACKS
+llhttp_settings_init(&REQUEST_CALLBACKS)
+REQUEST_CALLBACKS.on_message_begin = _on_message_begin
+REQUEST_CALLBACKS.on_url = _on_url
+REQUEST_CALLBACKS.on_header_field = _on_header_field
+REQUEST_CALLBACKS.on_header_value = _on_header_value
+REQUEST_CALLBACKS.on_header_value_complete = _on_header_value_complete
+REQUEST_CALLBACKS.on_headers_complete = _on_headers_complete
+REQUEST_CALLBACKS.on_body = _on_body
+REQUEST_CALLBACKS.on_message_complete = _on_message_complete
