@@ -107,6 +107,23 @@ class _Refuse(Exception):
         self.message = message
 
 
+# Peer addresses seen lately, each string kept once: the connections from one address
+# (a load balancer, a NAT, a client's pool) share it, not 58 bytes each. Emptied when
+# it grows past PEER_ADDRESSES_KEPT, so a flood of addresses cannot grow it.
+cdef dict PEER_ADDRESSES = {}
+cdef Py_ssize_t PEER_ADDRESSES_KEPT = 4096
+
+
+cdef str _shared_address(str address):
+    cdef object kept = PEER_ADDRESSES.get(address)
+    if kept is not None:
+        return <str>kept
+    if len(PEER_ADDRESSES) >= PEER_ADDRESSES_KEPT:
+        PEER_ADDRESSES.clear()
+    PEER_ADDRESSES[address] = address
+    return address
+
+
 cdef class HTTP1Connection(Downstream):
     """One client connection speaking HTTP/1.x (an asyncio protocol)."""
 
@@ -162,9 +179,10 @@ cdef class HTTP1Connection(Downstream):
         self.transport = None
         self._new_parser()
         self.peer_ip = ""
-        # (a list, not a deque: an empty deque is 600 bytes, kept by every idle
-        # connection; the queue is at most MAX_PIPELINE long)
-        self.queue = []
+        # Pipelined requests waiting their turn, and the bytes held after an upgrade
+        # request: lists made when needed, None otherwise (an idle keep-alive connection
+        # keeps no empty list: 2 x 72 bytes; not a deque: an empty one is 600)
+        self.queue = None
         self.current = None
         self.reading = None
         self.paused = False
@@ -188,7 +206,7 @@ cdef class HTTP1Connection(Downstream):
         self.deferred = None
         self.upgrading = None
         self.tunnel = None
-        self.stash = []
+        self.stash = None
         self.stash_bytes = 0
 
     def __dealloc__(self):
@@ -218,7 +236,7 @@ cdef class HTTP1Connection(Downstream):
         self.gauge = P_HTTP1
         connection_opened(P_HTTP1)
         peer = transport.get_extra_info("peername")
-        self.peer_ip = peer[0] if peer else ""
+        self.peer_ip = _shared_address(peer[0]) if peer else ""
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         # The first request's head is due within header_timeout of the connection.
         self.deadline = monotonic() + self.header_timeout
@@ -334,12 +352,12 @@ cdef class HTTP1Connection(Downstream):
         self.closing = True
         self.tunnel = None
         self.upgrading = None
-        self.stash = []
+        self.stash = None
         self.worker.connections.discard(self)
         self._uncount()
         if self.reading is not None:
             self.reading.detach_body()
-        self.queue.clear()
+        self.queue = None
         cdef Exchange ex = self.current
         if ex is not None:
             # The client is gone: abandon its request upstream rather than relay a
@@ -373,7 +391,7 @@ cdef class HTTP1Connection(Downstream):
             self.transport.pause_reading()
 
     cdef _resume(self):
-        if self.paused and not self.closing and len(self.queue) < MAX_PIPELINE:
+        if self.paused and not self.closing and (self.queue is None or len(self.queue) < MAX_PIPELINE):
             self.paused = False
             self.transport.resume_reading()
 
@@ -524,6 +542,8 @@ cdef class HTTP1Connection(Downstream):
             self.current = ex
             self.deferred = ex  # handled when llhttp_execute returns (data_received)
         else:
+            if self.queue is None:
+                self.queue = []
             self.queue.append(ex)
             if len(self.queue) >= MAX_PIPELINE:
                 self._pause()
@@ -713,7 +733,10 @@ cdef class HTTP1Connection(Downstream):
             self._write_refusal()
             return
         if self.queue:
-            self._start(self.queue.pop(0))
+            ex = self.queue.pop(0)
+            if not self.queue:
+                self.queue = None
+            self._start(ex)
             self._resume()
         elif self.reading is None:
             self.deadline = monotonic() + self.idle_timeout
@@ -745,6 +768,8 @@ cdef class HTTP1Connection(Downstream):
                 return
             # A pipelined request still waiting its turn: drop it; the refusal answers it.
             self.queue.remove(ex)
+            if not self.queue:
+                self.queue = None
         if self.current is None:
             self._write_refusal()
 
@@ -791,7 +816,7 @@ cdef class HTTP1Connection(Downstream):
         self.in_head = False
         if ex is not None and ex.upgrade is not None:
             self.upgrading = ex
-            self.stash = []
+            self.stash = None
             self.stash_bytes = 0
             if rest:
                 self._hold(rest)
@@ -829,6 +854,8 @@ cdef class HTTP1Connection(Downstream):
 
     cdef _hold(self, bytes data):
         """Bytes after an upgrade request, kept until its answer says what they are."""
+        if self.stash is None:
+            self.stash = []
         self.stash.append(data)
         self.stash_bytes += len(data)
         if self.stash_bytes > STASH_HIGH:
@@ -849,8 +876,8 @@ cdef class HTTP1Connection(Downstream):
             self._uncount()
             self.gauge = P_WEBSOCKET
             connection_opened(P_WEBSOCKET)
-        held = self.stash
-        self.stash = []
+        held = self.stash or ()
+        self.stash = None
         self.stash_bytes = 0
         self._resume()
         for chunk in held:
@@ -863,8 +890,8 @@ cdef class HTTP1Connection(Downstream):
         self.in_head = True
         self.raw_head_bytes = 0
         self.deadline = monotonic() + self.idle_timeout
-        held = self.stash
-        self.stash = []
+        held = self.stash or ()
+        self.stash = None
         self.stash_bytes = 0
         self._resume()
         for chunk in held:
