@@ -23,6 +23,8 @@ cdef class UpstreamConnection(UpstreamSide):
     cdef bint parser_fed, keep_alive
     cdef Py_ssize_t relay_left
     cdef public double deadline
+    # when the bytes being handled were read (monotonic)
+    cdef double read_at
     cdef public bint reused, got_response_bytes, head_received, closed, body_chunked
     cdef public bint pooled  # in its pool's idle list
     cdef bint read_paused    # reading paused for a slow client (client_writable)
@@ -33,7 +35,7 @@ cdef class UpstreamConnection(UpstreamSide):
     cpdef start(self, Exchange ex, bytes head, ResponseListener on_done)
     cpdef client_writable(self, bint writable)
     cpdef cancel(self, error)
-    cdef _extend_deadline(self, Exchange ex)
+    cdef _extend_deadline(self, Exchange ex, double now)
     cpdef fail(self, error)
     cdef _reset_response(self)
     cdef _finish(self)
