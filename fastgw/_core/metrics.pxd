@@ -73,7 +73,8 @@ cdef class MetricsTable:
     cdef int64_t* _upstream_block(self, Py_ssize_t i) noexcept
     cpdef RouteCounters route(self, bytes name)
     cpdef UpstreamCounters upstream(self, bytes name)
-    cdef RouteCounters _reserved_route(self, Py_ssize_t i)
+    cdef RouteCounters _route_at(self, Py_ssize_t i, bint named)
+    cdef UpstreamCounters _upstream_at(self, Py_ssize_t i, bint named)
 
 
 cdef int method_class(str method) noexcept

@@ -295,27 +295,23 @@ cdef class MetricsTable:
         if name is None:
             raise TypeError("a route's name is bytes, not None")
         cdef Py_ssize_t i = _claim(self, True, _key(name), FIRST_NAMED_ROUTE, self.route_capacity)
-        cdef RouteCounters counters = RouteCounters.__new__(RouteCounters)
-        counters.owner = self
-        counters.named = i >= 0
         if i < 0:
             atomic_add(&self._header()[H_ROUTES_FULL], 1)
-            i = 1
-        counters.base = self._route_block(i)
-        return counters
+            return self._route_at(1, False)
+        return self._route_at(i, True)
 
     def unmatched(self):
         """The "(none)" block: requests that matched no route."""
-        return self._reserved_route(0)
+        return self._route_at(0, False)
 
     def overflow(self):
         """The "(other)" block: routes that found the table full."""
-        return self._reserved_route(1)
+        return self._route_at(1, False)
 
-    cdef RouteCounters _reserved_route(self, Py_ssize_t i):
+    cdef RouteCounters _route_at(self, Py_ssize_t i, bint named):
         cdef RouteCounters counters = RouteCounters.__new__(RouteCounters)
         counters.owner = self
-        counters.named = False
+        counters.named = named
         counters.base = self._route_block(i)
         return counters
 
@@ -326,20 +322,20 @@ cdef class MetricsTable:
             raise TypeError("an upstream's name is bytes, not None")
         cdef Py_ssize_t i = _claim(self, False, _key(name), FIRST_NAMED_UPSTREAM,
                                    self.upstream_capacity)
-        cdef UpstreamCounters counters = UpstreamCounters.__new__(UpstreamCounters)
-        counters.owner = self
-        counters.named = i >= 0
         if i < 0:
             atomic_add(&self._header()[H_UPSTREAMS_FULL], 1)
-            i = 0
-        counters.base = self._upstream_block(i)
-        return counters
+            return self._upstream_at(0, False)
+        return self._upstream_at(i, True)
 
     def upstream_overflow(self):
+        """The "(other)" line: upstreams that found the table full."""
+        return self._upstream_at(0, False)
+
+    cdef UpstreamCounters _upstream_at(self, Py_ssize_t i, bint named):
         cdef UpstreamCounters counters = UpstreamCounters.__new__(UpstreamCounters)
         counters.owner = self
-        counters.named = False
-        counters.base = self._upstream_block(0)
+        counters.named = named
+        counters.base = self._upstream_block(i)
         return counters
 
     # -- connections, by worker slot ------------------------------------------------------
