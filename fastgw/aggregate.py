@@ -76,14 +76,11 @@ class _NotJSON(Exception):
         self.call = call
 
 
+_UNPARSED = object()
 #: a call's backstop deadline past the composition's (whose timer answers first)
 _BACKSTOP = 1.0
 #: seconds before a compensation's next try, times the tries so far
 _RETRY_DELAY = 0.05
-
-
-def _ref_text(ref: tuple[Any, ...]) -> str:
-    return template_text((ref,))
 
 
 class Aggregation(UpstreamSide):
@@ -101,7 +98,7 @@ class Aggregation(UpstreamSide):
         cls(proxy, ex, route, params).start()
 
     def __init__(self, proxy: Any, ex: Any, route: Any, params: Any) -> None:
-        self.proxy, self.ex, self.route = proxy, ex, route
+        self.proxy, self.ex = proxy, ex
         self.spec = route.config.aggregate
         self.upstreams = route.upstreams_by_name
         self.params = dict(params or {})
@@ -109,6 +106,7 @@ class Aggregation(UpstreamSide):
         self.body_value: Any = None
         self.body_parsed = False
         self.results: dict[str, Any] = {}      # call name -> (status, body bytes)
+        self.documents: dict[str, Any] = {}    # call name -> its body's JSON, once a template read it
         #: label ("deposit", "withdraw.compensate") -> its internal exchange, or None
         #: while a compensation waits to be tried again
         self.running: dict[str, Any] = {}
@@ -194,20 +192,23 @@ class Aggregation(UpstreamSide):
                 try:
                     self.body_value = orjson.loads(b"".join(self.chunks)) if self.chunks else None
                 except orjson.JSONDecodeError:
-                    raise _Missing(f"the request body is not valid JSON (needed by {_ref_text(ref)})") from None
+                    raise _Missing(f"the request body is not valid JSON (needed by {template_text((ref,))})") from None
             value = _dig(self.body_value, ref[1:])
         else:  # ("call", name, "status") / ("call", name, "body", *keys)
             status, body = self.results[ref[1]]
             if ref[2] == "status":
                 return status
-            try:
-                document = orjson.loads(body) if body else None
-            except orjson.JSONDecodeError:
-                raise _NotJSON(ref[1], f"the response of call {ref[1]!r} is not valid JSON"
-                                       f" (needed by {_ref_text(ref)})") from None
+            # (parsed once per call, however many templates read it)
+            document = self.documents.get(ref[1], _UNPARSED)
+            if document is _UNPARSED:
+                try:
+                    document = self.documents[ref[1]] = orjson.loads(body) if body else None
+                except orjson.JSONDecodeError:
+                    raise _NotJSON(ref[1], f"the response of call {ref[1]!r} is not valid JSON"
+                                           f" (needed by {template_text((ref,))})") from None
             value = _dig(document, ref[3:])
         if value is None:
-            raise _Missing(f"missing template value {_ref_text(ref)}")
+            raise _Missing(f"missing template value {template_text((ref,))}")
         return value
 
     def _check_request_values(self) -> None:
@@ -479,7 +480,9 @@ class Aggregation(UpstreamSide):
             self.proxy.finish(ex)
             return
         if document is None:
-            result = {call.name: _decoded(self.results[call.name][1], as_text=True) for call in self.spec.calls}
+            documents = self.documents
+            result = {call.name: documents[call.name] if call.name in documents
+                      else _decoded(self.results[call.name][1], as_text=True) for call in self.spec.calls}
             body = orjson.dumps(result)
         else:
             document.setdefault("status", status)
