@@ -785,6 +785,16 @@ def table(entries: list[dict], args) -> str:
     return "\n".join(lines)
 
 
+def first_notes(entry: dict, args) -> list[str]:
+    """The notes every row of a table starts with: a smoke run, the errors seen."""
+    notes = []
+    if args.rounds == 1:
+        notes.append("1 round: smoke test, not a measurement")
+    if entry["errors"]:
+        notes.append(f"**⚠ errors** ({errors_text(entry['errors'])})")
+    return notes
+
+
 def against_nginx_table(entries: list[dict], args) -> list[str]:
     lines = [
         f"wrk -t1 -d{args.duration}s --latency (h2 scenarios: h2load -t1 -m10), {args.rounds} round(s) interleaved (nginx, fastgw, ...), "
@@ -796,11 +806,7 @@ def against_nginx_table(entries: list[dict], args) -> list[str]:
     ]
     for e in entries:
         n, f = e["medians"]["nginx"], e["medians"]["fastgw"]
-        notes = []
-        if args.rounds == 1:
-            notes.append("1 round: smoke test, not a measurement")
-        if e["errors"]:
-            notes.append(f"**⚠ errors** ({errors_text(e['errors'])})")
+        notes = first_notes(e, args)
         if "routes_cost" in e:
             c = e["routes_cost"]
             notes.append(f"fastgw with {c['baseline_routes']} routes (interleaved): {c['baseline_rps']:,.0f} req/s; "
@@ -837,11 +843,7 @@ def aggregate_table(entries: list[dict], args) -> list[str]:
     for e in entries:
         m, a = e["medians"], e["aggregate"]
         d, p, g = m["direct"], m["fastgw_proxied"], m["fastgw_aggregate"]
-        notes = []
-        if args.rounds == 1:
-            notes.append("1 round: smoke test, not a measurement")
-        if e["errors"]:
-            notes.append(f"**⚠ errors** ({errors_text(e['errors'])})")
+        notes = first_notes(e, args)
         notes.append(f"against the slowest of three direct calls (estimate): added p50 "
                      f"{a['added_p50_ms_vs_slowest_of_3']:+.3f} ms, p99 {a['added_p99_ms_vs_slowest_of_3']:+.3f} ms")
         if a["cpu_us_per_aggregate"] and a["cpu_us_per_proxied"]:
