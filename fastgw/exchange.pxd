@@ -20,6 +20,25 @@ cdef enum:
     BODY_TUNNEL = 3     # the client's bytes after a protocol switch: no end until close
 
 
+ctypedef struct HeaderField:
+    # One request header field as HTTP/1 read it, in its exchange's ``field_bytes``: the
+    # name at offset ``name``, the value right after it; ``ident`` the name's
+    # ``_core.wire.header_id``, found once when the field was read.
+    unsigned int name
+    unsigned int name_length
+    unsigned int value_length
+    int ident
+
+ctypedef struct FieldView:
+    # One header field as ``Exchange.field_at`` shows it, whichever form the exchange
+    # holds (C block or list): pointers into bytes the exchange keeps alive.
+    const char* name
+    const char* value
+    Py_ssize_t name_length
+    Py_ssize_t value_length
+    int ident
+
+
 cdef class Downstream:
     cpdef send_head(self, Exchange ex, int status, list headers, Py_ssize_t length)
     cpdef send_head_lines(self, Exchange ex, int status, bytes lines, Py_ssize_t length)
@@ -52,7 +71,15 @@ cdef class Exchange:
     cdef public str route_name, upstream_addr
     cdef public bytes query
     cdef public object authority
-    cdef public list headers
+    # The request's header fields. HTTP/1 hands them over as one C block (``field_bytes``,
+    # a ``HeaderField`` each in ``fields``): no Python object per field. The ``headers``
+    # property makes the (name, value) list of them when first asked; from then on that
+    # list (``header_list``) is the truth, edits included. HTTP/2 and internal
+    # exchanges give the list. C readers go through ``field_total``/``field_at``.
+    cdef char* field_bytes
+    cdef HeaderField* fields
+    cdef Py_ssize_t field_count
+    cdef list header_list
     cdef public bint keep_alive, trusted_peer, body_done, response_started, is_head
     cdef public bint tls                # it came over TLS (X-Forwarded-Proto: https)
     cdef public double started, deadline
@@ -91,6 +118,11 @@ cdef class Exchange:
     # the counters of its route (``_core.metrics``), set when it is routed; None: "(none)"
     cdef public RouteCounters metrics
 
+    cdef void take_fields(self, char* data, HeaderField* fields, Py_ssize_t count) noexcept
+    cdef Py_ssize_t field_total(self)
+    cdef int field_at(self, Py_ssize_t i, FieldView* view) except -1
+    cpdef bytes header(self, bytes name)
+    cdef list _headers(self)
     cpdef feed_body(self, bytes data)
     cpdef end_body(self)
     cpdef list take_held_body(self)

@@ -41,8 +41,10 @@ May import: the standard library, fastgw._core.
 """
 
 cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdlib cimport free
 
-from fastgw._core.wire cimport HeadWriter
+from fastgw._core.wire cimport HeadWriter, header_id_chars
 
 # Bytes of request body held while no upstream is attached before the client is paused.
 cdef Py_ssize_t BODY_BUFFER_HIGH = 64 * 1024
@@ -164,13 +166,101 @@ cdef class Exchange:
       see); ``query``, the raw query string without "?", b"" when absent;
     - ``host``, lower-cased, without port ("" when the client sent none); ``authority``,
       the Host header as received (None when absent), forwarded as it came;
-    - ``headers``, the raw (name, value) pairs as received, names in their original case;
+    - ``headers``, the raw (name, value) pairs as received, names in their original case
+      (made on first use from the C block HTTP/1 reads them into; ``header(name)`` and
+      ``field_at`` read that block without making it);
     - ``trusted_peer``: the peer is in trusted_proxies, its X-Forwarded-* are believed;
     - ``upstream_side``: set by the upstream side while it relays this request, told of
       the client's backpressure and of the protocol giving up (``fail``);
     - ``failure``: why the protocol gave up on this request (body too large, too slow);
     - ``upgrade``: the protocol the client asks to switch to (b"websocket"), or None.
     """
+
+    def __dealloc__(self):
+        free(self.field_bytes)
+        free(self.fields)
+
+    # -- request header fields ----------------------------------------------------------
+
+    cdef void take_fields(self, char* data, HeaderField* fields, Py_ssize_t count) noexcept:
+        """The protocol hands over the head's fields (both blocks malloc'd; the exchange
+        frees them)."""
+        self.field_bytes = data
+        self.fields = fields
+        self.field_count = count
+
+    @property
+    def headers(self):
+        return self._headers()
+
+    @headers.setter
+    def headers(self, list value):
+        self.header_list = value
+
+    cdef list _headers(self):
+        cdef list made
+        cdef Py_ssize_t i
+        cdef HeaderField* f
+        if self.header_list is None:
+            made = []
+            for i in range(self.field_count):
+                f = &self.fields[i]
+                made.append((PyBytes_FromStringAndSize(self.field_bytes + f.name, f.name_length),
+                             PyBytes_FromStringAndSize(self.field_bytes + f.name + f.name_length,
+                                                       f.value_length)))
+            self.header_list = made
+        return self.header_list
+
+    cdef Py_ssize_t field_total(self):
+        """How many header fields ``field_at`` shows."""
+        if self.header_list is not None:
+            return len(self.header_list)
+        return self.field_count
+
+    cdef int field_at(self, Py_ssize_t i, FieldView* view) except -1:
+        """Field ``i`` (< ``field_total()``) as pointers, no object made; valid while
+        the exchange's headers are not replaced."""
+        cdef HeaderField* f
+        cdef tuple field
+        cdef bytes name, value
+        if self.header_list is None:
+            f = &self.fields[i]
+            view.name = self.field_bytes + f.name
+            view.name_length = f.name_length
+            view.value = view.name + f.name_length
+            view.value_length = f.value_length
+            view.ident = f.ident
+        else:
+            field = self.header_list[i]
+            name = <bytes?>field[0]
+            value = <bytes?>field[1]
+            view.name = PyBytes_AS_STRING(name)
+            view.name_length = PyBytes_GET_SIZE(name)
+            view.value = PyBytes_AS_STRING(value)
+            view.value_length = PyBytes_GET_SIZE(value)
+            view.ident = header_id_chars(view.name, view.name_length)
+        return 0
+
+    cpdef bytes header(self, bytes name):
+        """The value of the first field named ``name`` (lower-case bytes), any case; None
+        when there is none. Reads the C block without making the list."""
+        cdef FieldView view
+        cdef Py_ssize_t i, j, n = len(name)
+        cdef const unsigned char* wanted = <const unsigned char*>PyBytes_AS_STRING(name)
+        cdef unsigned char c
+        for i in range(self.field_total()):
+            self.field_at(i, &view)
+            if view.name_length != n:
+                continue
+            for j in range(n):
+                c = (<const unsigned char*>view.name)[j]
+                if 65 <= c <= 90:  # A-Z
+                    c += 32
+                if c != wanted[j]:
+                    break
+            else:
+                return PyBytes_FromStringAndSize(view.value, view.value_length)
+        return None
 
     # -- request body, pushed by the protocol ---------------------------------------------
 
@@ -241,7 +331,7 @@ cdef Exchange new_exchange(Downstream downstream, str method, str path, bytes qu
     ex.query = query
     ex.host = host
     ex.authority = authority
-    ex.headers = headers
+    ex.header_list = headers  # (None: HTTP/1's C block follows, ``take_fields``)
     ex.version = version
     ex.keep_alive = keep_alive
     ex.peer_ip = peer_ip

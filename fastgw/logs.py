@@ -51,12 +51,10 @@ MAX_PENDING = 1024 * 1024
 _PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0", "2": "HTTP/2"}
 
 
-def _user_agent(headers: list) -> str | None:
+def _user_agent(ex: Exchange) -> str | None:
     """The request's User-Agent (the first), cut to 256 characters, or None."""
-    for name, value in headers:
-        if len(name) == 10 and name.lower() == b"user-agent":
-            return value[:256].decode("latin-1")
-    return None
+    value = ex.header(b"user-agent")
+    return value[:256].decode("latin-1") if value is not None else None
 
 
 class AccessLog:
@@ -118,7 +116,7 @@ class AccessLog:
             "bytes_in": ex.bytes_in,
             "bytes_out": ex.bytes_out,
             "duration_ms": round((now - ex.started) * 1000, 3),
-            "user_agent": _user_agent(ex.headers),
+            "user_agent": _user_agent(ex),
         }, option=orjson.OPT_APPEND_NEWLINE)
         self._append(line)
 

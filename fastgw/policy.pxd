@@ -29,4 +29,3 @@ cdef class Chain(ResponseEdit):
 
 
 cpdef int answer(Exchange ex, int status, str message, list fields=*) except -1
-cdef bytes first_field(list headers, bytes wanted)

@@ -111,17 +111,6 @@ class PolicySpec:
 REQUIRED = object()
 
 
-cdef bytes first_field(list headers, bytes wanted):
-    """The value of the first field named ``wanted`` (lower-case bytes) of a request's
-    ``headers``, any case; None when there is none."""
-    cdef tuple field
-    cdef Py_ssize_t n = len(wanted)
-    for field in headers:
-        if len(<bytes>field[0]) == n and (<bytes>field[0]).lower() == wanted:
-            return field[1]
-    return None
-
-
 cdef class Chain(ResponseEdit):
     """A route's policies, compiled once per config (``snapshot``)."""
 

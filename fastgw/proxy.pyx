@@ -52,14 +52,15 @@ from fastgw._core.metrics cimport (
 from fastgw._core.router cimport RouteMatch
 from fastgw._core.wire cimport (
     H_CONNECTION, H_HOST, H_OTHER, H_TRACEPARENT, H_X_FORWARDED_FOR, H_X_FORWARDED_HOST,
-    H_X_FORWARDED_PROTO, H_FORWARDED, H_X_REAL_IP, HeadWriter, header_id, new_traceparent)
+    H_X_FORWARDED_PROTO, H_FORWARDED, H_X_REAL_IP, HeadWriter, new_traceparent)
 from fastgw._core.wire import seed_trace_ids
 from fastgw.exchange cimport (
-    BODY_CHUNKED, BODY_LENGTH, BODY_NONE, BODY_TUNNEL, Downstream, Exchange, head_fields, monotonic,
+    BODY_CHUNKED, BODY_LENGTH, BODY_NONE, BODY_TUNNEL, Downstream, Exchange, FieldView, head_fields, monotonic,
     new_exchange)
-from fastgw.policy cimport ANSWERED, CONTINUE, WAIT, Chain, Policy, first_field
+from fastgw.policy cimport ANSWERED, CONTINUE, WAIT, Chain, Policy
 from fastgw.upstream cimport Pool, ResponseListener, Upstream, UpstreamConnection
-from cpython.unicode cimport PyUnicode_FromFormat
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.unicode cimport PyUnicode_DecodeLatin1, PyUnicode_FromFormat
 
 log = logging.getLogger("fastgw")
 
@@ -267,13 +268,16 @@ cdef class Proxy(ResponseListener):
             raise ex.failure
         headers = None
         wanted = snap.condition_headers
+        cdef FieldView field
+        cdef Py_ssize_t i
         if wanted:
             # Only the headers some route conditions on, and only those get decoded.
             headers = {}
-            for name, value in ex.headers:
-                key = wanted.get(name.lower())
+            for i in range(ex.field_total()):
+                ex.field_at(i, &field)
+                key = wanted.get(PyBytes_FromStringAndSize(field.name, field.name_length).lower())
                 if key is not None and key not in headers:
-                    headers[key] = value.decode("latin-1")
+                    headers[key] = PyUnicode_DecodeLatin1(field.value, field.value_length, NULL)
         cdef RouteMatch match = snap.router.match(ex.method, ex.host, ex.path, headers)
         if match is None:
             self.fail(ex, 404, "no route")
@@ -305,7 +309,7 @@ cdef class Proxy(ResponseListener):
     cdef bint _preflight(self, Exchange ex, snap, headers):
         """A CORS preflight on a path whose route leaves OPTIONS out of its methods: the
         route of the method it announces answers it, when that route has ``cors``."""
-        announced = first_field(ex.headers, b"access-control-request-method")
+        announced = ex.header(b"access-control-request-method")
         method = announced.decode("latin-1").strip().upper() if announced is not None else ""
         if not method:
             return False
@@ -636,10 +640,13 @@ cdef HeadWriter _head = HeadWriter()
 
 
 cdef bytes _upstream_head(Exchange ex, str path, str target_address, set listed):
+    # The client's fields are read where the protocol put them (``Exchange.field_at``:
+    # HTTP/1's C block, no object per field), copied into the head as they are.
     cdef HeadWriter head = _head
     cdef bint trusted = ex.trusted_peer, passed_proto = False, passed_host = False
     cdef int ident
-    cdef bytes name, value
+    cdef FieldView f
+    cdef Py_ssize_t i
     cdef tuple field
     xff = None
     traceparent = None
@@ -651,25 +658,25 @@ cdef bytes _upstream_head(Exchange ex, str path, str target_address, set listed)
         head.add(b"?")
         head.add(ex.query)
     head.add(b" HTTP/1.1\r\n")
-    for field in ex.headers:
-        name = <bytes?>field[0]
-        value = <bytes?>field[1]
-        ident = header_id(name)
-        if listed is not None and name.lower() in listed:
+    for i in range(ex.field_total()):
+        ex.field_at(i, &f)
+        ident = f.ident
+        if listed is not None and PyBytes_FromStringAndSize(f.name, f.name_length).lower() in listed:
             continue
         if ident == H_OTHER or ident == H_HOST:
-            head.add_field(name, value)
+            head.add_field_chars(f.name, f.name_length, f.value, f.value_length)
         elif ident == H_X_FORWARDED_FOR:
             if trusted:
+                value = PyBytes_FromStringAndSize(f.value, f.value_length)
                 xff = value if xff is None else xff + b", " + value
         elif ident == H_TRACEPARENT:
-            traceparent = value
+            traceparent = PyBytes_FromStringAndSize(f.value, f.value_length)
         elif ident == H_CONNECTION:
-            if listed is None and _lists_other_fields(value):
+            if listed is None and _lists_other_fields(PyBytes_FromStringAndSize(f.value, f.value_length)):
                 head.finish()  # start over, now knowing what to leave out
-                return _upstream_head(ex, path, target_address, _connection_listed(ex.headers))
+                return _upstream_head(ex, path, target_address, _connection_listed(ex))
         elif trusted and TRUSTED_FORWARDING_MASK & (1 << ident):
-            head.add_field(name, value)
+            head.add_field_chars(f.name, f.name_length, f.value, f.value_length)
             if ident == H_X_FORWARDED_PROTO:
                 passed_proto = True
             elif ident == H_X_FORWARDED_HOST:
@@ -722,11 +729,15 @@ cdef bint _lists_other_fields(bytes connection):
     return False
 
 
-cdef set _connection_listed(list headers):
+cdef set _connection_listed(Exchange ex):
     """The field names (lower-case) every Connection header of the request lists."""
+    cdef FieldView f
+    cdef Py_ssize_t i
     listed = set()
-    for name, value in headers:
-        if header_id(name) == H_CONNECTION:
+    for i in range(ex.field_total()):
+        ex.field_at(i, &f)
+        if f.ident == H_CONNECTION:
+            value = PyBytes_FromStringAndSize(f.value, f.value_length)
             listed.update(t.strip().lower() for t in value.split(b","))
     listed.discard(b"")
     return listed

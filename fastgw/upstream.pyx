@@ -783,10 +783,10 @@ cdef class Upstream:
             return ex.path.encode("latin-1")
         if kind == "query":
             return _query_value(ex.query, self.hash_name)
+        if kind == "header":
+            return ex.header(self.hash_name)
         cdef bytes name, value
         for name, value in ex.headers:
-            if kind == "header" and name.lower() == self.hash_name:
-                return value
             if kind == "cookie" and name.lower() == b"cookie":
                 found = _cookie_value(value, self.hash_name)
                 if found is not None:

@@ -413,6 +413,25 @@ def test_headers_under_the_limit_all_reach_the_backend(gw, app):
     assert names == ["x-h%03d" % i for i in range(100)]
 
 
+def test_fields_reach_the_backend_as_sent_in_order(gw, app):
+    """The head's fields live in one C block of the exchange (no Python object per
+    field): what goes upstream is each field as sent, repeats and order kept, names in
+    any case, a value with spaces inside and an empty one, minus the hop-by-hop ones
+    (Connection, and the fields it names) and with our own forwarding fields."""
+    mark = marker()
+    sent = [(b"X-Dup", b"1"), (b"accept", b"*/*"), (b"x-DUP", b"2"), (b"X-Empty", b""),
+            (b"Cookie", b"a=1; b=2"), (b"X-Named", b"dropped"), (b"X-Dup", b"3 three")]
+    extra = b"".join(n + b": " + v + b"\r\n" for n, v in sent) + b"Connection: keep-alive, X-Named\r\n"
+    with connect(gw.port) as sock:
+        sock.sendall(get(f"/echo/{mark}", extra))
+        resp = Reader(sock).response()
+    assert resp.status == 200, resp
+    seen = [(n, v) for n, v in resp.json()["headers"]
+            if n in {"x-dup", "accept", "x-empty", "cookie", "x-named", "connection"}]
+    assert seen == [("x-dup", "1"), ("accept", "*/*"), ("x-dup", "2"), ("x-empty", ""),
+                    ("cookie", "a=1; b=2"), ("x-dup", "3 three")]
+
+
 def test_request_trickled_in_small_pieces_arrives_whole(gw, app):
     """llhttp hands a target, a header name or value, and a body over in as many pieces
     as the reads cut them into: each is put together again (an empty value, a value

@@ -44,6 +44,8 @@ cdef class HeadWriter:
     cdef int add(self, bytes part) except -1
     cdef int add_chars(self, const char* chars, Py_ssize_t n) except -1
     cdef int add_field(self, bytes name, bytes value) except -1
+    cdef int add_field_chars(self, const char* name, Py_ssize_t name_length, const char* value,
+                             Py_ssize_t value_length) except -1
     cdef int add_decimal(self, Py_ssize_t number) except -1
     cdef int add_hex(self, Py_ssize_t number) except -1
     cdef void reset(self) noexcept

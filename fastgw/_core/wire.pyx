@@ -121,10 +121,25 @@ cdef class HeadWriter:
 
     cdef int add_field(self, bytes name, bytes value) except -1:
         """``name: value`` and CRLF."""
-        self.add(name)
-        self.add_chars(b": ", 2)
-        self.add(value)
-        return self.add_chars(b"\r\n", 2)
+        return self.add_field_chars(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name), PyBytes_AS_STRING(value),
+                                    PyBytes_GET_SIZE(value))
+
+    cdef int add_field_chars(self, const char* name, Py_ssize_t name_length, const char* value,
+                             Py_ssize_t value_length) except -1:
+        """``add_field`` of a name and a value held elsewhere (an exchange's field block)."""
+        if self.length + name_length + value_length + 4 > self.capacity:
+            self._grow(name_length + value_length + 4)
+        cdef char* end = self.data + self.length
+        memcpy(end, name, name_length)
+        end += name_length
+        end[0] = 58  # ":"
+        end[1] = 32  # " "
+        memcpy(end + 2, value, value_length)
+        end += 2 + value_length
+        end[0] = 13  # CR
+        end[1] = 10  # LF
+        self.length += name_length + value_length + 4
+        return 0
 
     cdef int add_decimal(self, Py_ssize_t number) except -1:
         cdef char digits[24]

@@ -43,7 +43,7 @@ import time
 from urllib.parse import unquote_to_bytes
 
 from fastgw.exchange cimport Exchange
-from fastgw.policy cimport CONTINUE, WAIT, Policy, answer, first_field as _header
+from fastgw.policy cimport CONTINUE, WAIT, Policy, answer
 from fastgw.policy import REQUIRED, PolicySpec
 
 AUTH_PRIORITY = 2500
@@ -192,7 +192,7 @@ cdef class Auth(Policy):
         cdef bint presented = False
         for method in self.methods:
             if method == "key":
-                key = _header(ex.headers, self.key_header)
+                key = ex.header(self.key_header)
                 if key is None and self.key_query and ex.query:
                     key = _query_key(ex.query)
                 if key is not None:
@@ -201,7 +201,7 @@ cdef class Auth(Policy):
                     if consumer is not None:
                         return self._accept(ex, consumer)
             elif method == "jwt":
-                value = _header(ex.headers, b"authorization")
+                value = ex.header(b"authorization")
                 if value is not None and value[:7].lower() == b"bearer ":
                     presented = True
                     consumer = self.consumers.with_token(value[7:].strip())
@@ -238,7 +238,7 @@ cdef class Auth(Policy):
 
     cdef tuple _basic(self, Exchange ex):
         """(name, password) of an ``Authorization: Basic`` field, or None."""
-        value = _header(ex.headers, b"authorization")
+        value = ex.header(b"authorization")
         if value is None or value[:6].lower() != b"basic ":
             return None
         try:

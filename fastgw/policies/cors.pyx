@@ -23,7 +23,7 @@ May import: fastgw.policy, fastgw.exchange.
 """
 
 from fastgw.exchange cimport Exchange
-from fastgw.policy cimport CONTINUE, Policy, answer, first_field as _header
+from fastgw.policy cimport CONTINUE, Policy, answer
 from fastgw.policy import REQUIRED, PolicySpec
 
 PRIORITY = 4000
@@ -78,9 +78,8 @@ cdef class Cors(Policy):
         return None
 
     cpdef int request(self, Exchange ex) except -1:
-        headers = ex.headers
-        origin = _header(headers, ORIGIN)
-        if ex.method == "OPTIONS" and origin is not None and _header(headers, REQUEST_METHOD) is not None:
+        origin = ex.header(ORIGIN)
+        if ex.method == "OPTIONS" and origin is not None and ex.header(REQUEST_METHOD) is not None:
             return self.preflight(ex, origin)
         allowed = self._allowed(origin)
         if allowed is not None:
@@ -97,7 +96,7 @@ cdef class Cors(Policy):
         if allowed is None:
             return answer(ex, 204, None, [])
         fields = [(b"access-control-allow-origin", allowed)] + self.preflight_fixed
-        requested = self.allow_headers if self.allow_headers is not None else _header(ex.headers, REQUEST_HEADERS)
+        requested = self.allow_headers if self.allow_headers is not None else ex.header(REQUEST_HEADERS)
         if requested:
             fields.append((b"access-control-allow-headers", requested))
         return answer(ex, 204, None, fields)

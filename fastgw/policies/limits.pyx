@@ -75,17 +75,14 @@ cdef class RateLimitPolicy:
     cdef bytes key_of(self, Exchange ex):
         """The bucket ``ex`` draws from (prefixed, so a header's value never shares a
         bucket with an address)."""
-        cdef bytes name, value
-        cdef Py_ssize_t n
         if self.kind == KEY_ROUTE:
             return b"r"
         if self.kind == KEY_CONSUMER and ex.consumer is not None:
             return b"c" + (<str>ex.consumer.name).encode()  # (else: the address, as for a header)
         if self.kind == KEY_HEADER:
-            n = len(self.header)
-            for name, value in ex.headers:
-                if len(name) == n and name.lower() == self.header:
-                    return b"h" + value
+            value = ex.header(self.header)
+            if value is not None:
+                return b"h" + value
         return b"i" + ex.client_ip.encode()
 
     cpdef list refusal_fields(self, int64_t wait_ns):

@@ -5,10 +5,11 @@
 Theory of operation. Bytes go into llhttp (vendored in vendor/llhttp, bound by
 ``llhttp.pxd``: the release httptools 0.9.0 carries, so that it refuses what httptools'
 parser refuses). Its callbacks are C functions landing in this connection's typed
-handlers, no Python call per callback: a header's name and value are put together in a
-buffer of the connection however the reads cut them, and become one ``(name, value)``
-pair of bytes in the exchange's ``headers``; method and version are read off the
-parser's state. One ``Exchange`` is built per request head. The first exchange runs
+handlers, no Python call per callback: a head's header fields are put together in one C
+block however the reads cut them, each found by a ``HeaderField`` (offset, lengths, the
+name's id) in a second block, and both are handed to the exchange whole: no Python
+object per field (the exchange makes its ``headers`` list only if something asks for
+it). The method and version are read off the parser's state. One ``Exchange`` is built per request head. The first exchange runs
 once the bytes read are parsed (``Proxy.handle``, in callbacks, no task); pipelined ones
 wait in ``queue`` and start, in order, when the one before has sent its whole response,
 so responses leave in request order. Request body chunks go into the exchange whose body
@@ -59,17 +60,17 @@ normalisation, header ids, the head writer, the counters).
 
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.stdlib cimport free, realloc
+from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
 
 from fastgw._core.metrics cimport P_HTTP1, P_WEBSOCKET, connection_closed, connection_opened
 from fastgw._core.router import normalize_path
 from fastgw._core.wire cimport (
     H_CONTENT_LENGTH, H_EXPECT, H_HOST, H_OTHER, H_TRANSFER_ENCODING, H_UPGRADE, H_X_REQUEST_ID,
-    HeadWriter, header_id)
+    HeadWriter, header_id, header_id_chars)
 from fastgw.errors import BadRequest, ClientClosedRequest, FastGWError, PayloadTooLarge, RequestTimeout
 from fastgw.exchange cimport (
-    BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Downstream, Exchange, host_name, monotonic, new_exchange)
+    BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Downstream, Exchange, HeaderField, host_name, monotonic, new_exchange)
 from fastgw.proxy cimport Proxy
 from fastgw.proxy import error_body, status_line
 from fastgw.protocols.http2 import H2C_SWITCH, PREFACE, decode_settings, take_over
@@ -95,6 +96,10 @@ cdef Py_ssize_t REQUEST_LINE_SLACK = 32
 # Method names as str by llhttp's method number, each decoded once (llhttp_method_name
 # aborts on a number it does not know, so only those a parsed request carried are asked).
 cdef list METHOD_NAMES = [None] * 256
+# The fields ``_headers_complete`` reads the value of (as bytes; every other field stays
+# in the C block it was read into).
+cdef unsigned int HEAD_CHECKED = (1 << H_HOST | 1 << H_TRANSFER_ENCODING | 1 << H_X_REQUEST_ID
+                                  | 1 << H_UPGRADE | 1 << H_EXPECT)
 # The errors a refusal becomes when it is answered as the response of a started exchange.
 REFUSAL_ERRORS = {400: BadRequest, 408: RequestTimeout, 413: PayloadTooLarge}
 
@@ -141,10 +146,15 @@ cdef class HTTP1Connection(Downstream):
     # exception a handler raised, kept for ``data_received`` once llhttp has stopped
     cdef llhttp_t parser
     cdef object parse_error
-    # the header field being read: its name, then its value, in one growing buffer (either
-    # may come in several pieces, across reads)
-    cdef char* field
-    cdef Py_ssize_t field_length, field_capacity, name_length
+    # the head's header fields being read: their bytes in one growing block (each name,
+    # then its value; either may come in several pieces, across reads), the field being
+    # read from ``field_start`` on, its name ``name_length`` long; and one HeaderField per
+    # field read whole. Both blocks go to the exchange at the head's end (NULL between
+    # heads: an idle connection holds neither).
+    cdef char* field_bytes
+    cdef Py_ssize_t bytes_length, bytes_capacity, field_start, name_length
+    cdef HeaderField* fields
+    cdef Py_ssize_t field_count, fields_capacity
     cdef str peer_ip
     cdef Exchange current, reading, deferred
     # an upgrade request waiting for its answer (the bytes after it held in ``stash``),
@@ -161,7 +171,6 @@ cdef class HTTP1Connection(Downstream):
     cdef Py_ssize_t linger_bytes, head_bytes, raw_head_bytes
     cdef double deadline
     cdef bytes url, held_head, feeding
-    cdef list headers
     # the open-connections gauge it counts in (``_core.metrics``: P_HTTP1, P_WEBSOCKET), or -1
     cdef int gauge
 
@@ -194,7 +203,6 @@ cdef class HTTP1Connection(Downstream):
         self.head_bytes = 0
         self.raw_head_bytes = 0
         self.url = b""
-        self.headers = None  # (a list from each head's beginning to its message's end)
         self.chunked_out = False
         self.close_after = False
         self.refusal = None
@@ -210,7 +218,8 @@ cdef class HTTP1Connection(Downstream):
         self.stash_bytes = 0
 
     def __dealloc__(self):
-        free(self.field)
+        free(self.field_bytes)
+        free(self.fields)
 
     cdef void _new_parser(self) noexcept:
         """A fresh llhttp request parser (strict: no leniency flag is set, as httptools
@@ -218,7 +227,7 @@ cdef class HTTP1Connection(Downstream):
         llhttp_init(&self.parser, HTTP_REQUEST, &REQUEST_CALLBACKS)
         self.parser.data = <void*>self
         self.parse_error = None
-        self.field_length = self.name_length = 0
+        self.bytes_length = self.field_start = self.name_length = self.field_count = 0
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -304,7 +313,7 @@ cdef class HTTP1Connection(Downstream):
                 # whole, so "no header yet" does not mean "still in the request line": when
                 # the head holds clearly more than the target and its line, a first header
                 # is what is too large (431); only a target that is most of it is 414.
-                if self.headers or self.raw_head_bytes > len(self.url) + REQUEST_LINE_SLACK:
+                if self.field_count or self.raw_head_bytes > len(self.url) + REQUEST_LINE_SLACK:
                     self.refuse(431, "request head too large")
                 else:
                     self.refuse(414, "request target too long")
@@ -400,9 +409,8 @@ cdef class HTTP1Connection(Downstream):
     cdef int _message_begin(self) except -1:
         self.in_head = True
         self.url = b""
-        self.headers = []
         self.head_bytes = 0
-        self.field_length = self.name_length = 0
+        self.bytes_length = self.field_start = self.name_length = self.field_count = 0
         return 0
 
     cdef int _url_piece(self, const char* at, size_t length) except -1:
@@ -413,33 +421,55 @@ cdef class HTTP1Connection(Downstream):
         return 0
 
     cdef int _field_piece(self, const char* at, size_t length, bint is_value) except -1:
-        cdef Py_ssize_t needed = self.field_length + <Py_ssize_t>length
+        cdef Py_ssize_t needed = self.bytes_length + <Py_ssize_t>length
+        cdef Py_ssize_t capacity
         cdef char* grown
-        if needed > self.max_header_bytes:
-            # (the head would be refused as too large anyway; this bounds the buffer for a
-            # trailer too, which the head's byte count does not see)
+        if needed - self.field_start > self.max_header_bytes:
+            # (the head would be refused as too large anyway; this bounds the block for a
+            # trailer too, which the head's byte count sees only once it is whole)
             raise _Refuse(431, "request head too large")
-        if needed > self.field_capacity:
-            grown = <char*>realloc(self.field, max(needed, 2 * self.field_capacity, 256))
+        if needed > self.bytes_capacity:
+            capacity = max(needed, 2 * self.bytes_capacity, 256)
+            grown = <char*>realloc(self.field_bytes, capacity)
             if grown is NULL:
                 raise MemoryError()
-            self.field = grown
-            self.field_capacity = max(needed, 2 * self.field_capacity, 256)
-        memcpy(self.field + self.field_length, at, length)
-        self.field_length = needed
+            self.field_bytes = grown
+            self.bytes_capacity = capacity
+        memcpy(self.field_bytes + self.bytes_length, at, length)
+        self.bytes_length = needed
         if not is_value:
-            self.name_length = needed
+            self.name_length = needed - self.field_start
         return 0
 
     cdef int _field_complete(self) except -1:
-        """A header field (or a trailer) read whole: one (name, value) in ``headers``."""
-        name = PyBytes_FromStringAndSize(self.field, self.name_length)
-        value = PyBytes_FromStringAndSize(self.field + self.name_length, self.field_length - self.name_length)
-        self.field_length = self.name_length = 0
-        self.head_bytes += len(name) + len(value) + 4
+        """A header field (or a trailer) read whole: a ``HeaderField`` of the head (a
+        trailer is counted against the limit and dropped: the head went upstream)."""
+        cdef Py_ssize_t field_length = self.bytes_length - self.field_start
+        cdef Py_ssize_t capacity
+        cdef HeaderField* grown
+        cdef HeaderField* field
+        self.head_bytes += field_length + 4
         if self.head_bytes + len(self.url) > self.max_header_bytes:
             raise _Refuse(431, "request head too large")
-        self.headers.append((name, value))
+        if not self.in_head:
+            self.bytes_length = self.field_start
+            self.name_length = 0
+            return 0
+        if self.field_count == self.fields_capacity:
+            capacity = max(2 * self.fields_capacity, 16)
+            grown = <HeaderField*>realloc(self.fields, capacity * sizeof(HeaderField))
+            if grown is NULL:
+                raise MemoryError()
+            self.fields = grown
+            self.fields_capacity = capacity
+        field = &self.fields[self.field_count]
+        field.name = <unsigned int>self.field_start
+        field.name_length = <unsigned int>self.name_length
+        field.value_length = <unsigned int>(field_length - self.name_length)
+        field.ident = header_id_chars(self.field_bytes + self.field_start, self.name_length)
+        self.field_count += 1
+        self.field_start = self.bytes_length
+        self.name_length = 0
         return 0
 
     cdef int _headers_complete(self) except -1:
@@ -449,13 +479,6 @@ cdef class HTTP1Connection(Downstream):
         cdef Exchange ex
         self.in_head = False
         self.raw_head_bytes = 0
-        if self.field is not NULL:
-            # A header field being read grows in a buffer of the connection, given back
-            # after its head: an idle keep-alive connection holds none (a malloc per
-            # request costs tens of ns; 256 bytes per idle connection, 2.5 MB per 10,000).
-            free(self.field)
-            self.field = NULL
-            self.field_capacity = 0
         cdef int method = self.parser.method
         version = _version(self.parser.http_major, self.parser.http_minor)
         if version != "1.1" and version != "1.0":
@@ -471,17 +494,24 @@ cdef class HTTP1Connection(Downstream):
         request_id = None
         upgrade = None
         cdef int ident
-        for name, value in self.headers:
-            ident = header_id(name)
-            if ident == H_OTHER:
+        cdef Py_ssize_t i
+        cdef HeaderField* field
+        for i in range(self.field_count):
+            field = &self.fields[i]
+            ident = field.ident
+            if ident == H_CONTENT_LENGTH:
+                # llhttp already refused anything but one decimal number, and read it
+                length = <Py_ssize_t>self.parser.content_length
+                if length:
+                    body_kind = BODY_LENGTH
                 continue
+            if not HEAD_CHECKED & (1 << ident):
+                continue
+            value = PyBytes_FromStringAndSize(self.field_bytes + field.name + field.name_length,
+                                              field.value_length)
             if ident == H_HOST:
                 hosts += 1
                 host = value
-            elif ident == H_CONTENT_LENGTH:
-                length = int(value)  # llhttp already refused anything but one decimal number
-                if length:
-                    body_kind = BODY_LENGTH
             elif ident == H_TRANSFER_ENCODING:
                 if version == "1.0":
                     raise _Refuse(400, "Transfer-Encoding in an HTTP/1.0 request")
@@ -506,13 +536,9 @@ cdef class HTTP1Connection(Downstream):
         if hosts == 0 and version == "1.1":
             raise _Refuse(400, "missing Host header")
         url = self.url
-        if url[:1] != b"/":
+        absolute_form = url[:1] != b"/"
+        if absolute_form:
             url, host = self._absolute_form(url, host)
-            # RFC 9112 §3.2.2: the target's authority replaces Host, and a proxy forwards a
-            # Host made from it. Routed on one host and forwarded with another, a request
-            # could reach a virtual host whose route policies it never passed.
-            self.headers = [(n, v) for n, v in self.headers if header_id(n) != H_HOST]
-            self.headers.append((b"host", host))
         path, _, query = url.partition(b"?")
         npath = normalize_path(path.decode("latin-1"))
         if npath is None:
@@ -525,9 +551,20 @@ cdef class HTTP1Connection(Downstream):
         method_name = METHOD_NAMES[method]
         if method_name is None:
             method_name = METHOD_NAMES[method] = llhttp_method_name(<llhttp_method_t>method).decode()
-        ex = new_exchange(self, method_name, npath, query, hostname, host, self.headers,
+        ex = new_exchange(self, method_name, npath, query, hostname, host, None,
                       version, llhttp_should_keep_alive(&self.parser) != 0, self.peer_ip, body_kind,
                       length, monotonic())
+        # The head's fields go to the exchange as they are: both blocks, no copy.
+        ex.take_fields(self.field_bytes, self.fields, self.field_count)
+        self.field_bytes = NULL
+        self.fields = NULL
+        self.bytes_capacity = self.fields_capacity = 0
+        self.bytes_length = self.field_start = self.field_count = 0
+        if absolute_form:
+            # RFC 9112 §3.2.2: the target's authority replaces Host, and a proxy forwards a
+            # Host made from it. Routed on one host and forwarded with another, a request
+            # could reach a virtual host whose route policies it never passed.
+            ex.headers = [(n, v) for n, v in ex.headers if header_id(n) != H_HOST] + [(b"host", host)]
         ex.tls = self.tls
         if (upgrade is not None and body_kind == BODY_NONE and version == "1.1" and method == HTTP_GET
                 and self.parser.upgrade and _asks_websocket(upgrade)):
@@ -581,8 +618,10 @@ cdef class HTTP1Connection(Downstream):
         if ex is not None:
             self.reading = None
             ex.end_body()
-        # (the exchange has the list; an idle connection keeps none: 56 bytes each)
-        self.headers = None
+        if self.field_bytes is not NULL:  # a trailer's: an idle connection holds no block
+            free(self.field_bytes)
+            self.field_bytes = NULL
+            self.bytes_capacity = self.bytes_length = self.field_start = 0
         self.in_head = True
         self.deadline = monotonic() + self.idle_timeout
         return 0
