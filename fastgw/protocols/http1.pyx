@@ -59,6 +59,7 @@ normalisation, header ids, the head writer, the counters).
 """
 
 
+cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
@@ -129,32 +130,96 @@ cdef str _shared_address(str address):
     return address
 
 
-cdef class HTTP1Connection(Downstream):
-    """One client connection speaking HTTP/1.x (an asyncio protocol)."""
+@cython.final
+cdef class ServerContext:
+    """What every connection a worker accepts under one config shares: the worker, its
+    loop and proxy, and the [server] limits, typed. One reference per connection instead
+    of eight fields; a reload that changes the limits makes a new one, and connections
+    accepted before keep theirs."""
 
-    # global state
-    cdef object worker, loop, limits
-    cdef Proxy proxy
-    # the limits this connection was accepted under, typed
-    cdef Py_ssize_t max_header_bytes, max_body_bytes
-    cdef double header_timeout, idle_timeout
-    # per-connection state
-    cdef public object transport
-    cdef list queue
-    cdef object refusal
-    # llhttp's state, its callbacks landing in this connection (``parser.data``); the
-    # exception a handler raised, kept for ``data_received`` once llhttp has stopped
+    cdef readonly object worker, loop, limits
+    cdef readonly Proxy proxy
+    cdef readonly Py_ssize_t max_header_bytes, max_body_bytes
+    cdef readonly double header_timeout, idle_timeout
+
+    def __init__(self, worker):
+        self.worker = worker
+        self.loop = worker.loop
+        self.proxy = worker.proxy
+        limits = self.limits = worker.limits
+        self.max_header_bytes = limits.max_header_bytes
+        self.max_body_bytes = limits.max_body_bytes
+        self.header_timeout = limits.header_timeout
+        self.idle_timeout = limits.idle_timeout
+
+
+cdef ServerContext _last_context = None
+
+
+cdef ServerContext _server_context(worker):
+    """The context of a connection ``worker`` accepts now: the last one made, unless the
+    worker, its proxy or its limits changed since."""
+    global _last_context
+    cdef ServerContext context = _last_context
+    if (context is None or context.worker is not worker or context.limits is not worker.limits
+            or context.proxy is not worker.proxy or context.loop is not worker.loop):
+        context = _last_context = ServerContext(worker)
+    return context
+
+
+@cython.no_gc  # (no field can hold a cycle: bytes, and C state)
+@cython.freelist(64)
+cdef class _RequestReader:
+    """What a connection holds while it reads a request, its head and then its body, and
+    drops between keep-alive requests: an idle connection holds none (these ~200 bytes
+    were the largest part of its own state).
+
+    ``parser``: llhttp's state, its callbacks landing in the connection (``parser.data``).
+    The head's header fields being read: their bytes in one growing block (each name, then
+    its value; either may come in several pieces, across reads), the field being read from
+    ``field_start`` on, its name ``name_length`` long; one ``HeaderField`` per field read
+    whole. Both blocks go to the exchange at the head's end. ``head_bytes``: the fields'
+    bytes counted against max_header_bytes (a trailer's too); ``url``: the target."""
+
     cdef llhttp_t parser
-    cdef object parse_error
-    # the head's header fields being read: their bytes in one growing block (each name,
-    # then its value; either may come in several pieces, across reads), the field being
-    # read from ``field_start`` on, its name ``name_length`` long; and one HeaderField per
-    # field read whole. Both blocks go to the exchange at the head's end (NULL between
-    # heads: an idle connection holds neither).
     cdef char* field_bytes
     cdef Py_ssize_t bytes_length, bytes_capacity, field_start, name_length
     cdef HeaderField* fields
     cdef Py_ssize_t field_count, fields_capacity
+    cdef Py_ssize_t head_bytes
+    cdef bytes url
+
+    def __dealloc__(self):
+        free(self.field_bytes)
+        free(self.fields)
+
+
+cdef _RequestReader _new_reader(object connection):
+    """A fresh llhttp request parser (strict: no leniency flag is set, as httptools sets
+    none), its callbacks ``connection``'s handlers. A new request on a keep-alive
+    connection gets a new one: llhttp between two messages is in the state a new one
+    starts in (only an ``on_reset`` callback, which we do not set, tells them apart)."""
+    cdef _RequestReader reader = _RequestReader.__new__(_RequestReader)
+    llhttp_init(&reader.parser, HTTP_REQUEST, &REQUEST_CALLBACKS)
+    reader.parser.data = <void*>connection
+    reader.url = b""
+    return reader
+
+
+cdef class HTTP1Connection(Downstream):
+    """One client connection speaking HTTP/1.x (an asyncio protocol)."""
+
+    # the worker, its proxy and the limits this connection was accepted under (shared)
+    cdef ServerContext server
+    # per-connection state
+    cdef public object transport
+    cdef list queue
+    cdef object refusal
+    # the request being read (llhttp's state, its head's fields, its target), or None
+    # between keep-alive requests; the exception a handler raised, kept for
+    # ``data_received`` once llhttp has stopped
+    cdef _RequestReader reader
+    cdef object parse_error
     cdef str peer_ip
     cdef Exchange current, reading, deferred
     # an upgrade request waiting for its answer (the bytes after it held in ``stash``),
@@ -162,31 +227,28 @@ cdef class HTTP1Connection(Downstream):
     cdef Exchange upgrading, tunnel
     cdef list stash
     cdef Py_ssize_t stash_bytes
-    cdef bint paused, closing, lingering, in_head, chunked_out, close_after, tls
+    # (flags: a byte each, where a bint takes four; 10,000 idle connections add up)
+    cdef unsigned char paused, closing, lingering, in_head, chunked_out, close_after, tls
+    # the last request ended with the bytes read so far, keep-alive: its reader can go
+    cdef unsigned char between
     # the first bytes of a plain connection are looked at for HTTP/2's preface
-    cdef bint sniffing
+    cdef unsigned char sniffing
     # body bytes still due of an Upgrade request served as plain HTTP
     cdef Py_ssize_t upgrade_body_left
     cdef bytes sniffed
-    cdef Py_ssize_t linger_bytes, head_bytes, raw_head_bytes
+    cdef Py_ssize_t linger_bytes, raw_head_bytes
     cdef double deadline
-    cdef bytes url, held_head, feeding
+    cdef bytes held_head, feeding
     # the open-connections gauge it counts in (``_core.metrics``: P_HTTP1, P_WEBSOCKET), or -1
     cdef int gauge
 
     def __init__(self, worker, bint tls=False):
-        self.worker = worker
+        self.server = _server_context(worker)
         self.gauge = -1
         self.tls = tls
-        self.proxy = worker.proxy
-        limits = self.limits = worker.limits
-        self.max_header_bytes = limits.max_header_bytes
-        self.max_body_bytes = limits.max_body_bytes
-        self.header_timeout = limits.header_timeout
-        self.idle_timeout = limits.idle_timeout
-        self.loop = worker.loop
         self.transport = None
-        self._new_parser()
+        self.reader = None  # made at a request's first byte (data_received)
+        self.parse_error = None
         self.peer_ip = ""
         # Pipelined requests waiting their turn, and the bytes held after an upgrade
         # request: lists made when needed, None otherwise (an idle keep-alive connection
@@ -200,9 +262,7 @@ cdef class HTTP1Connection(Downstream):
         self.linger_bytes = 0
         self.deadline = 0.0
         self.in_head = False
-        self.head_bytes = 0
         self.raw_head_bytes = 0
-        self.url = b""
         self.chunked_out = False
         self.close_after = False
         self.refusal = None
@@ -217,27 +277,15 @@ cdef class HTTP1Connection(Downstream):
         self.stash = None
         self.stash_bytes = 0
 
-    def __dealloc__(self):
-        free(self.field_bytes)
-        free(self.fields)
-
-    cdef void _new_parser(self) noexcept:
-        """A fresh llhttp request parser (strict: no leniency flag is set, as httptools
-        sets none), its callbacks this connection's handlers."""
-        llhttp_init(&self.parser, HTTP_REQUEST, &REQUEST_CALLBACKS)
-        self.parser.data = <void*>self
-        self.parse_error = None
-        self.bytes_length = self.field_start = self.name_length = self.field_count = 0
-
     # -- asyncio.Protocol -----------------------------------------------------------------
 
     def connection_made(self, transport):
         self.transport = transport
-        connections = self.worker.connections
-        if len(connections) >= self.limits.max_connections:
+        connections = self.server.worker.connections
+        if len(connections) >= self.server.limits.max_connections:
             # Over the limit: closed at once, no answer, no parsing (max_connections); the
             # worker's sweeper reports how many, at most once a second.
-            self.worker.refused_connections += 1
+            self.server.worker.refused_connections += 1
             self.closing = True
             transport.close()
             return
@@ -248,7 +296,7 @@ cdef class HTTP1Connection(Downstream):
         self.peer_ip = _shared_address(peer[0]) if peer else ""
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         # The first request's head is due within header_timeout of the connection.
-        self.deadline = monotonic() + self.header_timeout
+        self.deadline = monotonic() + self.server.header_timeout
         self.in_head = True
         if self.tls:
             ssl_object = transport.get_extra_info("ssl_object")
@@ -261,9 +309,9 @@ cdef class HTTP1Connection(Downstream):
         """Hand the connection to the HTTP/2 front end (ALPN h2, the preface, or an h2c
         upgrade), with the bytes read so far."""
         self.closing = True  # this protocol is done with it
-        self.worker.connections.discard(self)
+        self.server.worker.connections.discard(self)
         self._uncount()  # (HTTP/2 counts it from now on)
-        take_over(self.worker, self.transport, self.tls, data, upgrade)
+        take_over(self.server.worker, self.transport, self.tls, data, upgrade)
 
     def data_received(self, bytes data):
         if self.sniffing:
@@ -298,22 +346,29 @@ cdef class HTTP1Connection(Downstream):
         if self.in_head:
             if self.raw_head_bytes == 0:
                 # First byte of a head: from now on it must complete within header_timeout.
-                self.deadline = monotonic() + self.header_timeout
+                self.deadline = monotonic() + self.server.header_timeout
             self.raw_head_bytes += len(data)
         elif self.reading is not None:
-            self.deadline = monotonic() + self.idle_timeout
+            self.deadline = monotonic() + self.server.idle_timeout
+        if self.reader is None:
+            self.reader = _new_reader(self)
+        cdef _RequestReader reader = self.reader
         self.feeding = data
-        cdef llhttp_errno_t error = llhttp_execute(&self.parser, <const char*>data, len(data))
+        cdef llhttp_errno_t error = llhttp_execute(&reader.parser, <const char*>data, len(data))
         if error != HPE_OK:
             self._parse_stopped(error, data)
+        elif self.between and self.reader is reader:
+            # The bytes ended with a keep-alive request, nothing of the next one read:
+            # the reader goes (a fresh one reads the next request as this one would).
+            self.reader = None
         else:
-            if self.in_head and self.raw_head_bytes > self.max_header_bytes:
+            if self.in_head and self.raw_head_bytes > self.server.max_header_bytes:
                 # Everything since the head began is head: over the limit, whatever llhttp
                 # is still buffering of a line. llhttp hands a header over only when it is
                 # whole, so "no header yet" does not mean "still in the request line": when
                 # the head holds clearly more than the target and its line, a first header
                 # is what is too large (431); only a target that is most of it is 414.
-                if self.field_count or self.raw_head_bytes > len(self.url) + REQUEST_LINE_SLACK:
+                if reader.field_count or self.raw_head_bytes > len(reader.url) + REQUEST_LINE_SLACK:
                     self.refuse(431, "request head too large")
                 else:
                     self.refuse(414, "request target too long")
@@ -322,7 +377,7 @@ cdef class HTTP1Connection(Downstream):
         if ex is not None:
             self.deferred = None
             if ex is self.current and not self.closing:
-                self.proxy.handle(ex)
+                self.server.proxy.handle(ex)
 
     cdef _parse_stopped(self, llhttp_errno_t error, bytes data):
         """llhttp stopped before the end of ``data``: an upgrade, a handler's refusal, or
@@ -331,11 +386,12 @@ cdef class HTTP1Connection(Downstream):
         cdef const char* reason
         raised = self.parse_error
         self.parse_error = None
-        if error == HPE_PAUSED_UPGRADE and self.parser.upgrade == 1:
-            offset = llhttp_get_error_pos(&self.parser) - <const char*>data
+        cdef llhttp_t* parser = &self.reader.parser
+        if error == HPE_PAUSED_UPGRADE and parser.upgrade == 1:
+            offset = llhttp_get_error_pos(parser) - <const char*>data
             # Out of the paused state at once, as httptools does: what follows the head is
             # ours to read (held, tunnelled, or the connection closes after the answer).
-            llhttp_resume_after_upgrade(&self.parser)
+            llhttp_resume_after_upgrade(parser)
             self._upgrade_requested(offset)
         elif raised is not None:
             if isinstance(raised, _Refuse):
@@ -343,7 +399,7 @@ cdef class HTTP1Connection(Downstream):
             else:
                 raise raised
         else:
-            reason = llhttp_get_error_reason(&self.parser)
+            reason = llhttp_get_error_reason(parser)
             text = reason.decode("latin-1") if reason is not NULL else "invalid request"
             self.refuse(400, f"malformed request: {_parser_reason(text)}")
 
@@ -362,7 +418,7 @@ cdef class HTTP1Connection(Downstream):
         self.tunnel = None
         self.upgrading = None
         self.stash = None
-        self.worker.connections.discard(self)
+        self.server.worker.connections.discard(self)
         self._uncount()
         if self.reading is not None:
             self.reading.detach_body()
@@ -407,69 +463,74 @@ cdef class HTTP1Connection(Downstream):
     # -- llhttp's callbacks (through the trampolines at the end of the module) -------------
 
     cdef int _message_begin(self) except -1:
+        cdef _RequestReader r = self.reader
         self.in_head = True
-        self.url = b""
-        self.head_bytes = 0
-        self.bytes_length = self.field_start = self.name_length = self.field_count = 0
+        self.between = False
+        r.url = b""
+        r.head_bytes = 0
+        r.bytes_length = r.field_start = r.name_length = r.field_count = 0
         return 0
 
     cdef int _url_piece(self, const char* at, size_t length) except -1:
+        cdef _RequestReader r = self.reader
         piece = PyBytes_FromStringAndSize(at, length)
-        self.url = self.url + piece if self.url else piece
-        if len(self.url) > self.max_header_bytes:
+        r.url = r.url + piece if r.url else piece
+        if len(r.url) > self.server.max_header_bytes:
             raise _Refuse(414, "request target too long")
         return 0
 
     cdef int _field_piece(self, const char* at, size_t length, bint is_value) except -1:
-        cdef Py_ssize_t needed = self.bytes_length + <Py_ssize_t>length
+        cdef _RequestReader r = self.reader
+        cdef Py_ssize_t needed = r.bytes_length + <Py_ssize_t>length
         cdef Py_ssize_t capacity
         cdef char* grown
-        if needed - self.field_start > self.max_header_bytes:
+        if needed - r.field_start > self.server.max_header_bytes:
             # (the head would be refused as too large anyway; this bounds the block for a
             # trailer too, which the head's byte count sees only once it is whole)
             raise _Refuse(431, "request head too large")
-        if needed > self.bytes_capacity:
-            capacity = max(needed, 2 * self.bytes_capacity, 256)
-            grown = <char*>realloc(self.field_bytes, capacity)
+        if needed > r.bytes_capacity:
+            capacity = max(needed, 2 * r.bytes_capacity, 256)
+            grown = <char*>realloc(r.field_bytes, capacity)
             if grown is NULL:
                 raise MemoryError()
-            self.field_bytes = grown
-            self.bytes_capacity = capacity
-        memcpy(self.field_bytes + self.bytes_length, at, length)
-        self.bytes_length = needed
+            r.field_bytes = grown
+            r.bytes_capacity = capacity
+        memcpy(r.field_bytes + r.bytes_length, at, length)
+        r.bytes_length = needed
         if not is_value:
-            self.name_length = needed - self.field_start
+            r.name_length = needed - r.field_start
         return 0
 
     cdef int _field_complete(self) except -1:
         """A header field (or a trailer) read whole: a ``HeaderField`` of the head (a
         trailer is counted against the limit and dropped: the head went upstream)."""
-        cdef Py_ssize_t field_length = self.bytes_length - self.field_start
+        cdef _RequestReader r = self.reader
+        cdef Py_ssize_t field_length = r.bytes_length - r.field_start
         cdef Py_ssize_t capacity
         cdef HeaderField* grown
         cdef HeaderField* field
-        self.head_bytes += field_length + 4
-        if self.head_bytes + len(self.url) > self.max_header_bytes:
+        r.head_bytes += field_length + 4
+        if r.head_bytes + len(r.url) > self.server.max_header_bytes:
             raise _Refuse(431, "request head too large")
         if not self.in_head:
-            self.bytes_length = self.field_start
-            self.name_length = 0
+            r.bytes_length = r.field_start
+            r.name_length = 0
             return 0
-        if self.field_count == self.fields_capacity:
-            capacity = max(2 * self.fields_capacity, 16)
-            grown = <HeaderField*>realloc(self.fields, capacity * sizeof(HeaderField))
+        if r.field_count == r.fields_capacity:
+            capacity = max(2 * r.fields_capacity, 16)
+            grown = <HeaderField*>realloc(r.fields, capacity * sizeof(HeaderField))
             if grown is NULL:
                 raise MemoryError()
-            self.fields = grown
-            self.fields_capacity = capacity
-        field = &self.fields[self.field_count]
-        field.name = <unsigned int>self.field_start
-        field.name_length = <unsigned int>self.name_length
-        field.value_length = <unsigned int>(field_length - self.name_length)
-        field.ident = header_id_chars(self.field_bytes + self.field_start, self.name_length)
-        self.field_count += 1
-        self.field_start = self.bytes_length
-        self.name_length = 0
+            r.fields = grown
+            r.fields_capacity = capacity
+        field = &r.fields[r.field_count]
+        field.name = <unsigned int>r.field_start
+        field.name_length = <unsigned int>r.name_length
+        field.value_length = <unsigned int>(field_length - r.name_length)
+        field.ident = header_id_chars(r.field_bytes + r.field_start, r.name_length)
+        r.field_count += 1
+        r.field_start = r.bytes_length
+        r.name_length = 0
         return 0
 
     cdef int _headers_complete(self) except -1:
@@ -477,10 +538,11 @@ cdef class HTTP1Connection(Downstream):
         cdef int body_kind = BODY_NONE
         cdef bint expect_continue = False
         cdef Exchange ex
+        cdef _RequestReader r = self.reader
         self.in_head = False
         self.raw_head_bytes = 0
-        cdef int method = self.parser.method
-        version = _version(self.parser.http_major, self.parser.http_minor)
+        cdef int method = r.parser.method
+        version = _version(r.parser.http_major, r.parser.http_minor)
         if version != "1.1" and version != "1.0":
             if version.startswith("2"):
                 raise _Refuse(505, f"HTTP/{version} is not spoken on this port as HTTP/1")
@@ -496,18 +558,18 @@ cdef class HTTP1Connection(Downstream):
         cdef int ident
         cdef Py_ssize_t i
         cdef HeaderField* field
-        for i in range(self.field_count):
-            field = &self.fields[i]
+        for i in range(r.field_count):
+            field = &r.fields[i]
             ident = field.ident
             if ident == H_CONTENT_LENGTH:
                 # llhttp already refused anything but one decimal number, and read it
-                length = <Py_ssize_t>self.parser.content_length
+                length = <Py_ssize_t>r.parser.content_length
                 if length:
                     body_kind = BODY_LENGTH
                 continue
             if not HEAD_CHECKED & (1 << ident):
                 continue
-            value = PyBytes_FromStringAndSize(self.field_bytes + field.name + field.name_length,
+            value = PyBytes_FromStringAndSize(r.field_bytes + field.name + field.name_length,
                                               field.value_length)
             if ident == H_HOST:
                 hosts += 1
@@ -535,7 +597,7 @@ cdef class HTTP1Connection(Downstream):
             raise _Refuse(400, "more than one Host header")
         if hosts == 0 and version == "1.1":
             raise _Refuse(400, "missing Host header")
-        url = self.url
+        url = r.url
         absolute_form = url[:1] != b"/"
         if absolute_form:
             url, host = self._absolute_form(url, host)
@@ -546,20 +608,20 @@ cdef class HTTP1Connection(Downstream):
         hostname = host_name(host)
         if hostname is None:
             raise _Refuse(400, "invalid Host header")
-        if body_kind == BODY_LENGTH and length > self.max_body_bytes:
+        if body_kind == BODY_LENGTH and length > self.server.max_body_bytes:
             raise _Refuse(413, "request body too large")
         method_name = METHOD_NAMES[method]
         if method_name is None:
             method_name = METHOD_NAMES[method] = llhttp_method_name(<llhttp_method_t>method).decode()
         ex = new_exchange(self, method_name, npath, query, hostname, host, None,
-                      version, llhttp_should_keep_alive(&self.parser) != 0, self.peer_ip, body_kind,
+                      version, llhttp_should_keep_alive(&r.parser) != 0, self.peer_ip, body_kind,
                       length, monotonic())
         # The head's fields go to the exchange as they are: both blocks, no copy.
-        ex.take_fields(self.field_bytes, self.fields, self.field_count)
-        self.field_bytes = NULL
-        self.fields = NULL
-        self.bytes_capacity = self.fields_capacity = 0
-        self.bytes_length = self.field_start = self.field_count = 0
+        ex.take_fields(r.field_bytes, r.fields, r.field_count)
+        r.field_bytes = NULL
+        r.fields = NULL
+        r.bytes_capacity = r.fields_capacity = 0
+        r.bytes_length = r.field_start = r.field_count = 0
         if absolute_form:
             # RFC 9112 §3.2.2: the target's authority replaces Host, and a proxy forwards a
             # Host made from it. Routed on one host and forwarded with another, a request
@@ -567,12 +629,12 @@ cdef class HTTP1Connection(Downstream):
             ex.headers = [(n, v) for n, v in ex.headers if header_id(n) != H_HOST] + [(b"host", host)]
         ex.tls = self.tls
         if (upgrade is not None and body_kind == BODY_NONE and version == "1.1" and method == HTTP_GET
-                and self.parser.upgrade and _asks_websocket(upgrade)):
+                and r.parser.upgrade and _asks_websocket(upgrade)):
             ex.upgrade = b"websocket"
-        self.proxy.prepare(ex, request_id)
+        self.server.proxy.prepare(ex, request_id)
         if body_kind != BODY_NONE:
             self.reading = ex
-            self.deadline = ex.started + self.idle_timeout
+            self.deadline = ex.started + self.server.idle_timeout
             if expect_continue:
                 self.transport.write(CONTINUE)
         if self.current is None:
@@ -602,7 +664,7 @@ cdef class HTTP1Connection(Downstream):
         cdef Exchange ex = self.reading
         if ex is None:
             return 0
-        if ex.bytes_in + <Py_ssize_t>length > self.max_body_bytes:
+        if ex.bytes_in + <Py_ssize_t>length > self.server.max_body_bytes:
             raise _Refuse(413, "request body too large")
         cdef bytes data = self.feeding
         if data is not None and at == <const char*>data and <Py_ssize_t>length == len(data):
@@ -618,12 +680,12 @@ cdef class HTTP1Connection(Downstream):
         if ex is not None:
             self.reading = None
             ex.end_body()
-        if self.field_bytes is not NULL:  # a trailer's: an idle connection holds no block
-            free(self.field_bytes)
-            self.field_bytes = NULL
-            self.bytes_capacity = self.bytes_length = self.field_start = 0
+        # A keep-alive connection drops its reader once the bytes read end here
+        # (data_received); one that closes after this request keeps it, and llhttp
+        # refuses what the client sends after it.
+        self.between = llhttp_should_keep_alive(&self.reader.parser) != 0
         self.in_head = True
-        self.deadline = monotonic() + self.idle_timeout
+        self.deadline = monotonic() + self.server.idle_timeout
         return 0
 
     # -- Downstream: what the proxy and the upstream call -----------------------------------
@@ -682,7 +744,7 @@ cdef class HTTP1Connection(Downstream):
         # request body was not read to its end (we cannot find the next request). A
         # refusal owed to a later pipelined request does not close here: that answer
         # follows this one on the connection (``_finished``), and it says close.
-        cdef bint close = not ex.keep_alive or self.proxy.draining or ex is self.reading
+        cdef bint close = not ex.keep_alive or self.server.proxy.draining or ex is self.reading
         self.close_after = close
         if close:
             head.add(b"connection: close\r\n\r\n")
@@ -751,7 +813,7 @@ cdef class HTTP1Connection(Downstream):
         if self.closing or self.lingering:
             return  # we said we close (or the client left): no more requests on this one
         self.current = ex
-        self.proxy.handle(ex)
+        self.server.proxy.handle(ex)
 
     cdef _finished(self, Exchange ex):
         if self.current is not ex:
@@ -778,7 +840,7 @@ cdef class HTTP1Connection(Downstream):
             self._start(ex)
             self._resume()
         elif self.reading is None:
-            self.deadline = monotonic() + self.idle_timeout
+            self.deadline = monotonic() + self.server.idle_timeout
 
     # -- our own answers -------------------------------------------------------------------------
 
@@ -814,13 +876,14 @@ cdef class HTTP1Connection(Downstream):
 
     cdef _write_refusal(self):
         status, message = self.refusal
-        rid = self.proxy.ids.next()
+        rid = self.server.proxy.ids.next()
         body = error_body(status, message, rid)
         self.transport.write(b"".join((
             STATUS_LINES[status],
             b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body),
             b"x-request-id: ", rid.encode(), b"\r\nconnection: close\r\n\r\n", body)))
-        self.proxy.access_log.write_refusal(self.peer_ip, rid, status, self.url)
+        self.server.proxy.access_log.write_refusal(self.peer_ip, rid, status,
+                                            self.reader.url if self.reader is not None else b"")
         self._close_lingering()
 
     cdef _close_lingering(self):
@@ -831,7 +894,7 @@ cdef class HTTP1Connection(Downstream):
             self.transport.resume_reading()
         if self.transport.can_write_eof():
             self.transport.write_eof()
-        self.loop.call_later(LINGER_SECONDS, self.transport.close)
+        self.server.loop.call_later(LINGER_SECONDS, self.transport.close)
 
     cdef _upgrade_requested(self, Py_ssize_t offset):
         # llhttp stops after a request carrying Upgrade (or CONNECT, which never gets here:
@@ -884,7 +947,7 @@ cdef class HTTP1Connection(Downstream):
         if ex is None or take == 0:
             return
         self.upgrade_body_left -= take
-        self.deadline = monotonic() + self.idle_timeout
+        self.deadline = monotonic() + self.server.idle_timeout
         ex.feed_body(data[:take] if take < len(data) else data)
         if self.upgrade_body_left == 0:
             self.reading = None
@@ -925,10 +988,10 @@ cdef class HTTP1Connection(Downstream):
     cdef _resume_http(self):
         """An upgrade request answered without a switch: a new parser reads what the
         client sent after it as the next request."""
-        self._new_parser()
+        self.reader = None
         self.in_head = True
         self.raw_head_bytes = 0
-        self.deadline = monotonic() + self.idle_timeout
+        self.deadline = monotonic() + self.server.idle_timeout
         held = self.stash or ()
         self.stash = None
         self.stash_bytes = 0
