@@ -29,7 +29,7 @@ ALLOWED: dict[str, set[str]] = {
     "upstream": {"errors", "exchange", "_core"},
     "plan": {"upstream", "policy", "_core"},
     "snapshot": {"config", "errors", "plan", "upstream", "policy", "policies", "cluster", "_core"},
-    "proxy": {"errors", "exchange", "upstream", "policy", "_core"},
+    "proxy": {"errors", "exchange", "plan", "upstream", "policy", "_core"},
     "policy": {"exchange", "_core"},
     "policies": {"policy", "exchange", "errors", "_core"},
     "cluster": {"_core"},
