@@ -26,7 +26,11 @@ cdef class Collector(Downstream):
 
 cdef class Proxy(ResponseListener):
     cdef public SnapshotPlan snapshot   # a snapshot.Snapshot
-    cdef public object access_log, loop
+    cdef public object loop
+    # the access log (the ``access_log`` property: assigning it sets ``_logs_access``),
+    # and whether it may write at all (False: "off", and the proxy does not call it)
+    cdef object _access_log
+    cdef bint _logs_access
     cdef public RequestIds ids
     cdef public bint draining
     # what a protocol switch becomes, by a route's ``websocket`` mode ("http": the

@@ -21,7 +21,7 @@ that its reads of the exchange, the route and the pool are C reads. It knows a r
 the snapshot by their C part (``fastgw.plan``: ``RoutePlan``, ``SnapshotPlan``, which
 ``snapshot.Route`` and ``snapshot.Snapshot`` inherit), so reading a route's upstream,
 chain or timeout, or the snapshot's router, looks nothing up; the path sent upstream is
-a C call (``RoutePlan.path_for``).
+a C call (``RoutePlan.path_for``), and an access log that is "off" is not called at all.
 
 Internal exchanges: requests fastgw itself sends upstream on behalf of an exchange (the
 WebSocket adapter's POSTs, ``websocket = "http"``). ``internal_exchange`` makes one whose
@@ -199,6 +199,20 @@ cdef class Proxy(ResponseListener):
         self.draining = False
         self.loop = None
         self.adapters = {}
+
+    @property
+    def access_log(self):
+        """The access log (``fastgw.logs.AccessLog``); the worker assigns a new one on a
+        reload that changes its target."""
+        return self._access_log
+
+    @access_log.setter
+    def access_log(self, access_log):
+        self._access_log = access_log
+        # PERF: a log that is "off" never writes, so _finished does not call it (a Python
+        # call per request). Any other may write, even after a failed write turned it off
+        # for now (``reopen`` turns it on again): it is called, and decides.
+        self._logs_access = access_log is not None and access_log.target != "off"
 
     cpdef handle(self, Exchange ex):
         """Serve ``ex``: called by the protocol when its head is complete.
@@ -435,7 +449,8 @@ cdef class Proxy(ResponseListener):
             counters = unmatched()
         counters.record(method_class(ex.method), ex.status, <int64_t>((monotonic() - ex.started) * 1e9),
                         ex.bytes_in, ex.bytes_out)
-        self.access_log.write(ex)
+        if self._logs_access:
+            self._access_log.write(ex)
 
     cdef _send(self, Exchange ex, Pool pool):
         """Send ``ex`` to ``pool``'s target: on an idle pooled connection, or a new one."""
