@@ -1,5 +1,6 @@
 """Build the Cython hot path: the pure core (fastgw/_core) and the request path that
-drives it (the exchange, the HTTP/1 front end, the proxy, the upstream relay).
+drives it (the exchange, the HTTP/1 front end, the proxy and the route plan it reads, the
+upstream relay).
 Everything else is in pyproject.toml.
 
 FASTGW_DEBUG=1 builds with line tracing, the annotate HTML (``cython -a``) and
@@ -33,6 +34,7 @@ COMPILED_MODULES = [
     "fastgw.exchange",
     "fastgw.upstream",
     "fastgw.policy",
+    "fastgw.plan",
     "fastgw.policies.limits",
     "fastgw.policies.ip",
     "fastgw.policies.headers",

@@ -69,6 +69,9 @@ class AccessLog:
         # loop.time() is monotonic; the offset turns it into wall-clock time once.
         self._clock_offset = time.time() - time.monotonic()
         self.owns_fd = False
+        # "off" stays off for good: the proxy does not even call ``write`` then
+        # (``Proxy.access_log``). Any other may be turned off by a failed write, and on
+        # again by ``reopen``.
         self.enabled = target != "off"
         self.stalled = False
         self.dropped = 0

@@ -2,6 +2,7 @@
 
 from fastgw._core.router cimport RouteMatch
 from fastgw.exchange cimport Downstream, Exchange
+from fastgw.plan cimport RoutePlan, SnapshotPlan
 from fastgw.upstream cimport Pool, ResponseListener, Upstream, UpstreamConnection
 
 
@@ -24,7 +25,12 @@ cdef class Collector(Downstream):
 
 
 cdef class Proxy(ResponseListener):
-    cdef public object snapshot, access_log, loop
+    cdef public SnapshotPlan snapshot   # a snapshot.Snapshot
+    cdef public object loop
+    # the access log (the ``access_log`` property: assigning it sets ``_logs_access``),
+    # and whether it may write at all (False: "off", and the proxy does not call it)
+    cdef object _access_log
+    cdef bint _logs_access
     cdef public RequestIds ids
     cdef public bint draining
     # what a protocol switch becomes, by a route's ``websocket`` mode ("http": the
@@ -35,11 +41,11 @@ cdef class Proxy(ResponseListener):
     cdef _end(self, Exchange ex, exc)
     cpdef fail(self, Exchange ex, int status, str message, list extra=*)
     cpdef prepare(self, Exchange ex, client_request_id)
-    cdef _route_and_send(self, Exchange ex, snap)
-    cdef bint _preflight(self, Exchange ex, snap, headers)
-    cdef _run_policies(self, Exchange ex, route, RouteMatch match, Py_ssize_t start)
+    cdef _route_and_send(self, Exchange ex, SnapshotPlan snap)
+    cdef bint _preflight(self, Exchange ex, SnapshotPlan snap, headers)
+    cdef _run_policies(self, Exchange ex, RoutePlan route, RouteMatch match, Py_ssize_t start)
     cdef _answer(self, Exchange ex)
-    cdef _forward(self, Exchange ex, route, RouteMatch match)
+    cdef _forward(self, Exchange ex, RoutePlan route, RouteMatch match)
     cdef _finished(self, Exchange ex)
     cdef _send(self, Exchange ex, Pool pool)
     cdef bint _retry(self, Exchange ex, Pool failed, error)

@@ -17,7 +17,11 @@ becomes a tunnel when the upstream answers 101 (``fastgw.upstream``); on a route
 ``websocket`` its Upgrade is dropped like any hop-by-hop field.
 
 Compiled (Cython, declared in ``proxy.pxd``): this is the per-request path, typed so
-that its reads of the exchange, the route and the pool are C reads.
+that its reads of the exchange, the route and the pool are C reads. It knows a route and
+the snapshot by their C part (``fastgw.plan``: ``RoutePlan``, ``SnapshotPlan``, which
+``snapshot.Route`` and ``snapshot.Snapshot`` inherit), so reading a route's upstream,
+chain or timeout, or the snapshot's router, looks nothing up; the path sent upstream is
+a C call (``RoutePlan.path_for``), and an access log that is "off" is not called at all.
 
 Internal exchanges: requests fastgw itself sends upstream on behalf of an exchange (the
 WebSocket adapter's POSTs, ``websocket = "http"``). ``internal_exchange`` makes one whose
@@ -33,8 +37,9 @@ a policy that waits gets a task for that request only (``_wait_then_go_on``), an
 walk goes on after it; its log phase runs in ``_finished``; its response-head phase
 runs wherever a head is written (``exchange.head_fields``).
 
-May import: the standard library, orjson, fastgw.errors, fastgw.exchange, fastgw.policy,
-fastgw.upstream (the handler drives it), fastgw.logs; snapshot only for types.
+May import: the standard library, orjson, fastgw.errors, fastgw.exchange, fastgw.plan,
+fastgw.policy, fastgw.upstream (the handler drives it), fastgw.logs; snapshot only for
+types.
 """
 
 import asyncio
@@ -57,6 +62,7 @@ from fastgw._core.wire import seed_trace_ids
 from fastgw.exchange cimport (
     BODY_CHUNKED, BODY_LENGTH, BODY_NONE, BODY_TUNNEL, Downstream, Exchange, FieldView, head_fields, monotonic,
     new_exchange)
+from fastgw.plan cimport RoutePlan, SnapshotPlan
 from fastgw.policy cimport ANSWERED, CONTINUE, WAIT, Chain, Policy
 from fastgw.upstream cimport Pool, ResponseListener, Upstream, UpstreamConnection
 from cpython.bytes cimport PyBytes_FromStringAndSize
@@ -194,6 +200,20 @@ cdef class Proxy(ResponseListener):
         self.loop = None
         self.adapters = {}
 
+    @property
+    def access_log(self):
+        """The access log (``fastgw.logs.AccessLog``); the worker assigns a new one on a
+        reload that changes its target."""
+        return self._access_log
+
+    @access_log.setter
+    def access_log(self, access_log):
+        self._access_log = access_log
+        # PERF: a log that is "off" never writes, so _finished does not call it (a Python
+        # call per request). Any other may write, even after a failed write turned it off
+        # for now (``reopen`` turns it on again): it is called, and decides.
+        self._logs_access = access_log is not None and access_log.target != "off"
+
     cpdef handle(self, Exchange ex):
         """Serve ``ex``: called by the protocol when its head is complete.
 
@@ -203,7 +223,7 @@ cdef class Proxy(ResponseListener):
         (or retry on a fresh one) runs a coroutine, ``_connect_and_send`` (PERF: a task and
         its futures per request cost more than all the routing).
         """
-        snap = self.snapshot
+        cdef SnapshotPlan snap = self.snapshot
         try:
             self._route_and_send(ex, snap)
         except FastGWError as exc:
@@ -258,12 +278,12 @@ cdef class Proxy(ResponseListener):
             ex.request_id = client_request_id.decode()
         else:
             ex.request_id = self.ids.next()
-        snap = self.snapshot
+        cdef SnapshotPlan snap = self.snapshot
         if snap.trusted_proxies and snap.is_trusted(ex.peer_ip):
             ex.trusted_peer = True
             ex.client_ip = snap.client_ip_from(ex)
 
-    cdef _route_and_send(self, Exchange ex, snap):
+    cdef _route_and_send(self, Exchange ex, SnapshotPlan snap):
         if ex.failure is not None:  # the protocol gave up on it already (a broken body)
             raise ex.failure
         headers = None
@@ -283,7 +303,7 @@ cdef class Proxy(ResponseListener):
             self.fail(ex, 404, "no route")
             self._finished(ex)
             return
-        route = match.target
+        cdef RoutePlan route = match.target
         cdef Upstream upstream
         cdef Pool pool
         cdef UpstreamConnection conn
@@ -306,7 +326,7 @@ cdef class Proxy(ResponseListener):
         else:
             self._forward(ex, route, match)
 
-    cdef bint _preflight(self, Exchange ex, snap, headers):
+    cdef bint _preflight(self, Exchange ex, SnapshotPlan snap, headers):
         """A CORS preflight on a path whose route leaves OPTIONS out of its methods: the
         route of the method it announces answers it, when that route has ``cors``."""
         announced = ex.header(b"access-control-request-method")
@@ -314,22 +334,24 @@ cdef class Proxy(ResponseListener):
         if not method:
             return False
         cdef RouteMatch match = snap.router.match(method, ex.host, ex.path, headers)
-        if match is None or match.target is None or match.target.cors is None:
+        if match is None or match.target is None:
             return False
-        route = match.target
+        cdef RoutePlan route = match.target
+        if route.cors is None:
+            return False
         ex.route_name = route.name
         ex.metrics = route.metrics
-        if (<Chain>route.chain).on_exchange:
+        if route.chain.on_exchange:
             ex.chain = route.chain
-        if (<Policy>route.cors).request(ex) == ANSWERED:
+        if route.cors.request(ex) == ANSWERED:
             self._answer(ex)
             return True
         return False
 
-    cdef _run_policies(self, Exchange ex, route, RouteMatch match, Py_ssize_t start):
+    cdef _run_policies(self, Exchange ex, RoutePlan route, RouteMatch match, Py_ssize_t start):
         """The route's request phase from policy ``start`` on, then forward. A policy that
         answers ends it; one that waits goes on in a task (``_wait_then_go_on``)."""
-        cdef tuple phase = (<Chain>route.chain).request_phase
+        cdef tuple phase = route.chain.request_phase
         cdef Policy policy
         cdef Py_ssize_t i
         cdef int outcome
@@ -345,10 +367,10 @@ cdef class Proxy(ResponseListener):
             return
         self._forward(ex, route, match)
 
-    async def _wait_then_go_on(self, Exchange ex, route, RouteMatch match, Py_ssize_t i):
+    async def _wait_then_go_on(self, Exchange ex, RoutePlan route, RouteMatch match, Py_ssize_t i):
         """Policy ``i``'s async step, then the rest of the request phase (the body waits
         in the exchange meanwhile, as it does during a connect)."""
-        cdef Policy policy = (<Chain>route.chain).request_phase[i]
+        cdef Policy policy = route.chain.request_phase[i]
         try:
             outcome = await policy.wait(ex)
             if ex.failure is not None:  # the client left (or broke a limit) meanwhile
@@ -369,13 +391,13 @@ cdef class Proxy(ResponseListener):
         self.fail(ex, status, message, fields)
         self._finished(ex)
 
-    cdef _forward(self, Exchange ex, route, RouteMatch match):
+    cdef _forward(self, Exchange ex, RoutePlan route, RouteMatch match):
         """The request passed the route's policies: pick a target, send."""
         cdef Upstream upstream
         cdef Pool pool
         upstream = route.pick_upstream(ex.headers) if route.splits else route.upstream
         ex.upstream = upstream
-        ex.upstream_path = route.upstream_path(ex.path, match.params)
+        ex.upstream_path = route.path_for(ex.path, match.params)  # a C call: no Python one
         if route.aggregate is not None:  # [routes.aggregate]: fastgw composes the answer
             adapter = self.adapters.get("aggregate")
             if adapter is None:
@@ -427,7 +449,8 @@ cdef class Proxy(ResponseListener):
             counters = unmatched()
         counters.record(method_class(ex.method), ex.status, <int64_t>((monotonic() - ex.started) * 1e9),
                         ex.bytes_in, ex.bytes_out)
-        self.access_log.write(ex)
+        if self._logs_access:
+            self._access_log.write(ex)
 
     cdef _send(self, Exchange ex, Pool pool):
         """Send ``ex`` to ``pool``'s target: on an idle pooled connection, or a new one."""

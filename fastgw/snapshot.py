@@ -13,8 +13,13 @@ its warm keep-alive pools) whose settings did not change, so a reload does not c
 upstream connections; the ones that left the config are retired by the caller once the
 new snapshot is in place.
 
-May import: the standard library, fastgw.config, fastgw.errors, fastgw.upstream,
-fastgw.policy, fastgw.policies, fastgw.cluster, fastgw._core.
+A ``Route`` and the ``Snapshot`` keep what the proxy reads per request in their C part,
+the classes of ``fastgw.plan`` they inherit (``RoutePlan``, ``SnapshotPlan``): the proxy
+cimports those, never this module, and reads typed fields instead of looking attributes
+up. Python reads them as attributes, as it reads the rest.
+
+May import: the standard library, fastgw.config, fastgw.errors, fastgw.plan,
+fastgw.upstream, fastgw.policy, fastgw.policies, fastgw.cluster, fastgw._core.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from fastgw._core.limiter import ConcurrencyGuard, shared_arena
 from fastgw._core.metrics import shared_metrics
 from fastgw._core.targets import shared_table
 from fastgw.errors import ConfigError
+from fastgw.plan import RoutePlan, SnapshotPlan
 from fastgw.policies import BUILTIN as BUILTIN_POLICIES
 from fastgw.policies.auth import Consumers
 from fastgw.policies.jwt import JwtVerifier
@@ -44,24 +50,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("fastgw")
 
 
-class Route:
-    """A route as a request sees it: where it goes and how its path is rewritten."""
+class Route(RoutePlan):
+    """A route as a request sees it: where it goes and how its path is rewritten. What the
+    proxy reads per request (name, upstream, splits, strip_prefix, rewrite, timeout, chain,
+    cors, websocket, aggregate, metrics) is the C part, ``fastgw.plan.RoutePlan``, set once
+    here; the rest is for the split's pick, ``fastgw explain`` and the admin API."""
 
-    __slots__ = ("name", "index", "upstream", "strip_prefix", "rewrite", "timeout", "config",
-                 "splits", "split_shares", "_match_split", "_split_upstreams", "_split", "chain",
-                 "guard", "cors", "websocket", "metrics", "aggregate", "upstreams_by_name")
+    __slots__ = ("index", "config", "split_shares", "_match_split", "_split_upstreams", "_split",
+                 "guard", "upstreams_by_name")
 
     def __init__(self, config: RouteConfig, upstreams: dict[str, Upstream], policies: Policies) -> None:
-        self.name = config.name
+        upstream = upstreams[config.upstream]
         self.index = config.index
-        self.upstream = upstreams[config.upstream]
-        self.strip_prefix = config.strip_prefix
-        self.rewrite = _split_template(config.rewrite) if config.rewrite else None
-        self.timeout = config.timeout or 0.0
-        #: what a WebSocket handshake becomes: "proxy" (a tunnel), or None (plain HTTP)
-        self.websocket = config.websocket
-        #: [routes.aggregate] (fastgw.aggregate runs it), and the upstreams its calls name
-        self.aggregate = config.aggregate
+        #: the upstreams [routes.aggregate]'s calls name
         self.upstreams_by_name = ({call.upstream: upstreams[call.upstream] for call in config.aggregate.calls}
                                   if config.aggregate is not None else {})
         self.config = config
@@ -70,25 +71,37 @@ class Route:
                                   for header, value, name in config.match_split)
         # The split: the route's upstream takes what the canaries leave (smooth weighted
         # round robin over percents, so 10 is exactly 1 request in 10).
-        shares = [(self.upstream, 100 - sum(w for _, w in config.split))]
+        shares = [(upstream, 100 - sum(w for _, w in config.split))]
         shares += [(upstreams[name], weight) for name, weight in config.split]
         #: (upstream, percent) of ``split``, the route's own upstream first; () without one
         self.split_shares = tuple((up, w) for up, w in shares if w > 0) if config.split else ()
         self._split_upstreams = [up for up, _ in self.split_shares]
         self._split = SmoothWeighted([w for _, w in self.split_shares]) if config.split else None
-        #: the route sends some requests elsewhere than ``upstream``: ask ``pick_upstream``
-        self.splits = bool(config.split or config.match_split)
         #: max_concurrent, counted for the machine; or None (its policy holds it too)
         self.guard = policies.guard_of(config)
-        #: the policies a request on this route passes, compiled
-        self.chain = policies.chain_of(config, self.guard)
-        #: its cors policy, or None: a preflight its methods leave out is still its own
-        self.cors = next((p for p in self.chain.policies if p.name == "cors"), None)
-        #: its counters (``_core.metrics``): the proxy records each exchange's end there
-        self.metrics = policies.metrics.route(config.name.encode())
-        if not self.metrics.named:
+        chain = policies.chain_of(config, self.guard)
+        metrics = policies.metrics.route(config.name.encode())
+        if not metrics.named:
             log.warning("route %s: the metrics table is full (%d routes); its requests count "
                         'under route="(other)"', config.name, policies.metrics.route_capacity - 2)
+        super().__init__(
+            name=config.name,
+            upstream=upstream,
+            # some requests go elsewhere than ``upstream``: ``pick_upstream`` decides
+            splits=bool(config.split or config.match_split),
+            strip_prefix=config.strip_prefix,
+            rewrite=_split_template(config.rewrite) if config.rewrite else None,
+            timeout=config.timeout or 0.0,
+            chain=chain,
+            # a preflight its methods leave out is still its own
+            cors=next((p for p in chain.policies if p.name == "cors"), None),
+            # what a WebSocket handshake becomes: "proxy" (a tunnel), "http", or None (plain HTTP)
+            websocket=config.websocket,
+            # [routes.aggregate] (fastgw.aggregate runs it)
+            aggregate=config.aggregate,
+            # the proxy records each exchange's end there (``_core.metrics``)
+            metrics=metrics,
+        )
 
     def pick_upstream(self, headers: list[tuple[bytes, bytes]]) -> Upstream:
         """The upstream for a request with these headers: ``match_split``, then ``split``
@@ -114,20 +127,6 @@ class Route:
                         return entry
                     break  # the first such header decides
         return None
-
-    def upstream_path(self, path: str, params: dict[str, str]) -> str:
-        """The path sent upstream: the normalised request path, with ``strip_prefix`` or
-        ``rewrite`` applied."""
-        if self.rewrite is not None:
-            return "".join([params.get(part[1:], "") if part[:1] == "\0" else part for part in self.rewrite])
-        prefix = self.strip_prefix
-        if prefix is not None and path.startswith(prefix):
-            rest = path[len(prefix):]
-            if not rest:
-                return "/"
-            if rest[0] == "/":
-                return rest
-        return path
 
     def __repr__(self) -> str:
         return f"Route({self.name!r})"
@@ -204,24 +203,27 @@ def _cluster_limits(config: Config, previous: Snapshot | None) -> Any:
     return ClusterLimits(config.cluster.redis, config.cluster.timeout)
 
 
-class Snapshot:
-    """What one config compiles to. Never mutated after ``compile_snapshot`` returns."""
+class Snapshot(SnapshotPlan):
+    """What one config compiles to. Never mutated after ``compile_snapshot`` returns. What
+    the proxy reads per request (router, condition_headers, trusted_proxies) is the C
+    part, ``fastgw.plan.SnapshotPlan``."""
 
-    __slots__ = ("config", "router", "routes", "upstreams", "trusted_proxies", "condition_headers",
-                 "cluster", "_trust_cache")
+    __slots__ = ("config", "routes", "upstreams", "cluster", "_trust_cache")
 
     def __init__(self, config: Config, router: Router, routes: tuple[Route, ...],
                  upstreams: dict[str, Upstream], cluster: Any = None) -> None:
+        super().__init__(
+            router=router,
+            # lower-case header name as received (bytes) -> the router's key, for the headers
+            # some route conditions on; empty when none does (then no dict is built at all)
+            condition_headers={name.encode("latin-1"): name for name in router.header_names},
+            trusted_proxies=config.server.trusted_proxies,
+        )
         self.config = config
         #: fastgw.cluster.ClusterLimits of [cluster], or None
         self.cluster = cluster
-        self.router = router
         self.routes = routes
         self.upstreams = upstreams
-        self.trusted_proxies = config.server.trusted_proxies
-        #: lower-case header name as received (bytes) -> the router's key, for the headers
-        #: some route conditions on; empty when none does (then no dict is built at all)
-        self.condition_headers = {name.encode("latin-1"): name for name in router.header_names}
         self._trust_cache: dict[str, bool] = {}
 
     def is_trusted(self, ip: str) -> bool:

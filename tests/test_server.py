@@ -6,7 +6,7 @@ under concurrent load (keep-alive and new-connection clients) with zero failed r
 an invalid reload refused with every error while the old config serves; SIGTERM drain
 (in-flight requests finish, new connections refused, exit 0; a request longer than
 drain_timeout is cut); the access log (fields and values, off, a file relative to the
-config, switched by a reload, a stdout pipe nobody reads); and ``fastgw run`` refusing a bad config, a port in use
+config, switched on and off by a reload, a stdout pipe nobody reads); and ``fastgw run`` refusing a bad config, a port in use
 and an access log it cannot open.
 
 Every wait is a bounded poll (``wait_for``), every load loop bounded in count and time.
@@ -519,6 +519,36 @@ def test_access_log_off_writes_nothing_and_a_reload_can_turn_it_on(backend, gate
     path = gw.folder / "logs.jsonl"
     lines = wait_for(lambda: path.exists() and path.read_text().splitlines(), what="the log file")
     assert [json.loads(line)["request_id"] for line in lines] == [r.headers["x-request-id"]]
+    assert gw.stop() == 0
+    assert gw.stdout_path.read_bytes() == b""
+
+
+def test_a_reload_turns_the_access_log_off_and_on_again(backend, gateway):
+    """The proxy skips an access log that is "off" without calling it: a reload that
+    switches the log must switch that too, both ways."""
+    toml, port = config_for(backend, log='access = "logs.jsonl"')
+    gw = gateway(toml, port)
+    (worker,) = wait_for(lambda: children(gw.proc.pid), what="the worker")
+    path = gw.folder / "logs.jsonl"
+
+    def logged() -> list[str]:
+        return [json.loads(line)["request_id"] for line in path.read_text().splitlines()] if path.exists() else []
+
+    first = fresh_get(gw.url + "/echo").headers["x-request-id"]
+    wait_for(lambda: logged() == [first], what="the first line")
+
+    off = toml.replace('access = "logs.jsonl"', 'access = "off"')
+    gw.reload(off)
+    wait_for(lambda: worker in reloaded_pids(gw, off), what="the reload to off")
+    for _ in range(5):
+        assert fresh_get(gw.url + "/echo").status_code == 200
+    time.sleep(0.5)  # two sweeper flushes
+    assert logged() == [first]
+
+    gw.reload(toml)
+    wait_for(lambda: worker in reloaded_pids(gw, toml), what="the reload to on")
+    last = fresh_get(gw.url + "/echo").headers["x-request-id"]
+    wait_for(lambda: logged() == [first, last], what="the line after turning it on again")
     assert gw.stop() == 0
     assert gw.stdout_path.read_bytes() == b""
 
