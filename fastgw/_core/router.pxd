@@ -82,3 +82,4 @@ cdef class Router:
     cdef int _walk(self, _Node node, Py_ssize_t d, Py_ssize_t np, _Walk* w) except -1
     cdef int _find(self, str host, _Walk* w) except -1
     cdef RouteMatch _result(self, _Walk* w)
+    cpdef RouteMatch match(self, str method, str host, str path, headers=*)

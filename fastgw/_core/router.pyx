@@ -425,8 +425,11 @@ cdef class Router:
 
     # -- lookup ------------------------------------------------------------
 
-    def match(self, str method not None, str host, str path not None, headers=None):
-        """match(method, host, path, headers=None) -> RouteMatch | None  (docs in router.pyi)"""
+    cpdef RouteMatch match(self, str method, str host, str path, headers=None):
+        """match(method, host, path, headers=None) -> RouteMatch | None  (docs in router.pyi)
+        (cpdef: the proxy calls it as C, once per request)"""
+        if method is None or path is None:
+            raise TypeError("match() needs a method and a path")
         cdef _Walk w
         cdef Py_ssize_t plen = len(path), i = 1, j, d = 0, limit
         cdef RouteMatch m
