@@ -23,7 +23,7 @@ $(VENV)/bin/activate:
 $(VENV)/.installed: $(VENV)/bin/activate pyproject.toml setup.py
 	@echo "fastgw: installing the build tools into $(VENV)"
 	$(PIP) install 'Cython>=3.0' 'setuptools>=77' wheel
-	@echo "fastgw: building the native modules (10 Cython modules, a minute or two the first time)..."
+	@echo "fastgw: building the native modules (the Cython modules, a minute or two the first time)..."
 	$(PY) setup.py build_ext --inplace --parallel $(JOBS)
 	@echo "fastgw: installing fastgw and its dependencies into $(VENV)"
 	$(PIP) install --no-build-isolation -e '.[test]'
