@@ -17,7 +17,9 @@ together, the target; it is made at the request's first byte and dropped when th
 read end with a keep-alive request (a fresh llhttp is in the state it would be in). What
 every connection of a worker shares (the worker, proxy and limits) is one
 ``ServerContext``. An idle keep-alive connection is the connection object alone, 216
-bytes (`make bench-memory`: ~1.5 KiB per idle connection in all, ~1.2 of them uvloop's). One ``Exchange`` is built per request head. The first exchange runs
+bytes (`make bench-memory`: ~1.5 KiB per idle connection in all, ~1.2 of them uvloop's).
+
+One ``Exchange`` is built per request head. The first exchange runs
 once the bytes read are parsed (``Proxy.handle``, in callbacks, no task); pipelined ones
 wait in ``queue`` and start, in order, when the one before has sent its whole response,
 so responses leave in request order. Request body chunks go into the exchange whose body
@@ -69,7 +71,7 @@ normalisation, header ids, the head writer, the counters).
 
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.stdlib cimport free, malloc, realloc
+from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy
 
 from fastgw._core.metrics cimport P_HTTP1, P_WEBSOCKET, connection_closed, connection_opened
