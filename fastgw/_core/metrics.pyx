@@ -169,7 +169,9 @@ cdef class RouteCounters:
         """``record`` for Python callers (tests, benchmarks): ``duration`` in seconds."""
         if not 0 <= method < METHODS:
             raise ValueError(f"method class {method} out of range")
-        self.record(method, status, <int64_t>(duration * 1e9), bytes_in, bytes_out)
+        # (to the nearest ns: truncating would put 1,000,001 ns, 0.001000001 s as a
+        # float, at 1,000,000, into the bucket below)
+        self.record(method, status, <int64_t>(duration * 1e9 + 0.5), bytes_in, bytes_out)
 
     def rate_limited(self):
         self.count(R_RATE_LIMITED)
