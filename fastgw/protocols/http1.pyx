@@ -75,7 +75,7 @@ from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy
 
 from fastgw._core.metrics cimport P_HTTP1, P_WEBSOCKET, connection_closed, connection_opened
-from fastgw._core.router import normalize_path
+from fastgw._core.router cimport normalize_path
 from fastgw._core.wire cimport (
     H_CONTENT_LENGTH, H_EXPECT, H_HOST, H_OTHER, H_TRANSFER_ENCODING, H_UPGRADE, H_X_REQUEST_ID,
     HeadWriter, header_id, header_id_chars)
@@ -1081,10 +1081,41 @@ cdef str _parser_reason(str text):
 # llhttp there is no body to read and to pause after the message (HPE_PAUSED_UPGRADE),
 # as httptools does.
 
-cdef int _on_message_begin(llhttp_t* parser) noexcept:
+cdef enum:
+    # what a callback hands over (``_piece``) or announces (``_event``)
+    _URL, _FIELD, _VALUE, _BODY
+    _MESSAGE_BEGIN, _VALUE_COMPLETE, _HEADERS_COMPLETE, _MESSAGE_COMPLETE
+
+
+cdef int _piece(llhttp_t* parser, int kind, const char* at, size_t length) noexcept:
+    """A span of the request (target, field name or value, body) into its handler."""
     cdef HTTP1Connection connection = <HTTP1Connection>parser.data
     try:
-        connection._message_begin()
+        if kind == _BODY:
+            connection._body_piece(at, length)
+        elif kind == _URL:
+            connection._url_piece(at, length)
+        else:
+            connection._field_piece(at, length, kind == _VALUE)
+    except BaseException as exc:
+        connection.parse_error = exc
+        return HPE_USER
+    return 0
+
+
+cdef int _event(llhttp_t* parser, int kind) noexcept:
+    """A point of the message (begun, a field whole, the head whole, ended) to its handler."""
+    cdef HTTP1Connection connection = <HTTP1Connection>parser.data
+    try:
+        if kind == _VALUE_COMPLETE:
+            connection._field_complete()
+        elif kind == _HEADERS_COMPLETE:
+            connection._headers_complete()
+            return 1 if parser.upgrade else 0
+        elif kind == _MESSAGE_BEGIN:
+            connection._message_begin()
+        else:
+            connection._message_complete()
     except BaseException as exc:
         connection.parse_error = exc
         return -1
@@ -1092,73 +1123,28 @@ cdef int _on_message_begin(llhttp_t* parser) noexcept:
 
 
 cdef int _on_url(llhttp_t* parser, const char* at, size_t length) noexcept:
-    cdef HTTP1Connection connection = <HTTP1Connection>parser.data
-    try:
-        connection._url_piece(at, length)
-    except BaseException as exc:
-        connection.parse_error = exc
-        return HPE_USER
-    return 0
-
+    return _piece(parser, _URL, at, length)
 
 cdef int _on_header_field(llhttp_t* parser, const char* at, size_t length) noexcept:
-    cdef HTTP1Connection connection = <HTTP1Connection>parser.data
-    try:
-        connection._field_piece(at, length, False)
-    except BaseException as exc:
-        connection.parse_error = exc
-        return HPE_USER
-    return 0
-
+    return _piece(parser, _FIELD, at, length)
 
 cdef int _on_header_value(llhttp_t* parser, const char* at, size_t length) noexcept:
-    cdef HTTP1Connection connection = <HTTP1Connection>parser.data
-    try:
-        connection._field_piece(at, length, True)
-    except BaseException as exc:
-        connection.parse_error = exc
-        return HPE_USER
-    return 0
-
-
-cdef int _on_header_value_complete(llhttp_t* parser) noexcept:
-    cdef HTTP1Connection connection = <HTTP1Connection>parser.data
-    try:
-        connection._field_complete()
-    except BaseException as exc:
-        connection.parse_error = exc
-        return -1
-    return 0
-
-
-cdef int _on_headers_complete(llhttp_t* parser) noexcept:
-    cdef HTTP1Connection connection = <HTTP1Connection>parser.data
-    try:
-        connection._headers_complete()
-    except BaseException as exc:
-        connection.parse_error = exc
-        return -1
-    return 1 if parser.upgrade else 0
-
+    return _piece(parser, _VALUE, at, length)
 
 cdef int _on_body(llhttp_t* parser, const char* at, size_t length) noexcept:
-    cdef HTTP1Connection connection = <HTTP1Connection>parser.data
-    try:
-        connection._body_piece(at, length)
-    except BaseException as exc:
-        connection.parse_error = exc
-        return HPE_USER
-    return 0
+    return _piece(parser, _BODY, at, length)
 
+cdef int _on_message_begin(llhttp_t* parser) noexcept:
+    return _event(parser, _MESSAGE_BEGIN)
+
+cdef int _on_header_value_complete(llhttp_t* parser) noexcept:
+    return _event(parser, _VALUE_COMPLETE)
+
+cdef int _on_headers_complete(llhttp_t* parser) noexcept:
+    return _event(parser, _HEADERS_COMPLETE)
 
 cdef int _on_message_complete(llhttp_t* parser) noexcept:
-    cdef HTTP1Connection connection = <HTTP1Connection>parser.data
-    try:
-        connection._message_complete()
-    except BaseException as exc:
-        connection.parse_error = exc
-        return -1
-    return 0
+    return _event(parser, _MESSAGE_COMPLETE)
 
 
 # One settings table for every connection (llhttp keeps a pointer to it: it must outlive
