@@ -1,7 +1,8 @@
-# fastgw._core.router: C-level declarations, for ``cimport`` by sibling _core modules.
+# fastgw._core.router: C-level declarations, for ``cimport`` by the request path.
 #
-# What lives here: the cdef classes of router.pyx with their typed attributes, so
-# that another Cython module can read a RouteMatch or call Router._find at C speed.
+# What lives here: the cdef classes of router.pyx with their typed attributes, and
+# ``normalize_path``, so that another Cython module (the protocols, the proxy) can read a
+# RouteMatch, call Router.match or normalise a path at C speed.
 # Python callers read router.pyi instead (types and docs).
 # May cimport: Cython's own ``cpython`` declarations only (_core is a leaf).
 
@@ -9,6 +10,9 @@ cdef enum:
     # NOTE: a pattern may have at most this many segments. It bounds the trie's
     # height, hence the C recursion of a lookup and the per-call arrays below.
     MAX_SEGMENTS = 64
+
+
+cpdef str normalize_path(str raw)
 
 
 cdef class Rule:

@@ -106,8 +106,11 @@ cdef inline unsigned char _upper(unsigned char c) noexcept nogil:
     return c - 0x20 if c >= 0x61 and c <= 0x7A else c
 
 
-def normalize_path(str raw not None):
-    """normalize_path(raw: str) -> str | None  (docs in router.pyi)"""
+cpdef str normalize_path(str raw):
+    """normalize_path(raw: str) -> str | None  (docs in router.pyi; cpdef: the protocols
+    call it as C, once per request)"""
+    if raw is None:
+        raise TypeError("normalize_path() needs a str")
     cdef Py_ssize_t n = len(raw), i
     cdef const unsigned char* s
     cdef unsigned char c, prev = 0

@@ -66,7 +66,7 @@ from libc.string cimport memcmp, memcpy
 
 
 from fastgw._core.metrics cimport P_HTTP2, connection_closed, connection_opened
-from fastgw._core.router import normalize_path
+from fastgw._core.router cimport normalize_path
 from fastgw.errors import ClientClosedRequest, PayloadTooLarge, RequestTimeout
 from fastgw.exchange cimport (
     BODY_CHUNKED, BODY_LENGTH, BODY_NONE, BODY_TUNNEL, Downstream, Exchange, host_name, monotonic,
