@@ -321,7 +321,10 @@ def describe_choice(route: Route, headers: list[tuple[bytes, bytes]]) -> str:
     def named(upstream: Upstream) -> str:
         return f"{upstream.name} [{', '.join(p.address for p in upstream.pools)}]"
 
-    entry = route.match_split_entry(headers)
+    first: dict[bytes, bytes] = {}
+    for name, value in headers:
+        first.setdefault(name.lower(), value)
+    entry = route.match_split_entry(first.get)
     if entry is not None:
         header, value, upstream = entry
         return f"{named(upstream)} (match_split: {header.decode('latin-1')} = {_quoted(value.decode('latin-1'))})"

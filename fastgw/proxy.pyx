@@ -395,7 +395,7 @@ cdef class Proxy(ResponseListener):
         """The request passed the route's policies: pick a target, send."""
         cdef Upstream upstream
         cdef Pool pool
-        upstream = route.pick_upstream(ex.headers) if route.splits else route.upstream
+        upstream = route.pick_upstream((<object>ex).header) if route.splits else route.upstream
         ex.upstream = upstream
         ex.upstream_path = route.path_for(ex.path, match.params)  # a C call: no Python one
         if route.aggregate is not None:  # [routes.aggregate]: fastgw composes the answer

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastgw._core.balancer import SmoothWeighted
@@ -103,29 +104,28 @@ class Route(RoutePlan):
             metrics=metrics,
         )
 
-    def pick_upstream(self, headers: list[tuple[bytes, bytes]]) -> Upstream:
-        """The upstream for a request with these headers: ``match_split``, then ``split``
-        (the proxy's choice, per request; ``fastgw explain`` asks ``match_split_entry``
-        and reads ``split_shares``, so both decide by the same code)."""
+    def pick_upstream(self, header: Callable[[bytes], bytes | None]) -> Upstream:
+        """The upstream for a request whose field values ``header`` gives (the proxy
+        passes ``Exchange.header``, which reads the exchange's field block without making
+        its list): ``match_split``, then ``split`` (the proxy's choice, per request;
+        ``fastgw explain`` asks ``match_split_entry`` and reads ``split_shares``, so both
+        decide by the same code)."""
         if self._match_split:
-            entry = self.match_split_entry(headers)
+            entry = self.match_split_entry(header)
             if entry is not None:
                 return entry[2]
         if self._split is not None:
             return self._split_upstreams[self._split.pick()]
         return self.upstream
 
-    def match_split_entry(self, headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes, Upstream] | None:
+    def match_split_entry(self, header: Callable[[bytes], bytes | None]) -> tuple[bytes, bytes, Upstream] | None:
         """The ``match_split`` entry (lower-case header name, value, upstream) that takes
-        a request with these headers (name as sent, value), or None: the first entry
-        whose header's first occurrence equals its value."""
+        a request, or None: the first entry whose header's first occurrence (``header``:
+        lower-case name -> the value of its first field, or None) equals its value."""
         for entry in self._match_split:
-            header, value, _ = entry
-            for name, sent in headers:
-                if name.lower() == header:
-                    if sent == value:
-                        return entry
-                    break  # the first such header decides
+            name, value, _ = entry
+            if header(name) == value:
+                return entry
         return None
 
     def __repr__(self) -> str:

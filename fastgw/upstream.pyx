@@ -44,6 +44,7 @@ import socket
 
 import httptools
 
+from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport int64_t
 
 from fastgw._core.balancer cimport HashRing, LeastConnections, SmoothWeighted, TwoChoices
@@ -55,8 +56,12 @@ from fastgw._core.wire cimport (
     HeadWriter, ResponseHead, header_id, scan_response_head)
 from fastgw.errors import FastGWError, UpstreamError, UpstreamRetryable, UpstreamTimeout
 from fastgw.exchange cimport (
-    BODY_CHUNKED, BODY_NONE, BODY_TUNNEL, Downstream, Exchange, UpstreamSide, add_head_lines, head_fields,
-    monotonic)
+    BODY_CHUNKED, BODY_NONE, BODY_TUNNEL, Downstream, Exchange, FieldView, UpstreamSide, add_head_lines,
+    head_fields, monotonic)
+
+
+cdef extern from "strings.h":
+    int strncasecmp(const char* a, const char* b, size_t n)
 
 # Response headers never relayed to the client: hop-by-hop ones (RFC 9110 §7.6.1), the
 # framing the downstream protocol writes itself, and the request id we set ourselves.
@@ -785,10 +790,15 @@ cdef class Upstream:
             return _query_value(ex.query, self.hash_name)
         if kind == "header":
             return ex.header(self.hash_name)
-        cdef bytes name, value
-        for name, value in ex.headers:
-            if kind == "cookie" and name.lower() == b"cookie":
-                found = _cookie_value(value, self.hash_name)
+        if kind != "cookie":
+            return None
+        # (read in the exchange's field block: only a Cookie field becomes bytes)
+        cdef FieldView field
+        cdef Py_ssize_t i
+        for i in range(ex.field_total()):
+            ex.field_at(i, &field)
+            if field.name_length == 6 and strncasecmp(field.name, b"cookie", 6) == 0:
+                found = _cookie_value(PyBytes_FromStringAndSize(field.value, field.value_length), self.hash_name)
                 if found is not None:
                     return found
         return None
