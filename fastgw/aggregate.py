@@ -31,7 +31,6 @@ fastgw.exchange (``UpstreamSide``), fastgw.config (``template_text``).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
@@ -128,13 +127,9 @@ class Aggregation(UpstreamSide):
 
     def start(self) -> None:
         self.deadline = time.monotonic() + self.spec.timeout
-        # PERF: asyncio.get_running_loop() makes a getpid() system call each time; the
-        # proxy keeps its worker's loop.
-        loop = self.proxy.loop
-        if loop is None:
-            loop = self.proxy.loop = asyncio.get_running_loop()
-        self.loop = loop
-        self.timer = loop.call_later(self.spec.timeout, self._expired)
+        # (the proxy keeps its worker's loop: asyncio.get_running_loop() is a getpid())
+        self.loop = self.proxy.event_loop()
+        self.timer = self.loop.call_later(self.spec.timeout, self._expired)
         self.ex.attach_body(self.chunks.append, self._body_read)
 
     def cancel(self, error: Any) -> None:

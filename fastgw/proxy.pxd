@@ -50,7 +50,7 @@ cdef class Proxy(ResponseListener):
     cdef _send(self, Exchange ex, Pool pool)
     cdef bint _retry(self, Exchange ex, Pool failed, error)
     cpdef bint retry_status(self, Exchange ex, int status)
-    cdef object _loop(self)
+    cpdef object event_loop(self)
     cpdef bytes upstream_head(self, Exchange ex, str path, str target_address)
     cpdef upstream_done(self, Exchange ex, UpstreamConnection conn, error)
     cpdef Exchange internal_exchange(self, Exchange parent, str path, bytes query, list headers,

@@ -363,7 +363,7 @@ cdef class Proxy(ResponseListener):
             if outcome == ANSWERED:
                 self._answer(ex)
             else:  # WAIT
-                self._loop().create_task(self._wait_then_go_on(ex, route, match, i))
+                self.event_loop().create_task(self._wait_then_go_on(ex, route, match, i))
             return
         self._forward(ex, route, match)
 
@@ -458,7 +458,7 @@ cdef class Proxy(ResponseListener):
         head = self.upstream_head(ex, ex.upstream_path, pool.address)
         cdef UpstreamConnection conn = pool.take_idle()
         if conn is None:
-            self._loop().create_task(self._connect_and_send(ex, pool, head))
+            self.event_loop().create_task(self._connect_and_send(ex, pool, head))
         else:
             conn.start(ex, head, self)
 
@@ -517,7 +517,7 @@ cdef class Proxy(ResponseListener):
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("request %s: pooled connection to %s closed while idle; sent again on a new one",
                           ex.request_id, pool.address)
-            self._loop().create_task(self._connect_and_send(ex, pool, conn.head))
+            self.event_loop().create_task(self._connect_and_send(ex, pool, conn.head))
         elif ex.failure is not None:  # the client left or broke a limit: no verdict
             pool.undecided(ex)
             self._end(ex, error)
@@ -528,7 +528,8 @@ cdef class Proxy(ResponseListener):
             if not (isinstance(error, UpstreamRetryable) and self._retry(ex, pool, error)):
                 self._end(ex, error)
 
-    cdef object _loop(self):
+    cpdef object event_loop(self):
+        """The worker's event loop (also for the aggregate adapter's timers)."""
         # PERF: asyncio.get_running_loop() makes a getpid() system call each time.
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
