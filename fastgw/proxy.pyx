@@ -66,7 +66,7 @@ from fastgw.plan cimport RoutePlan, SnapshotPlan
 from fastgw.policy cimport ANSWERED, CONTINUE, WAIT, Chain, Policy
 from fastgw.upstream cimport Pool, ResponseListener, Upstream, UpstreamConnection
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from cpython.unicode cimport PyUnicode_DecodeLatin1, PyUnicode_FromFormat
+from cpython.unicode cimport PyUnicode_FromFormat
 
 log = logging.getLogger("fastgw")
 
@@ -288,16 +288,14 @@ cdef class Proxy(ResponseListener):
             raise ex.failure
         headers = None
         wanted = snap.condition_headers
-        cdef FieldView field
-        cdef Py_ssize_t i
         if wanted:
-            # Only the headers some route conditions on, and only those get decoded.
+            # Only the headers some route conditions on (their first field each), looked
+            # up in the exchange's field block: only their values become objects.
             headers = {}
-            for i in range(ex.field_total()):
-                ex.field_at(i, &field)
-                key = wanted.get(PyBytes_FromStringAndSize(field.name, field.name_length).lower())
-                if key is not None and key not in headers:
-                    headers[key] = PyUnicode_DecodeLatin1(field.value, field.value_length, NULL)
+            for name, key in (<dict>wanted).items():
+                value = ex.header(name)
+                if value is not None:
+                    headers[key] = value.decode("latin-1")
         cdef RouteMatch match = snap.router.match(ex.method, ex.host, ex.path, headers)
         if match is None:
             self.fail(ex, 404, "no route")
