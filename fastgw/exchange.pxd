@@ -42,6 +42,8 @@ ctypedef struct FieldView:
 cdef class Downstream:
     cpdef send_head(self, Exchange ex, int status, list headers, Py_ssize_t length)
     cpdef send_head_lines(self, Exchange ex, int status, bytes lines, Py_ssize_t length)
+    cpdef send_response(self, Exchange ex, int status, HeadWriter lines, bytes data, Py_ssize_t start,
+                        Py_ssize_t length)
     cpdef send_body(self, Exchange ex, bytes data)
     cpdef send_end(self, Exchange ex)
     cpdef flush(self)
@@ -67,7 +69,11 @@ cdef class ResponseEdit:
 
 cdef class Exchange:
     cdef public Downstream downstream
-    cdef public str method, path, host, version, peer_ip, client_ip, request_id
+    cdef public str method, path, host, version, peer_ip, client_ip
+    # The request id as its X-Request-Id fields carry it (ASCII bytes); the ``request_id``
+    # property is its str, made when first asked (PERF: with the access log off, never).
+    cdef public bytes request_id_field
+    cdef str _request_id
     cdef public str route_name, upstream_addr
     cdef public bytes query
     cdef public object authority

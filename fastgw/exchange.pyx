@@ -69,6 +69,16 @@ cdef class Downstream:
                 headers.append((name, value))
         self.send_head(ex, status, headers, length)
 
+    cpdef send_response(self, Exchange ex, int status, HeadWriter lines, bytes data, Py_ssize_t start,
+                        Py_ssize_t length):
+        """A whole response that came in one upstream read: its fields as CRLF lines in
+        ``lines`` (taken: the writer starts over), its body the ``length`` bytes of
+        ``data`` from ``start`` (Content-Length framing). ``send_end`` follows. This
+        default is ``send_head_lines`` and ``send_body``; HTTP/1 writes it with one copy."""
+        self.send_head_lines(ex, status, lines.finish(), length)
+        if length:
+            self.send_body(ex, data if start == 0 and length == len(data) else data[start:start + length])
+
     cpdef send_body(self, Exchange ex, bytes data):
         raise NotImplementedError
 
@@ -129,7 +139,7 @@ cdef list head_fields(Exchange ex, int status, list fields, list extra=None):
     if edit is not None and edit.drop_names is not None:
         drop = edit.drop_names
         fields = [field for field in fields if (<bytes>field[0]).lower() not in drop]
-    fields.append((b"x-request-id", ex.request_id.encode()))
+    fields.append((b"x-request-id", ex.request_id_field))
     if extra:
         fields.extend(extra)
     if ex.response_fields is not None:
@@ -148,7 +158,7 @@ cdef int add_head_lines(Exchange ex, HeadWriter lines) except -1:
     route whose edit is not ``dynamic``."""
     cdef tuple field
     cdef ResponseEdit edit = ex.chain
-    lines.add_field(b"x-request-id", ex.request_id.encode())
+    lines.add_field(b"x-request-id", ex.request_id_field)
     if ex.response_fields is not None:
         for field in ex.response_fields:
             lines.add_field(<bytes>field[0], <bytes>field[1])
@@ -173,12 +183,25 @@ cdef class Exchange:
     - ``upstream_side``: set by the upstream side while it relays this request, told of
       the client's backpressure and of the protocol giving up (``fail``);
     - ``failure``: why the protocol gave up on this request (body too large, too slow);
-    - ``upgrade``: the protocol the client asks to switch to (b"websocket"), or None.
+    - ``upgrade``: the protocol the client asks to switch to (b"websocket"), or None;
+    - ``request_id`` (str) and ``request_id_field``, the same as the ASCII bytes that
+      X-Request-Id carries up and back: set by the proxy when the head is complete.
     """
 
     def __dealloc__(self):
         free(self.field_bytes)
         free(self.fields)
+
+    @property
+    def request_id(self):
+        if self._request_id is None:
+            self._request_id = self.request_id_field.decode("ascii")
+        return self._request_id
+
+    @request_id.setter
+    def request_id(self, str value):
+        self.request_id_field = value.encode("ascii")
+        self._request_id = value
 
     # -- request header fields ----------------------------------------------------------
 
@@ -336,7 +359,7 @@ cdef Exchange new_exchange(Downstream downstream, str method, str path, bytes qu
     ex.keep_alive = keep_alive
     ex.peer_ip = peer_ip
     ex.client_ip = peer_ip
-    ex.request_id = ""
+    ex.request_id_field = b""
     ex.started = started
     ex.body_kind = body_kind
     ex.body_length = body_length

@@ -7,9 +7,11 @@ from fastgw.upstream cimport Pool, ResponseListener, Upstream, UpstreamConnectio
 
 
 cdef class RequestIds:
-    cdef public str prefix
+    cdef readonly str prefix
+    cdef bytes prefix_field             # the prefix and "-", as the ids' bytes start
     cdef public unsigned long long counter
 
+    cdef bytes next_field(self)
     cpdef str next(self)
 
 

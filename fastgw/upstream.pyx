@@ -74,6 +74,10 @@ cdef unsigned int RESPONSE_DROP_MASK = (
 # The response fields the shortcut relays, for every connection of this process (a
 # head is read and handed on without yielding).
 cdef HeadWriter _fields = HeadWriter()
+cdef enum:
+    # the largest body sent in one piece with its head (``send_response``): a larger one
+    # is not worth a copy to save a send()
+    WHOLE_RESPONSE_MAX = 65536
 
 log = logging.getLogger("fastgw")
 
@@ -210,6 +214,15 @@ cdef class UpstreamConnection(UpstreamSide):
             self.keep_alive = head.keep_alive
             self.relay_left = head.content_length
             add_head_lines(ex, _fields)
+            if head.content_length <= len(data) - head.head_end and head.content_length <= WHOLE_RESPONSE_MAX:
+                # PERF: the whole response is in this read: it goes out in one piece
+                if head.content_length < len(data) - head.head_end:
+                    self.keep_alive = False  # more than announced (as in _relay)
+                self.relay_left = -1
+                ex.downstream.send_response(ex, head.status, _fields, data, head.head_end, head.content_length)
+                if self.ex is ex:
+                    self._complete(self.keep_alive)
+                return
             ex.downstream.send_head_lines(ex, head.status, _fields.finish(), head.content_length)
             self._relay(ex, data, head.head_end)
         else:

@@ -43,6 +43,7 @@ cdef class HeadWriter:
     cdef int _grow(self, Py_ssize_t more) except -1
     cdef int add(self, bytes part) except -1
     cdef int add_chars(self, const char* chars, Py_ssize_t n) except -1
+    cdef int add_text(self, str text) except -1
     cdef int add_field(self, bytes name, bytes value) except -1
     cdef int add_field_chars(self, const char* name, Py_ssize_t name_length, const char* value,
                              Py_ssize_t value_length) except -1

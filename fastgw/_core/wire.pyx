@@ -15,6 +15,7 @@ May import: nothing of fastgw (``_core`` is a leaf); no I/O: the seed comes in.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_1BYTE_KIND, PyUnicode_DATA, PyUnicode_GET_LENGTH, PyUnicode_KIND
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy
@@ -119,6 +120,13 @@ cdef class HeadWriter:
     cdef inline int add(self, bytes part) except -1:
         return self.add_chars(PyBytes_AS_STRING(part), PyBytes_GET_SIZE(part))
 
+    cdef int add_text(self, str text) except -1:
+        """``text`` as latin-1 bytes (UnicodeEncodeError beyond it), with no bytes object
+        made (PERF): a str of latin-1 characters keeps them one byte each already."""
+        if PyUnicode_KIND(text) == PyUnicode_1BYTE_KIND:
+            return self.add_chars(<const char*>PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text))
+        return self.add(text.encode("latin-1"))
+
     cdef int add_field(self, bytes name, bytes value) except -1:
         """``name: value`` and CRLF."""
         return self.add_field_chars(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name), PyBytes_AS_STRING(value),
@@ -181,6 +189,9 @@ cdef class HeadWriter:
 
     def write_field(self, bytes name, bytes value):
         self.add_field(name, value)
+
+    def write_text(self, str text):
+        self.add_text(text)
 
     def write_decimal(self, Py_ssize_t number):
         self.add_decimal(number)

@@ -70,9 +70,10 @@ normalisation, header ids, the head writer, the counters).
 
 
 cimport cython
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_DecodeLatin1
 from libc.stdlib cimport free, realloc
-from libc.string cimport memcpy
+from libc.string cimport memchr, memcpy
 
 from fastgw._core.metrics cimport P_HTTP1, P_WEBSOCKET, connection_closed, connection_opened
 from fastgw._core.router cimport normalize_path
@@ -608,11 +609,20 @@ cdef class HTTP1Connection(Downstream):
         if hosts == 0 and version == "1.1":
             raise _Refuse(400, "missing Host header")
         url = r.url
-        absolute_form = url[:1] != b"/"
+        absolute_form = PyBytes_GET_SIZE(url) == 0 or PyBytes_AS_STRING(url)[0] != b"/"
         if absolute_form:
             url, host = self._absolute_form(url, host)
-        path, _, query = url.partition(b"?")
-        npath = normalize_path(path.decode("latin-1"))
+        # the path (as latin-1 text) and the query, split in C (PERF)
+        cdef const char* target = PyBytes_AS_STRING(url)
+        cdef Py_ssize_t target_length = PyBytes_GET_SIZE(url)
+        cdef const char* mark = <const char*>memchr(target, 63, target_length)  # "?"
+        if mark == NULL:
+            path = PyUnicode_DecodeLatin1(target, target_length, NULL)
+            query = b""
+        else:
+            path = PyUnicode_DecodeLatin1(target, mark - target, NULL)
+            query = PyBytes_FromStringAndSize(mark + 1, target_length - (mark - target) - 1)
+        npath = normalize_path(path)
         if npath is None:
             raise _Refuse(400, "invalid request path")
         hostname = host_name(host)
@@ -725,12 +735,32 @@ cdef class HTTP1Connection(Downstream):
         head.add(STATUS_LINES[status] if 0 <= status < 600 else status_line(status))
         return head
 
+    cpdef send_response(self, Exchange ex, int status, HeadWriter lines, bytes data, Py_ssize_t start,
+                        Py_ssize_t length):
+        # PERF: the status line, the fields, the framing and the body copied once, into
+        # one write (instead of a head, a body slice, and both joined)
+        if start < 0 or length < 0 or start + length > len(data):
+            raise ValueError("the body is not within data")
+        if status < 200 or status == 204 or status == 304 or ex.is_head:  # (no body goes)
+            Downstream.send_response(self, ex, status, lines, data, start, length)
+            return
+        cdef HeadWriter head = self._begin_head(ex, status)
+        if head is None:
+            lines.reset()
+            return
+        head.add_chars(lines.data, lines.length)
+        lines.reset()
+        self._add_framing(ex, status, length)
+        head.add_chars(PyBytes_AS_STRING(data) + start, length)
+        ex.bytes_out += length
+        self.transport.write(head.finish())
+
     cdef _end_head(self, Exchange ex, int status, Py_ssize_t length):
         """The framing and connection lines after the fields, then the head is held."""
         cdef HeadWriter head = _head
-        self.chunked_out = False
         if status == 101 and ex is self.upgrading:
             # The switch: the fields that say so are this protocol's to write.
+            self.chunked_out = False
             head.add(b"connection: upgrade\r\nupgrade: ")
             head.add(ex.upgrade)
             head.add(b"\r\n\r\n")
@@ -738,6 +768,16 @@ cdef class HTTP1Connection(Downstream):
             self.close_after = False
             self._switch(ex)
             return
+        self._add_framing(ex, status, length)
+        # PERF: held back and written together with the first body bytes or the end, when
+        # they come in the same upstream read (one send() per small response instead of
+        # two); ``flush`` writes it after that read otherwise, so a head is never delayed.
+        self.held_head = head.finish()
+
+    cdef _add_framing(self, Exchange ex, int status, Py_ssize_t length):
+        """The framing and connection lines that end a head (the blank line included)."""
+        cdef HeadWriter head = _head
+        self.chunked_out = False
         if status == 204 or status == 304 or status < 200:
             pass
         elif length >= 0:
@@ -762,10 +802,6 @@ cdef class HTTP1Connection(Downstream):
             head.add(b"connection: keep-alive\r\n\r\n")
         else:
             head.add(b"\r\n")
-        # PERF: held back and written together with the first body bytes or the end, when
-        # they come in the same upstream read (one send() per small response instead of
-        # two); ``flush`` writes it after that read otherwise, so a head is never delayed.
-        self.held_head = head.finish()
 
     cpdef flush(self):
         head = self.held_head

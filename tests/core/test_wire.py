@@ -74,6 +74,7 @@ def test_header_id_agrees_with_a_dict_lookup(name):
     st.tuples(st.just("field"), st.binary(min_size=1, max_size=40), st.binary(max_size=200)),
     st.tuples(st.just("decimal"), st.integers(min_value=-(2**62), max_value=2**62)),
     st.tuples(st.just("hex"), st.integers(min_value=0, max_value=2**62)),
+    st.tuples(st.just("text"), st.text(max_size=40)),
 ), max_size=60))
 def test_head_writer_agrees_with_join(ops):
     writer = HeadWriter(16)  # small, so that growing is exercised
@@ -88,9 +89,18 @@ def test_head_writer_agrees_with_join(ops):
         elif op[0] == "decimal":
             writer.write_decimal(op[1])
             parts.append(b"%d" % op[1])
-        else:
+        elif op[0] == "hex":
             writer.write_hex(op[1])
             parts.append(b"%x" % op[1])
+        else:  # str: as latin-1, refused beyond it (and nothing written)
+            try:
+                expected = op[1].encode("latin-1")
+            except UnicodeEncodeError:
+                with pytest.raises(UnicodeEncodeError):
+                    writer.write_text(op[1])
+                continue
+            writer.write_text(op[1])
+            parts.append(expected)
     assert writer.finish() == b"".join(parts)
     assert writer.finish() == b""  # finish starts over
     writer.write(b"again")
