@@ -91,7 +91,7 @@ cdef class Exchange:
     cdef public double started, deadline
     cdef public int body_kind, status
     cdef public Py_ssize_t body_length, body_held_bytes, bytes_in, bytes_out
-    cdef public list body_held
+    cdef public list body_held          # the body chunks held until sent (None: none)
     cdef public object body_sink, body_end, failure
     # the upstream side's bookkeeping: the upstream picked, the path sent to it, the
     # targets tried so far (for retries), and the target whose circuit trial it is

@@ -293,7 +293,10 @@ cdef class Exchange:
         if sink is not None:
             sink(data)
             return
-        self.body_held.append(data)
+        if self.body_held is None:
+            self.body_held = [data]
+        else:
+            self.body_held.append(data)
         self.body_held_bytes += len(data)
         if self.body_held_bytes > BODY_BUFFER_HIGH:
             self.downstream.pause_reading(self)
@@ -307,18 +310,19 @@ cdef class Exchange:
         """The chunks held so far, handed over to be sent with the request head (the
         rest streams through ``attach_body``)."""
         held = self.body_held
-        if held:
-            self.body_held = []
-            self.body_held_bytes = 0
-            self.downstream.resume_reading(self)
+        if held is None:
+            return []
+        self.body_held = None
+        self.body_held_bytes = 0
+        self.downstream.resume_reading(self)
         return held
 
     cpdef attach_body(self, sink, end):
         """Send the held chunks to ``sink`` and stream the rest; ``end`` runs once the
         whole body went through."""
         held = self.body_held
-        if held:
-            self.body_held = []
+        if held is not None:
+            self.body_held = None
             self.body_held_bytes = 0
             for chunk in held:
                 sink(chunk)
@@ -363,7 +367,7 @@ cdef Exchange new_exchange(Downstream downstream, str method, str path, bytes qu
     ex.started = started
     ex.body_kind = body_kind
     ex.body_length = body_length
-    ex.body_held = []
+    ex.body_held = None  # (a list once a body chunk is held)
     ex.body_done = body_kind == BODY_NONE
     ex.route_name = ""
     ex.upstream_addr = ""

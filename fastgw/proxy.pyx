@@ -640,7 +640,7 @@ cdef bint _hold_again(Exchange ex):
     if type(ex.downstream) is not Collector:
         return False
     cdef bytes body = (<Collector>ex.downstream).request_body
-    ex.body_held = [body] if body else []
+    ex.body_held = [body] if body else None
     ex.body_held_bytes = len(body)
     ex.body_done = True
     return True

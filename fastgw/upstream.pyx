@@ -81,8 +81,9 @@ cdef enum:
 
 log = logging.getLogger("fastgw")
 
-#: every upstream connection with a request in flight, for the deadline sweeper
-cdef set active_connections = set()
+#: every open upstream connection, for the deadline sweeper (which looks at those with a
+#: request in flight): kept per connection, not per request (PERF)
+cdef set open_connections = set()
 #: every connect under way, for the deadline sweeper
 cdef set connecting = set()
 #: every pool holding more idle connections than its keepalive, for the sweeper
@@ -115,7 +116,7 @@ def sweep(double now):
     cdef Pool pool
     for pool in list(over_cap):
         pool.trim()
-    expired = [conn for conn in active_connections if conn.deadline < now]
+    expired = [conn for conn in open_connections if conn.ex is not None and conn.deadline < now]
     for conn in expired:
         conn.fail(UpstreamTimeout(f"tunnel idle for {conn.pool.read_timeout:g}s (read_timeout)" if conn.tunnel
                                   else "upstream did not answer in time"))
@@ -159,7 +160,7 @@ cdef class UpstreamConnection(UpstreamSide):
 
     cdef _reset_response(self):
         """Nothing of a response read yet."""
-        self.headers = []
+        self.headers = None  # (a list once llhttp reads the head: most take the shortcut)
         self.length = -1
         self.head_received = False
         self.got_response_bytes = False
@@ -173,6 +174,7 @@ cdef class UpstreamConnection(UpstreamSide):
 
     def connection_made(self, transport):
         self.transport = transport
+        open_connections.add(self)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -226,7 +228,9 @@ cdef class UpstreamConnection(UpstreamSide):
             ex.downstream.send_head_lines(ex, head.status, _fields.finish(), head.content_length)
             self._relay(ex, data, head.head_end)
         else:
-            self.parser_fed = True
+            if not self.parser_fed:
+                self.parser_fed = True
+                self.headers = []
             try:
                 self.parser.feed_data(data)
             except httptools.HttpParserUpgrade as switched:
@@ -267,6 +271,7 @@ cdef class UpstreamConnection(UpstreamSide):
 
     def connection_lost(self, exc):
         self.closed = True
+        open_connections.discard(self)
         self.pool.forget(self)
         if self.ex is None:
             return
@@ -309,7 +314,6 @@ cdef class UpstreamConnection(UpstreamSide):
         self._extend_deadline(ex, now)
         ex.upstream_sent = now
         ex.upstream_answered = 0.0
-        active_connections.add(self)
         ex.upstream_side = self
         if ex.body_kind == BODY_NONE or ex.body_kind == BODY_TUNNEL:
             # (a tunnel's bytes flow only after the upstream's 101: ``_open_tunnel``)
@@ -383,7 +387,6 @@ cdef class UpstreamConnection(UpstreamSide):
         self.ex = None
         self.on_done = None
         self.relay_left = -1
-        active_connections.discard(self)
 
     cpdef close(self):
         if not self.closed:

@@ -42,19 +42,30 @@ NAMES = {name: ident for name, ident in _NAMES}
 cdef enum:
     _LONGEST = 19  # len(b"proxy-authorization")
     _COUNT = 21
+    _PER_LENGTH = 3  # the most names of one length (17: transfer-encoding and two more)
 
-# The same table as C arrays, for header_id.
+# The same table as C arrays, for header_id, with the names of each length listed
+# (at most _PER_LENGTH share one; -1 ends a list): a field name is compared with at most
+# three names, most with none.
 cdef const char* _NAME_CHARS[_COUNT]
-cdef Py_ssize_t _NAME_LENGTHS[_COUNT]
 cdef int _NAME_IDS[_COUNT]
+cdef signed char _BY_LENGTH[_LONGEST + 1][_PER_LENGTH + 1]
 cdef list _keep_alive = []  # the bytes objects _NAME_CHARS points into
 if len(_NAMES) != _COUNT or max(len(n) for n, _ in _NAMES) != _LONGEST:
     raise ImportError("wire: _COUNT and _LONGEST must match the _NAMES table")
+for _i in range(_LONGEST + 1):
+    for _k in range(_PER_LENGTH + 1):
+        _BY_LENGTH[_i][_k] = -1
 for _i, (_name, _ident) in enumerate(_NAMES):
     _keep_alive.append(_name)
     _NAME_CHARS[_i] = PyBytes_AS_STRING(_name)
-    _NAME_LENGTHS[_i] = len(_name)
     _NAME_IDS[_i] = _ident
+    _k = 0
+    while _BY_LENGTH[len(_name)][_k] >= 0:
+        _k += 1
+    if _k == _PER_LENGTH:
+        raise ImportError("wire: more than _PER_LENGTH names of one length")
+    _BY_LENGTH[len(_name)][_k] = _i
 
 
 cpdef int header_id(bytes name) noexcept:
@@ -66,17 +77,22 @@ cdef int header_id_chars(const char* name, Py_ssize_t n) noexcept:
     if n == 0 or n > _LONGEST:
         return H_OTHER
     cdef const unsigned char* p = <const unsigned char*>name
-    cdef unsigned char lowered[_LONGEST]
+    cdef const unsigned char* known
+    cdef const signed char* candidates = _BY_LENGTH[n]
     cdef Py_ssize_t i
+    cdef int k = 0
     cdef unsigned char c
-    for i in range(n):
-        c = p[i]
-        if 65 <= c <= 90:  # A-Z
-            c += 32
-        lowered[i] = c
-    for i in range(_COUNT):
-        if _NAME_LENGTHS[i] == n and memcmp(lowered, _NAME_CHARS[i], n) == 0:
-            return _NAME_IDS[i]
+    while candidates[k] >= 0:
+        known = <const unsigned char*>_NAME_CHARS[candidates[k]]
+        for i in range(n):
+            c = p[i]
+            if 65 <= c <= 90:  # A-Z
+                c += 32
+            if c != known[i]:
+                break
+        else:
+            return _NAME_IDS[candidates[k]]
+        k += 1
     return H_OTHER
 
 

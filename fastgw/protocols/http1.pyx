@@ -95,6 +95,9 @@ from fastgw.protocols.llhttp cimport (
 cdef list STATUS_LINES = [status_line(status) for status in range(600)]
 # One writer builds every response head of this process (a head is built without yielding).
 cdef HeadWriter _head = HeadWriter()
+# When the read that data_received is handling arrived: one clock read per read (PERF),
+# for its deadlines and for llhttp's callbacks during it (``started``, the idle deadline).
+cdef double _read_at = 0.0
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 LINGER_SECONDS = 2.0
 cdef Py_ssize_t LINGER_MAX_BYTES = 1024 * 1024
@@ -354,13 +357,15 @@ cdef class HTTP1Connection(Downstream):
         if self.upgrade_body_left:
             self._upgrade_body(data)
             return
+        global _read_at
+        _read_at = monotonic()
         if self.in_head:
             if self.raw_head_bytes == 0:
                 # First byte of a head: from now on it must complete within header_timeout.
-                self.deadline = monotonic() + self.server.header_timeout
+                self.deadline = _read_at + self.server.header_timeout
             self.raw_head_bytes += len(data)
         elif self.reading is not None:
-            self.deadline = monotonic() + self.server.idle_timeout
+            self.deadline = _read_at + self.server.idle_timeout
         if self.reader is None:
             self.reader = _new_reader(self)
         cdef _RequestReader reader = self.reader
@@ -635,7 +640,7 @@ cdef class HTTP1Connection(Downstream):
             method_name = METHOD_NAMES[method] = llhttp_method_name(<llhttp_method_t>method).decode()
         ex = new_exchange(self, method_name, npath, query, hostname, host, None,
                       version, llhttp_should_keep_alive(&r.parser) != 0, self.peer_ip, body_kind,
-                      length, monotonic())
+                      length, _read_at)
         # The head's fields go to the exchange as they are: both blocks, no copy.
         ex.take_fields(r.field_bytes, r.fields, r.field_count)
         r.field_bytes = NULL
@@ -705,7 +710,7 @@ cdef class HTTP1Connection(Downstream):
         # refuses what the client sends after it.
         self.between = llhttp_should_keep_alive(&self.reader.parser) != 0
         self.in_head = True
-        self.deadline = monotonic() + self.server.idle_timeout
+        self.deadline = _read_at + self.server.idle_timeout
         return 0
 
     # -- Downstream: what the proxy and the upstream call -----------------------------------
