@@ -401,14 +401,15 @@ cdef class Proxy(ResponseListener):
         cdef Pool pool
         upstream = route.pick_upstream((<object>ex).header) if route.splits else route.upstream
         ex.upstream = upstream
-        ex.upstream_path = route.path_for(ex.path, match.params)  # a C call: no Python one
+        # (C calls; the params are made only for a rewrite, which reads them)
+        ex.upstream_path = route.path_for(ex.path, match.param_dict() if route.rewrite is not None else None)
         if route.aggregate is not None:  # [routes.aggregate]: fastgw composes the answer
             adapter = self.adapters.get("aggregate")
             if adapter is None:
                 self.fail(ex, 501, "aggregate routes are not served by this process")
                 self._finished(ex)
             else:
-                adapter(self, ex, route, match.params)
+                adapter(self, ex, route, match.param_dict())
             return
         if ex.upgrade is not None:
             mode = route.websocket

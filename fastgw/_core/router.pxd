@@ -10,6 +10,7 @@ cdef enum:
     # NOTE: a pattern may have at most this many segments. It bounds the trie's
     # height, hence the C recursion of a lookup and the per-call arrays below.
     MAX_SEGMENTS = 64
+    WILD_MEMO_MAX = 4096  # hosts whose wildcard roots a router remembers
 
 
 cpdef str normalize_path(str raw)
@@ -24,11 +25,25 @@ cdef class Rule:
     cdef readonly object priority
 
 
+cdef enum:
+    INLINE_CAPTURES = 4   # a match keeps up to this many {param} captures as offsets
+
+
 cdef class RouteMatch:
     cdef readonly object target
-    cdef readonly dict params
     cdef readonly tuple allowed
     cdef readonly object pattern
+    # ``params`` (a property) is made on first use from the captures: offsets into the
+    # matched path (PERF: most requests never read theirs, so they make no dict and no
+    # substrings). A match with more captures than INLINE_CAPTURES makes it at once.
+    cdef dict _params
+    cdef str _path
+    cdef tuple _names                     # the {param} names, in capture order
+    cdef Py_ssize_t _ncaptures
+    cdef Py_ssize_t _spans[2 * INLINE_CAPTURES]
+    cdef Py_ssize_t _rest_start           # the catch-all took path[_rest_start:]; -1: none
+
+    cdef dict param_dict(self)
 
 
 cdef class _Entry:
@@ -81,8 +96,10 @@ cdef class Router:
     cdef _Node _any                       # rules without hosts, or None
     cdef Py_ssize_t _height               # most edges on a root-to-node path
     cdef unsigned char _wild_lens[256]    # 1 at the length of each wildcard suffix
+    cdef dict _wild_memo                  # host -> its wildcard roots, most specific first
 
     cdef _Node _root_for(self, host)
+    cdef tuple _wild_roots(self, str host)
     cdef int _walk(self, _Node node, Py_ssize_t d, Py_ssize_t np, _Walk* w) except -1
     cdef int _find(self, str host, _Walk* w) except -1
     cdef RouteMatch _result(self, _Walk* w)

@@ -244,9 +244,26 @@ cdef class RouteMatch:
 
     def __init__(self, target, dict params not None, tuple allowed not None=(), pattern=None):
         self.target = target
-        self.params = params
+        self._params = params
         self.allowed = allowed
         self.pattern = pattern
+
+    @property
+    def params(self):
+        return self.param_dict()
+
+    cdef dict param_dict(self):
+        """The captures by name ("*": a catch-all's remainder), made once."""
+        cdef dict params
+        cdef Py_ssize_t k
+        if self._params is None:
+            params = {}
+            for k in range(self._ncaptures):
+                params[self._names[k]] = self._path[self._spans[2 * k]:self._spans[2 * k + 1]]
+            if self._rest_start >= 0:
+                params["*"] = self._path[self._rest_start:]
+            self._params = params
+        return self._params
 
     def __repr__(self):
         return (f"RouteMatch(target={self.target!r}, params={self.params!r}, "
@@ -331,6 +348,7 @@ cdef class Router:
         self._rules = tuple(rules)
         self._exact = {}
         self._wild = {}
+        self._wild_memo = {}
         self._any = None
         self._entries = []
         self._duplicates = []
@@ -470,7 +488,7 @@ cdef class Router:
         self._find(host, &w)
         m = RouteMatch.__new__(RouteMatch)
         m.target = None
-        m.params = {}
+        m._params = {}
         m.allowed = tuple(sorted(allowed))
         m.pattern = None
         return m
@@ -478,26 +496,43 @@ cdef class Router:
     cdef int _find(self, str host, _Walk* w) except -1:
         # The host tiers, most specific first; see "Theory of operation".
         cdef PyObject* root
-        cdef Py_ssize_t hl, i, sl
+        cdef PyObject* roots
         if self._exact:
             root = PyDict_GetItem(self._exact, host)
             if root is not NULL and self._walk(<_Node>root, 0, 0, w):
                 return 1
         if self._wild:
-            hl = len(host)
-            # A dot at 0 would leave the wildcard label empty, one at the end the suffix.
-            for i in range(1, hl - 1):
-                if PyUnicode_READ_CHAR(host, i) != 0x2E:
-                    continue
-                sl = hl - i - 1
-                # PERF: slice and look up only suffixes of a length some rule has.
-                if sl < 256 and self._wild_lens[sl]:
-                    root = PyDict_GetItem(self._wild, host[i + 1:])
-                    if root is not NULL and self._walk(<_Node>root, 0, 0, w):
-                        return 1
+            # PERF: a host's wildcard roots are found once (a gateway sees few hosts; the
+            # memo starts over when it holds WILD_MEMO_MAX of them)
+            roots = PyDict_GetItem(self._wild_memo, host)
+            if roots is NULL:
+                found = self._wild_roots(host)
+                if len(self._wild_memo) >= WILD_MEMO_MAX:
+                    self._wild_memo.clear()
+                self._wild_memo[host] = found
+                roots = <PyObject*>found
+            for node in <tuple>roots:
+                if self._walk(<_Node>node, 0, 0, w):
+                    return 1
         if self._any is not None and self._walk(self._any, 0, 0, w):
             return 1
         return 0
+
+    cdef tuple _wild_roots(self, str host):
+        """The roots of the wildcard rules ``host`` falls under, longest suffix first."""
+        cdef Py_ssize_t hl = len(host), i, sl
+        found = []
+        # A dot at 0 would leave the wildcard label empty, one at the end the suffix.
+        for i in range(1, hl - 1):
+            if PyUnicode_READ_CHAR(host, i) != 0x2E:
+                continue
+            sl = hl - i - 1
+            # (slice and look up only suffixes of a length some rule has)
+            if sl < 256 and self._wild_lens[sl]:
+                root = self._wild.get(host[i + 1:])
+                if root is not None:
+                    found.append(root)
+        return tuple(found)
 
     cdef int _walk(self, _Node node, Py_ssize_t d, Py_ssize_t np, _Walk* w) except -1:
         # Depth first: literal child, {param} child, then this node's catch-all.
@@ -532,18 +567,25 @@ cdef class Router:
         cdef _Entry e = <_Entry>w.entry
         cdef str path = <str>w.path
         cdef RouteMatch m = RouteMatch.__new__(RouteMatch)
-        cdef dict params = {}
         cdef Py_ssize_t k
         if FASTGW_DEBUG:
             assert w.nparams == len(e.param_names), (e, w.nparams)
-        for k in range(w.nparams):
-            params[e.param_names[k]] = path[w.pstart[k]:w.pend[k]]
-        if w.rest_at >= 0:
-            params["*"] = path[w.starts[w.rest_at]:] if w.rest_at < w.n else _EMPTY
         m.target = e.target
-        m.params = params
         m.allowed = _NO_METHODS
         m.pattern = e.pattern
+        m._path = path
+        m._names = e.param_names
+        m._ncaptures = w.nparams
+        # (a remainder of no segment at all is "": path[len(path):])
+        m._rest_start = -1 if w.rest_at < 0 else w.starts[w.rest_at] if w.rest_at < w.n else len(path)
+        if w.nparams > INLINE_CAPTURES:
+            m._params = {e.param_names[k]: path[w.pstart[k]:w.pend[k]] for k in range(w.nparams)}
+            if m._rest_start >= 0:
+                m._params["*"] = path[m._rest_start:]
+            return m
+        for k in range(w.nparams):
+            m._spans[2 * k] = w.pstart[k]
+            m._spans[2 * k + 1] = w.pend[k]
         return m
 
     # -- cold path: CLI helpers -----------------------------------------------

@@ -142,6 +142,20 @@ def test_params_is_a_fresh_dict_each_time():
     assert r.match("GET", "", "/a").params == {}
 
 
+def test_params_beyond_the_inline_captures_and_with_a_remainder():
+    """A match keeps up to four captures as offsets and makes the dict when asked; more
+    than four are made at once. Both read the same."""
+    names = [f"p{i}" for i in range(7)]
+    for count in (0, 1, 4, 5, 7):
+        pattern = "/" + "/".join("{%s}" % n for n in names[:count]) + "/*"
+        r = router(Rule("t", [pattern.replace("//", "/")]))
+        path = "/" + "/".join(f"v{i}" for i in range(count)) + "/rest/of/it"
+        expected = {n: f"v{i}" for i, n in enumerate(names[:count])} | {"*": "rest/of/it"}
+        m = r.match("GET", "", path.replace("//", "/"))
+        assert m.params == expected and m.params is m.params  # made once
+        assert r.match("GET", "", "/" + "/".join(f"v{i}" for i in range(count))).params["*"] == ""
+
+
 # ---------------------------------------------------------------------------
 # Hosts
 
@@ -177,6 +191,18 @@ def test_wildcard_does_not_match_the_bare_domain_and_spans_labels():
     assert target(r.match("GET", "a.b.example.com", "/")) == "w"
     assert r.match("GET", "aexample.com", "/") is None
     assert r.match("GET", ".example.com", "/") is None
+
+
+def test_wildcard_hosts_stay_right_past_the_memo_of_hosts():
+    """A router remembers the wildcard roots of 4,096 hosts, then starts over: the
+    hosts met after that still match as the first ones did."""
+    r = router(Rule("wide", ["/*"], hosts=["*.example.com"]), Rule("narrow", ["/*"], hosts=["*.api.example.com"]),
+               Rule("none", ["/x"]))
+    for i in range(5000):
+        assert target(r.match("GET", f"h{i}.api.example.com", "/")) == "narrow"
+        assert target(r.match("GET", f"h{i}.example.com", "/")) == "wide"
+        assert target(r.match("GET", f"h{i}.example.org", "/x")) == "none"
+    assert target(r.match("GET", "h1.api.example.com", "/")) == "narrow"
 
 
 def test_rule_hosts_are_case_insensitive():
