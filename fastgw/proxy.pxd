@@ -48,7 +48,7 @@ cdef class Proxy(ResponseListener):
     cdef _run_policies(self, Exchange ex, RoutePlan route, RouteMatch match, Py_ssize_t start)
     cdef _answer(self, Exchange ex)
     cdef _forward(self, Exchange ex, RoutePlan route, RouteMatch match)
-    cdef _finished(self, Exchange ex)
+    cdef _finished(self, Exchange ex, double now=*)
     cdef _send(self, Exchange ex, Pool pool)
     cdef bint _retry(self, Exchange ex, Pool failed, error)
     cpdef bint retry_status(self, Exchange ex, int status)

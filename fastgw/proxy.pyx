@@ -437,9 +437,10 @@ cdef class Proxy(ResponseListener):
             return
         self._send(ex, pool)
 
-    cdef _finished(self, Exchange ex):
+    cdef _finished(self, Exchange ex, double now=0.0):
         """The exchange is over (answered, or cut): the chain's log phase (a concurrency
-        count left), the access log line. Every exchange the proxy handles ends here, once."""
+        count left), the access log line. Every exchange the proxy handles ends here, once.
+        ``now``: when it ended, when the caller read the clock already (0: not)."""
         cdef Policy policy
         chain = ex.chain
         if chain is not None:
@@ -452,7 +453,9 @@ cdef class Proxy(ResponseListener):
         cdef RouteCounters counters = ex.metrics
         if counters is None:
             counters = unmatched()
-        counters.record(method_class(ex.method), ex.status, <int64_t>((monotonic() - ex.started) * 1e9),
+        if now == 0.0:
+            now = monotonic()
+        counters.record(method_class(ex.method), ex.status, <int64_t>((now - ex.started) * 1e9),
                         ex.bytes_in, ex.bytes_out)
         if self._logs_access:
             self._access_log.write(ex)
@@ -511,7 +514,7 @@ cdef class Proxy(ResponseListener):
             return
         if error is None:
             pool.record(ex, ex.status < 500)
-            self._finished(ex)
+            self._finished(ex, conn.read_at)  # (the read that completed it)
         elif (isinstance(error, UpstreamError) and conn.reused and not conn.got_response_bytes
               and not ex.response_started and ex.failure is None
               and (ex.body_kind == BODY_NONE or ex.body_kind == BODY_TUNNEL or _hold_again(ex))):

@@ -576,8 +576,11 @@ cdef class Pool:
         """The outcome of ``ex`` on this target: an answer below 500 (``ok``), or a 5xx, a
         failed connect, a reset or a timeout. Every change is logged once, by the worker
         whose outcome made it."""
+        cdef bint trial = ex is not None and ex.trial is self
+        # (an answer that is neither a failure nor a trial's changes nothing dated: PERF,
+        # no clock read for it)
         cdef int change = self.state.record(ok, self.breaker_failures, _ms(self.breaker_cooldown),
-                                            _ms(monotonic()), ex is not None and ex.trial is self)
+                                            _ms(monotonic()) if not ok or trial else 0, trial)
         if change == NO_CHANGE:
             return
         if change == CIRCUIT_CLOSED:

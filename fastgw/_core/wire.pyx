@@ -226,9 +226,11 @@ for _c in range(256):
     _TCHAR[_c] = chr(_c).isascii() and (chr(_c).isalnum() or chr(_c) in "!#$%&'*+-.^_`|~")
 
 
-cdef inline bint _value_byte(unsigned char c) noexcept:
-    # field-value and reason-phrase bytes: HTAB, SP, VCHAR, obs-text
-    return c == 9 or 32 <= c <= 126 or c >= 128
+# field-value and reason-phrase bytes: HTAB, SP, VCHAR, obs-text (a table: PERF, the scan
+# reads every byte of a response head)
+cdef bint _VALUE[256]
+for _c in range(256):
+    _VALUE[_c] = _c == 9 or 32 <= _c <= 126 or _c >= 128
 
 
 cdef bint _lower_equals(const char* p, Py_ssize_t n, const char* lower) noexcept:
@@ -291,11 +293,9 @@ cdef int scan_response_head(bytes data, unsigned int drop_mask, tuple drop_names
     out.close = False
     out.keep_alive_asked = False
     i = 13
-    while i < n and p[i] != 13:
-        if not _value_byte(p[i]):
-            return 0
+    while i < n and _VALUE[p[i]]:
         i += 1
-    if i + 1 >= n or p[i + 1] != 10:
+    if i + 1 >= n or p[i] != 13 or p[i + 1] != 10:  # (a byte that is not a value's, or no CRLF)
         return 0
     i += 2
     fields.reset()
@@ -324,12 +324,9 @@ cdef int scan_response_head(bytes data, unsigned int drop_mask, tuple drop_names
         while i < n and (p[i] == 32 or p[i] == 9):
             i += 1
         value_start = i
-        while i < n and p[i] != 13:
-            if not _value_byte(p[i]):
-                fields.reset()
-                return 0
+        while i < n and _VALUE[p[i]]:
             i += 1
-        if i + 1 >= n or p[i + 1] != 10:
+        if i + 1 >= n or p[i] != 13 or p[i + 1] != 10:
             fields.reset()
             return 0
         value_end = i  # trailing whitespace kept, as llhttp keeps it
@@ -356,10 +353,8 @@ cdef int scan_response_head(bytes data, unsigned int drop_mask, tuple drop_names
                                                                       drop_names):
             continue
         if not drop_mask & (1u << ident):
-            fields.add_chars(<const char*>p + name_start, name_end - name_start)
-            fields.add_chars(b": ", 2)
-            fields.add_chars(<const char*>p + value_start, value_end - value_start)
-            fields.add_chars(b"\r\n", 2)
+            fields.add_field_chars(<const char*>p + name_start, name_end - name_start,
+                                   <const char*>p + value_start, value_end - value_start)
     if length < 0:
         fields.reset()
         return 0
