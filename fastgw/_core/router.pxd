@@ -10,7 +10,7 @@ cdef enum:
     # NOTE: a pattern may have at most this many segments. It bounds the trie's
     # height, hence the C recursion of a lookup and the per-call arrays below.
     MAX_SEGMENTS = 64
-    WILD_MEMO_MAX = 4096  # hosts whose wildcard roots a router remembers
+    HOST_MEMO_MAX = 4096  # hosts whose roots a router remembers
 
 
 cpdef str normalize_path(str raw)
@@ -96,10 +96,10 @@ cdef class Router:
     cdef _Node _any                       # rules without hosts, or None
     cdef Py_ssize_t _height               # most edges on a root-to-node path
     cdef unsigned char _wild_lens[256]    # 1 at the length of each wildcard suffix
-    cdef dict _wild_memo                  # host -> its wildcard roots, most specific first
+    cdef dict _host_memo                  # host -> the roots it tries, in order (_roots_for)
 
     cdef _Node _root_for(self, host)
-    cdef tuple _wild_roots(self, str host)
+    cdef tuple _roots_for(self, str host)
     cdef int _walk(self, _Node node, Py_ssize_t d, Py_ssize_t np, _Walk* w) except -1
     cdef int _find(self, str host, _Walk* w) except -1
     cdef RouteMatch _result(self, _Walk* w)

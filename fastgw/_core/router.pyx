@@ -20,7 +20,11 @@ Rules are sorted into host tiers: one trie per exact host, one per wildcard suff
 lookup tries the exact tier of the request host, then the wildcard tiers from the
 longest matching suffix, then the host-less tier, and stops at the first tier that
 yields a full match. Each tier's cost is a dict lookup, so the number of rules
-never enters it.
+never enters it; and a host's list of tiers is found once and remembered (for up to
+HOST_MEMO_MAX hosts, then the memo starts over), so a request pays one lookup for all.
+
+A match keeps its captures as offsets into the path; ``params`` makes the dict (and
+the substrings) when first read, which most requests never do.
 
 A trie node has literal children (a dict keyed by the segment text), at most one
 ``{param}`` child, the entries whose pattern ends at this node, and the entries
@@ -348,7 +352,7 @@ cdef class Router:
         self._rules = tuple(rules)
         self._exact = {}
         self._wild = {}
-        self._wild_memo = {}
+        self._host_memo = {}
         self._any = None
         self._entries = []
         self._duplicates = []
@@ -495,33 +499,31 @@ cdef class Router:
 
     cdef int _find(self, str host, _Walk* w) except -1:
         # The host tiers, most specific first; see "Theory of operation".
-        cdef PyObject* root
         cdef PyObject* roots
-        if self._exact:
-            root = PyDict_GetItem(self._exact, host)
-            if root is not NULL and self._walk(<_Node>root, 0, 0, w):
+        if not self._exact and not self._wild:
+            return self._any is not None and self._walk(self._any, 0, 0, w)
+        # PERF: a host's roots are found once (a gateway sees few hosts; the memo starts
+        # over when it holds HOST_MEMO_MAX of them)
+        roots = PyDict_GetItem(self._host_memo, host)
+        if roots is NULL:
+            found = self._roots_for(host)
+            if len(self._host_memo) >= HOST_MEMO_MAX:
+                self._host_memo.clear()
+            self._host_memo[host] = found
+            roots = <PyObject*>found
+        for node in <tuple>roots:
+            if self._walk(<_Node>node, 0, 0, w):
                 return 1
-        if self._wild:
-            # PERF: a host's wildcard roots are found once (a gateway sees few hosts; the
-            # memo starts over when it holds WILD_MEMO_MAX of them)
-            roots = PyDict_GetItem(self._wild_memo, host)
-            if roots is NULL:
-                found = self._wild_roots(host)
-                if len(self._wild_memo) >= WILD_MEMO_MAX:
-                    self._wild_memo.clear()
-                self._wild_memo[host] = found
-                roots = <PyObject*>found
-            for node in <tuple>roots:
-                if self._walk(<_Node>node, 0, 0, w):
-                    return 1
-        if self._any is not None and self._walk(self._any, 0, 0, w):
-            return 1
         return 0
 
-    cdef tuple _wild_roots(self, str host):
-        """The roots of the wildcard rules ``host`` falls under, longest suffix first."""
+    cdef tuple _roots_for(self, str host):
+        """The roots of the tiers ``host`` falls under, in the order they are tried: its
+        exact host, its wildcards longest suffix first, the rules without hosts."""
         cdef Py_ssize_t hl = len(host), i, sl
         found = []
+        root = self._exact.get(host)
+        if root is not None:
+            found.append(root)
         # A dot at 0 would leave the wildcard label empty, one at the end the suffix.
         for i in range(1, hl - 1):
             if PyUnicode_READ_CHAR(host, i) != 0x2E:
@@ -532,6 +534,8 @@ cdef class Router:
                 root = self._wild.get(host[i + 1:])
                 if root is not None:
                     found.append(root)
+        if self._any is not None:
+            found.append(self._any)
         return tuple(found)
 
     cdef int _walk(self, _Node node, Py_ssize_t d, Py_ssize_t np, _Walk* w) except -1:

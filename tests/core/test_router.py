@@ -194,7 +194,7 @@ def test_wildcard_does_not_match_the_bare_domain_and_spans_labels():
 
 
 def test_wildcard_hosts_stay_right_past_the_memo_of_hosts():
-    """A router remembers the wildcard roots of 4,096 hosts, then starts over: the
+    """A router remembers the roots of 4,096 hosts, then starts over: the
     hosts met after that still match as the first ones did."""
     r = router(Rule("wide", ["/*"], hosts=["*.example.com"]), Rule("narrow", ["/*"], hosts=["*.api.example.com"]),
                Rule("none", ["/x"]))
