@@ -296,11 +296,13 @@ cdef class Proxy(ResponseListener):
         wanted = snap.condition_headers
         if wanted:
             # Only the headers some route conditions on (their first field each), looked
-            # up in the exchange's field block: only their values become objects.
-            headers = {}
+            # up in the exchange's field block: only their values become objects (and
+            # the dict, only when one is there).
             for name, key in (<dict>wanted).items():
                 value = ex.header(name)
                 if value is not None:
+                    if headers is None:
+                        headers = {}
                     headers[key] = value.decode("latin-1")
         cdef RouteMatch match = snap.router.match(ex.method, ex.host, ex.path, headers)
         if match is None:
