@@ -128,6 +128,7 @@ cdef class Exchange:
     cdef Py_ssize_t field_total(self)
     cdef int field_at(self, Py_ssize_t i, FieldView* view) except -1
     cpdef bytes header(self, bytes name)
+    cpdef drop_fields(self, tuple names)
     cdef list _headers(self)
     cpdef feed_body(self, bytes data)
     cpdef end_body(self)

@@ -115,6 +115,27 @@ def test_a_key_names_the_consumer_and_stays_at_the_gateway(guarded):
     assert "x-consumer-id" not in sent_headers(r) and "x-consumer-groups" not in sent_headers(r)
 
 
+def test_a_key_proven_once_is_still_the_only_one_let_in(guarded):
+    """A worker remembers the keys it proved (no digest per request): the same key keeps
+    passing, its near misses keep failing, and the credential field is dropped whatever
+    its case and place among the others."""
+    for _ in range(3):
+        r = fresh_get(guarded.url + "/admin/echo", headers=[("x-before", "1"), ("ApiKey", "alice-key-1"),
+                                                             ("x-after", "2")])
+        assert r.status_code == 200, r.text
+        sent = dict(r.json()["headers"])
+        assert "apikey" not in {k.lower() for k in sent} and (sent["x-before"], sent["x-after"]) == ("1", "2")
+    for near in ("alice-key-1x", "alice-key-", "ALICE-KEY-1", "alice-key-1 x"):
+        r = fresh_get(guarded.url + "/admin/echo", headers={"apikey": near})
+        assert (r.status_code, error_of(r)) == (401, "invalid credentials"), near
+    with httpx.Client(http1=False, http2=True) as client:  # HTTP/2's fields come as a list
+        r = client.get(guarded.url + "/admin/echo", headers=[("x-before", "1"), ("apikey", "alice-key-1"),
+                                                             ("x-after", "2")])
+        assert (r.http_version, r.status_code) == ("HTTP/2", 200), r.text
+        sent = dict(r.json()["headers"])
+        assert "apikey" not in sent and (sent["x-before"], sent["x-after"]) == ("1", "2")
+
+
 def test_a_key_in_the_query_when_allowed_and_stripped(guarded):
     r = fresh_get(guarded.url + "/staff/echo?a=1&apikey=bob-key&b=2")
     assert r.status_code == 200, r.text

@@ -34,6 +34,7 @@ cdef enum:
 
 cpdef int header_id(bytes name) noexcept
 cdef int header_id_chars(const char* name, Py_ssize_t n) noexcept
+cdef bint named_in(const unsigned char* name, Py_ssize_t n, tuple names) noexcept
 
 
 cdef class HeadWriter:

@@ -349,7 +349,7 @@ cdef int scan_response_head(bytes data, unsigned int drop_mask, tuple drop_names
             if not _connection_tokens(<const char*>p + value_start, value_end - value_start, out):
                 fields.reset()
                 return 0
-        if drop_names is not None and ident == H_OTHER and _named_in(p + name_start, name_end - name_start,
+        if drop_names is not None and ident == H_OTHER and named_in(p + name_start, name_end - name_start,
                                                                       drop_names):
             continue
         if not drop_mask & (1u << ident):
@@ -365,7 +365,7 @@ cdef int scan_response_head(bytes data, unsigned int drop_mask, tuple drop_names
     return 1
 
 
-cdef bint _named_in(const unsigned char* name, Py_ssize_t n, tuple names) noexcept:
+cdef bint named_in(const unsigned char* name, Py_ssize_t n, tuple names) noexcept:
     """Whether ``name`` (any case) is one of ``names`` (lower-case bytes)."""
     cdef bytes candidate
     cdef const unsigned char* c
