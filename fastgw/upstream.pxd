@@ -83,7 +83,7 @@ cdef class Upstream:
     cdef public bint watched   # some target has a circuit breaker or active checks
     cdef public object health_check
     cdef list _counts          # reused by _in_flight
-    cdef str hash_kind
+    cdef int hash_kind                 # what hash_on reads (HASH_* in upstream.pyx)
     cdef bytes hash_name
     cdef public object signature
     # its connect failures, timeouts and retries (``_core.metrics``), set by the snapshot

@@ -53,15 +53,20 @@ from fastgw._core.targets cimport (
 from fastgw._core.wire cimport (
     H_CONNECTION, H_CONTENT_LENGTH, H_KEEP_ALIVE, H_PROXY_AUTHENTICATE, H_PROXY_AUTHORIZATION,
     H_PROXY_CONNECTION, H_TE, H_TRAILER, H_TRANSFER_ENCODING, H_UPGRADE, H_X_REQUEST_ID,
-    HeadWriter, ResponseHead, header_id, scan_response_head)
+    HeadWriter, ResponseHead, header_id, named_in, scan_response_head)
 from fastgw.errors import FastGWError, UpstreamError, UpstreamRetryable, UpstreamTimeout
 from fastgw.exchange cimport (
     BODY_CHUNKED, BODY_NONE, BODY_TUNNEL, Downstream, Exchange, FieldView, UpstreamSide, add_head_lines,
     head_fields, monotonic)
 
 
-cdef extern from "strings.h":
-    int strncasecmp(const char* a, const char* b, size_t n)
+cdef enum:
+    # what ``hash_on`` reads of a request (``Upstream.hash_kind``)
+    HASH_NONE, HASH_IP, HASH_PATH, HASH_QUERY, HASH_HEADER, HASH_COOKIE
+
+cdef dict _HASH_KINDS = {"ip": HASH_IP, "path": HASH_PATH, "query": HASH_QUERY, "header": HASH_HEADER,
+                         "cookie": HASH_COOKIE}
+cdef tuple _COOKIE = (b"cookie",)
 
 # Response headers never relayed to the client: hop-by-hop ones (RFC 9110 §7.6.1), the
 # framing the downstream protocol writes itself, and the request id we set ourselves.
@@ -717,7 +722,8 @@ cdef class Upstream:
         self.ring = None
         if balance == "consistent_hash":
             self.ring = HashRing([((<Pool>p).address.encode(), (<Pool>p).weight) for p in pools])
-        self.hash_kind, _, name_part = hash_on.partition(":")
+        kind, _, name_part = hash_on.partition(":")
+        self.hash_kind = _HASH_KINDS.get(kind, HASH_NONE)  # (a word compared once, not per request)
         self.hash_name = name_part.encode("latin-1")
         #: the config this was built from: a reload keeps the Upstream (and its warm
         #: pools) when the signature is unchanged
@@ -800,23 +806,23 @@ cdef class Upstream:
 
     cdef object _hash_key(self, Exchange ex):
         """The bytes ``hash_on`` names in this request, or None when it has none."""
-        kind = self.hash_kind
-        if kind == "ip":
+        cdef int kind = self.hash_kind
+        if kind == HASH_IP:
             return ex.client_ip.encode()
-        if kind == "path":
+        if kind == HASH_PATH:
             return ex.path.encode("latin-1")
-        if kind == "query":
+        if kind == HASH_QUERY:
             return _query_value(ex.query, self.hash_name)
-        if kind == "header":
+        if kind == HASH_HEADER:
             return ex.header(self.hash_name)
-        if kind != "cookie":
+        if kind != HASH_COOKIE:
             return None
         # (read in the exchange's field block: only a Cookie field becomes bytes)
         cdef FieldView field
         cdef Py_ssize_t i
         for i in range(ex.field_total()):
             ex.field_at(i, &field)
-            if field.name_length == 6 and strncasecmp(field.name, b"cookie", 6) == 0:
+            if named_in(<const unsigned char*>field.name, field.name_length, _COOKIE):
                 found = _cookie_value(PyBytes_FromStringAndSize(field.value, field.value_length), self.hash_name)
                 if found is not None:
                     return found

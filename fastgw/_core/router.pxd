@@ -40,7 +40,8 @@ cdef class RouteMatch:
     cdef str _path
     cdef tuple _names                     # the {param} names, in capture order
     cdef Py_ssize_t _ncaptures
-    cdef Py_ssize_t _spans[2 * INLINE_CAPTURES]
+    cdef Py_ssize_t _starts[INLINE_CAPTURES]   # capture k is _path[_starts[k]:_ends[k]]
+    cdef Py_ssize_t _ends[INLINE_CAPTURES]
     cdef Py_ssize_t _rest_start           # the catch-all took path[_rest_start:]; -1: none
 
     cdef dict param_dict(self)

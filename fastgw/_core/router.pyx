@@ -258,15 +258,9 @@ cdef class RouteMatch:
 
     cdef dict param_dict(self):
         """The captures by name ("*": a catch-all's remainder), made once."""
-        cdef dict params
-        cdef Py_ssize_t k
         if self._params is None:
-            params = {}
-            for k in range(self._ncaptures):
-                params[self._names[k]] = self._path[self._spans[2 * k]:self._spans[2 * k + 1]]
-            if self._rest_start >= 0:
-                params["*"] = self._path[self._rest_start:]
-            self._params = params
+            self._params = _params_of(self._path, self._names, self._starts, self._ends, self._ncaptures,
+                                      self._rest_start)
         return self._params
 
     def __repr__(self):
@@ -281,6 +275,19 @@ cdef class RouteMatch:
                 and self.allowed == o.allowed and self.pattern == o.pattern)
 
     __hash__ = None
+
+
+cdef dict _params_of(str path, tuple names, const Py_ssize_t* starts, const Py_ssize_t* ends, Py_ssize_t n,
+                     Py_ssize_t rest_start):
+    """A match's params: capture k is path[starts[k]:ends[k]], named names[k]; "*" the
+    catch-all's remainder path[rest_start:] (-1: none)."""
+    cdef dict params = {}
+    cdef Py_ssize_t k
+    for k in range(n):
+        params[names[k]] = path[starts[k]:ends[k]]
+    if rest_start >= 0:
+        params["*"] = path[rest_start:]
+    return params
 
 
 @cython.auto_pickle(False)
@@ -583,13 +590,11 @@ cdef class Router:
         # (a remainder of no segment at all is "": path[len(path):])
         m._rest_start = -1 if w.rest_at < 0 else w.starts[w.rest_at] if w.rest_at < w.n else len(path)
         if w.nparams > INLINE_CAPTURES:
-            m._params = {e.param_names[k]: path[w.pstart[k]:w.pend[k]] for k in range(w.nparams)}
-            if m._rest_start >= 0:
-                m._params["*"] = path[m._rest_start:]
+            m._params = _params_of(path, e.param_names, w.pstart, w.pend, w.nparams, m._rest_start)
             return m
         for k in range(w.nparams):
-            m._spans[2 * k] = w.pstart[k]
-            m._spans[2 * k + 1] = w.pend[k]
+            m._starts[k] = w.pstart[k]
+            m._ends[k] = w.pend[k]
         return m
 
     # -- cold path: CLI helpers -----------------------------------------------
