@@ -9,7 +9,8 @@ exits 2 naming what is missing. For each scenario it starts, on fresh ports:
 
 - the backend: nginx, ``return 200`` with a small body (and a 4 KiB JSON body at
   ``/api/v1/json``), access log off, as many workers as the proxies under test;
-- nginx as a reverse proxy: upstream keepalive 64, HTTP/1.1 upstream, access log off;
+- nginx as a reverse proxy: upstream keepalive 64, HTTP/1.1 upstream, access log off (in
+  ``small_get_fields``, also set to send the forwarding fields fastgw sends by default);
 - fastgw: access log off, upstream keepalive 64, the route table of the scenario;
 
 (the ``websocket`` scenario: a ``websockets`` echo backend, both proxies set to tunnel to
@@ -135,7 +136,8 @@ def nofile_for(worker_connections: int) -> int:
 
 
 def nginx_proxy_conf(folder: Path, port: int, backend: int, workers: int, worker_connections: int = 4096,
-                     tls: bool = False, http2: bool = False, websocket: bool = False) -> str:
+                     tls: bool = False, http2: bool = False, websocket: bool = False,
+                     forwarding: bool = False) -> str:
     # keepalive_requests in the upstream block: nginx closes a pooled upstream connection
     # after 1,000 requests by default, fastgw never does; both keep them alike.
     # reuseport: fastgw gives each worker its own SO_REUSEPORT socket, so nginx does too
@@ -163,6 +165,7 @@ http {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
             {WEBSOCKET_NGINX if websocket else 'proxy_set_header Connection "";'}
+            {FORWARDING_NGINX if forwarding else ""}
         }}
     }}
 }}
@@ -172,6 +175,20 @@ http {{
 # nginx's WebSocket proxying, as its documentation gives it
 WEBSOCKET_NGINX = """proxy_set_header Upgrade $http_upgrade;
             proxy_set_header Connection "upgrade";"""
+
+
+# What fastgw does by default to every request and response, said in nginx's terms, for
+# the ``small_get_fields`` scenario: the client's Host passed on, X-Forwarded-For (appended),
+# -Proto and -Host, a request id sent up and returned, and a W3C traceparent started.
+# (nginx has no second random value without a module: the span id is fixed; $request_id
+# is 32 hex digits, fastgw's id is shorter.)
+FORWARDING_NGINX = """proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $http_host;
+            proxy_set_header X-Request-Id $request_id;
+            proxy_set_header traceparent "00-$request_id-00f067aa0ba902b7-01";
+            add_header X-Request-Id $request_id;"""
 
 
 def route_table(n: int, target_extra: str = "") -> str:
@@ -282,11 +299,16 @@ class Scenario:
     compare_plain: bool = False     # a second fastgw without them, interleaved too
     websocket: bool = False         # a websockets echo backend, tunnelled; benchmarks/websocket_load.py's client
     aggregate: bool = False         # fastgw's aggregate route against the client calling the backend itself; no nginx
+    nginx_forwarding: bool = False  # nginx set to add what fastgw adds by default (FORWARDING_NGINX)
     note: str = ""
 
 
 SCENARIOS = {s.name: s for s in (
     Scenario("small_get", "GET, small response (23 bytes)"),
+    Scenario("small_get_fields", "GET, small response (23 bytes); nginx set to do what fastgw does by default: "
+             "X-Forwarded-For, -Proto and -Host, X-Request-Id (and back), traceparent, the client's Host",
+             nginx_forwarding=True,
+             note="nginx beyond its defaults, doing fastgw's default work; small_get leaves both at their defaults"),
     Scenario("json_4k", "GET, 4 KiB JSON response", path="/api/v1/json"),
     Scenario("post_1k", "POST with a 1 KiB JSON body, small response", path="/api/v1/post",
              method="POST", lua="post_1k.lua"),
@@ -401,7 +423,8 @@ def start_scenario(stack: Stack, sc: Scenario) -> dict[str, Proc]:
     backend, nginx_port, fastgw_port = free_port(), free_port(), free_port()
     (folder / "backend.conf").write_text(nginx_backend_conf(folder, backend, sc.workers))
     (folder / "proxy.conf").write_text(nginx_proxy_conf(folder, nginx_port, backend, sc.workers, tls=sc.tls,
-                                                        http2=sc.h2_streams > 0, websocket=sc.websocket))
+                                                        http2=sc.h2_streams > 0, websocket=sc.websocket,
+                                                        forwarding=sc.nginx_forwarding))
     server_extra = ""
     if sc.tls:  # fastgw's plain listener moves aside; the measured one is its TLS listener
         from fastgw.demo import make_certificate
