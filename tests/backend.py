@@ -3,6 +3,7 @@ independent of the gateway's llhttp) with a thread per connection.
 
 Endpoints (any method):
   /echo...            200 JSON: method, target, path, query, headers (list of pairs), body_len, body_sha256
+                      (values as Latin-1: a field value may carry obs-text bytes, 0x80-0xFF)
   /status/N           answers status N with a JSON body
   /big?bytes=N        N bytes of body with Content-Length, written in 16 KiB pieces
   /chunked?n=K&size=S K chunks of S bytes, chunked framing
@@ -102,8 +103,8 @@ class Backend:
                     body += part.data
                 with self.lock:
                     self.requests += 1
-                    self.seen.append({"method": event.method.decode(), "target": event.target.decode(),
-                                      "headers": [(k.decode(), v.decode()) for k, v in event.headers]})
+                    self.seen.append({"method": event.method.decode(), "target": event.target.decode("latin-1"),
+                                      "headers": [(k.decode(), v.decode("latin-1")) for k, v in event.headers]})
                 if not self._answer(conn, client, event, body):
                     return
                 if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
@@ -129,7 +130,7 @@ class Backend:
             return event
 
     def _answer(self, conn: h11.Connection, client: socket.socket, req: h11.Request, body: bytes) -> bool:
-        target = req.target.decode()
+        target = req.target.decode("latin-1")
         url = urlsplit(target)
         q = {k: v[0] for k, v in parse_qs(url.query).items()}
         path = url.path
@@ -146,7 +147,7 @@ class Backend:
 
         if path.startswith("/echo"):
             info = {"method": req.method.decode(), "target": target, "path": path, "query": url.query,
-                    "headers": [[k.decode(), v.decode()] for k, v in req.headers],
+                    "headers": [[k.decode(), v.decode("latin-1")] for k, v in req.headers],
                     "body_len": len(body), "body_sha256": hashlib.sha256(body).hexdigest()}
             return reply(200, json.dumps(info).encode(), [("content-type", "application/json")])
         if path.startswith("/status/"):
