@@ -48,6 +48,7 @@ cdef class Downstream:
     cpdef send_end(self, Exchange ex)
     cpdef flush(self)
     cpdef abort(self, Exchange ex)
+    cpdef bint retract_head(self, Exchange ex)
     cpdef pause_reading(self, Exchange ex)
     cpdef resume_reading(self, Exchange ex)
 

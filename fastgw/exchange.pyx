@@ -94,6 +94,13 @@ cdef class Downstream:
         connection so a truncated body can never look complete."""
         raise NotImplementedError
 
+    cpdef bint retract_head(self, Exchange ex):
+        """The response cannot be completed, and nothing of it has reached the client yet
+        (its head is still held back, ``flush``): forget it and return True, so that an
+        error answer can take its place. False (this default): something went out, or
+        the protocol cannot tell; the caller aborts."""
+        return False
+
     cpdef pause_reading(self, Exchange ex):
         """Stop taking ``ex``'s request body for now (its upstream cannot take more):
         HTTP/1 stops reading the connection, HTTP/2 withholds the stream's window."""

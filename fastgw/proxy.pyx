@@ -256,12 +256,12 @@ cdef class Proxy(ResponseListener):
     cpdef fail(self, Exchange ex, int status, str message, list extra=None):
         """Answer ``status`` with the JSON error body (no body when ``message`` is None),
         or cut the connection when a response is already under way (a half-sent body
-        must never look complete). The head gets the route's policies' fields, as every
-        head does."""
+        must never look complete) and its protocol cannot take its held head back. The
+        head gets the route's policies' fields, as every head does."""
         if status == 499:  # the client left: nothing to answer, only to log
             ex.status = 499
             return
-        if ex.response_started:
+        if ex.response_started and not ex.downstream.retract_head(ex):
             ex.downstream.abort(ex)
             return
         cdef Downstream downstream = ex.downstream

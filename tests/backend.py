@@ -15,6 +15,7 @@ Endpoints (any method):
   /truncate?bytes=N   promises Content-Length N*2, sends N bytes, closes
   /flaky              answers ``flaky_status`` (an attribute, 200 unless a test sets it)
   /healthz            answers ``health_status`` (200 unless a test sets it; None: never answers)
+  /badchunk           a good chunked head, then a chunk size that is not hex, in one write; closes
   /extra              answers "ok" with Content-Length 2, then more bytes; closes 1 s later
   /count              how many requests this backend saw, and connections opened
 Every response carries ``x-backend: <name>``.
@@ -210,6 +211,9 @@ class Backend:
                     pass
                 return False
             return reply(self.health_status, b'{"backend": "%s"}' % self.name.encode())
+        if path == "/badchunk":
+            send(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n")
+            return False
         if path == "/extra":
             send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nforged")
             time.sleep(1)

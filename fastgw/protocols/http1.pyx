@@ -852,6 +852,16 @@ cdef class HTTP1Connection(Downstream):
             self.transport.write(head)
         self._finished(ex)
 
+    cpdef bint retract_head(self, Exchange ex):
+        # A head is held until the first body bytes, the end, or the end of the upstream
+        # read that brought it (``flush``): an upstream whose body broke in that same read
+        # (a bad chunk right after a good head) gets its 502 answered, not an empty reply.
+        if ex is not self.current or ex is self.tunnel or not self.held_head or self.closing:
+            return False
+        self.held_head = b""
+        self.chunked_out = False
+        return True
+
     cpdef abort(self, Exchange ex):
         self.current = None
         self.tunnel = None
