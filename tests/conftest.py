@@ -190,8 +190,32 @@ def closed_by_peer(sock: socket.socket, timeout: float = 5.0) -> bool:
         return False
 
 
+def mutated(rng, data: bytes, pieces: list[bytes], edits: int = 4, followers: list[bytes] = ()) -> bytes:
+    """``data`` after 1 to ``edits`` random edits drawn from ``rng``: one of ``pieces``
+    inserted, a few bytes deleted, a byte changed, a line repeated, or (when given) one
+    of ``followers`` appended, as a pipelined message. For the seeded mutation tests."""
+    data = bytearray(data)
+    for _ in range(rng.randint(1, edits)):
+        op, at = rng.random(), rng.randint(0, len(data))
+        if op < 0.3:
+            data[at:at] = rng.choice(pieces)
+        elif op < 0.5:
+            del data[at:at + rng.randint(1, 8)]
+        elif op < 0.7 and data:
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        elif op < 0.85 or not followers:
+            lines = bytes(data).split(b"\r\n")
+            if len(lines) > 2:
+                i = rng.randrange(1, len(lines) - 1)
+                lines.insert(i, lines[i])
+            data = bytearray(b"\r\n".join(lines))
+        else:
+            data += rng.choice(followers)
+    return bytes(data)
+
+
 __all__ = ["Backend", "Gateway", "RedisServer", "config_for", "free_port", "wait_port", "raw_request",
-           "closed_by_peer"]
+           "closed_by_peer", "mutated"]
 
 
 class RedisServer:

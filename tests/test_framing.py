@@ -27,7 +27,7 @@ import httptools
 import pytest
 
 from tests.backend import Backend
-from tests.conftest import Gateway, closed_by_peer, config_for
+from tests.conftest import Gateway, closed_by_peer, config_for, mutated
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -873,27 +873,6 @@ FUZZ_STATUSES = {100, 200, 400, 404, 405, 408, 413, 414, 417, 431, 501, 505}
 STATUS_LINE = re.compile(rb"HTTP/1\.1 (\d{3}) [^\r\n]*\r\n")
 
 
-def _mutated(rng, data: bytes) -> bytes:
-    data = bytearray(data)
-    for _ in range(rng.randint(1, 4)):
-        op, at = rng.random(), rng.randint(0, len(data))
-        if op < 0.3:
-            data[at:at] = rng.choice(FUZZ_PIECES)
-        elif op < 0.5:
-            del data[at:at + rng.randint(1, 8)]
-        elif op < 0.7 and data:
-            data[rng.randrange(len(data))] = rng.randrange(256)
-        elif op < 0.85:
-            lines = bytes(data).split(b"\r\n")
-            if len(lines) > 2:
-                i = rng.randrange(1, len(lines) - 1)
-                lines.insert(i, lines[i])
-            data = bytearray(b"\r\n".join(lines))
-        else:
-            data += rng.choice(FUZZ_BASES)  # pipelined
-    return bytes(data)
-
-
 def _send_and_read(port: int, data: bytes, cuts: list[int]) -> bytes:
     """``data`` in pieces at ``cuts``; then what comes back until the gateway closes, or
     0.3 s pass quietly after an answer, or 3 s (past header_timeout) without one."""
@@ -939,7 +918,8 @@ def test_mutated_requests_get_answers_never_a_crash(gw, app):
     rng = random.Random(20261201)
     cases = []
     for _ in range(300):
-        data = _mutated(rng, rng.choice(FUZZ_BASES)) if rng.random() < 0.9 else rng.choice(FUZZ_BASES)
+        base = rng.choice(FUZZ_BASES)
+        data = mutated(rng, base, FUZZ_PIECES, followers=FUZZ_BASES) if rng.random() < 0.9 else base
         cuts = sorted(rng.sample(range(len(data) + 1), min(2, len(data) + 1))) if rng.random() < 0.3 else []
         cases.append((data, cuts))
     worker = _worker_pid(gw)

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.backend import Backend
-from tests.conftest import Gateway, config_for, free_port, raw_request
+from tests.conftest import Gateway, config_for, free_port, mutated, raw_request
 
 ROUTES = """
 [[routes]]
@@ -510,25 +510,6 @@ class MutatingBackend:
         self.sock.close()
 
 
-def _mutated_response(rng, data: bytes) -> bytes:
-    data = bytearray(data)
-    for _ in range(rng.randint(1, 3)):
-        op, at = rng.random(), rng.randint(0, len(data))
-        if op < 0.35:
-            data[at:at] = rng.choice(RESPONSE_PIECES)
-        elif op < 0.55:
-            del data[at:at + rng.randint(1, 6)]
-        elif op < 0.8 and data:
-            data[rng.randrange(len(data))] = rng.randrange(256)
-        else:
-            lines = bytes(data).split(b"\r\n")
-            if len(lines) > 2:
-                i = rng.randrange(1, len(lines) - 1)
-                lines.insert(i, lines[i])
-            data = bytearray(b"\r\n".join(lines))
-    return bytes(data)
-
-
 def test_mutated_upstream_responses_get_relayed_or_a_502(gateway):
     """300 requests to a backend answering responses made from valid ones by bytes
     inserted, deleted and changed and lines repeated, whole or in two writes, keeping the
@@ -539,8 +520,11 @@ def test_mutated_upstream_responses_get_relayed_or_a_502(gateway):
     import random
 
     rng = random.Random(20261201)
-    answers = [(_mutated_response(rng, rng.choice(RESPONSE_BASES)) if rng.random() < 0.9
-                else rng.choice(RESPONSE_BASES), rng.random() < 0.5, rng.random() < 0.3) for _ in range(300)]
+    answers = []
+    for _ in range(300):
+        base = rng.choice(RESPONSE_BASES)
+        answers.append((mutated(rng, base, RESPONSE_PIECES, edits=3) if rng.random() < 0.9 else base,
+                        rng.random() < 0.5, rng.random() < 0.3))
     backend = MutatingBackend(answers)
     try:
         toml, port = config_for({"app": backend}, log='access = "off"', upstream_extra='read_timeout = "1s"\n')
