@@ -15,11 +15,13 @@ gateway of its own.
 from __future__ import annotations
 
 import json
+import random
 import re
 import socket
 import subprocess
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h11
@@ -28,6 +30,7 @@ import pytest
 
 from tests.backend import Backend
 from tests.conftest import Gateway, closed_by_peer, config_for, mutated
+from tests.test_server import children
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -902,19 +905,12 @@ def _send_and_read(port: int, data: bytes, cuts: list[int]) -> bytes:
     return got
 
 
-def _worker_pid(gw) -> int:
-    return int(Path(f"/proc/{gw.proc.pid}/task/{gw.proc.pid}/children").read_text().split()[0])
-
-
 def test_mutated_requests_get_answers_never_a_crash(gw, app):
     """300 requests made from valid ones by bytes inserted, deleted and changed, lines
     repeated and requests pipelined, sent whole or in pieces, 10 at a time; seeded, so a
     failure replays. Each gets well-formed HTTP/1.1 answers with a status of the table
     above, or a close, never a 500 or a 502; the worker serving the first serves the last
     (the request side in C never crashed it); and a plain request still works after."""
-    import random
-    from concurrent.futures import ThreadPoolExecutor
-
     rng = random.Random(20261201)
     cases = []
     for _ in range(300):
@@ -922,7 +918,7 @@ def test_mutated_requests_get_answers_never_a_crash(gw, app):
         data = mutated(rng, base, FUZZ_PIECES, followers=FUZZ_BASES) if rng.random() < 0.9 else base
         cuts = sorted(rng.sample(range(len(data) + 1), min(2, len(data) + 1))) if rng.random() < 0.3 else []
         cases.append((data, cuts))
-    worker = _worker_pid(gw)
+    workers = children(gw.proc.pid)
     with ThreadPoolExecutor(10) as pool:
         answers = list(pool.map(lambda case: _send_and_read(gw.port, *case), cases))
     seen = set()
@@ -932,7 +928,7 @@ def test_mutated_requests_get_answers_never_a_crash(gw, app):
         assert statuses <= FUZZ_STATUSES, (data, got[:600])
         seen |= statuses
     assert {200, 400} <= seen, seen  # the mutations left some requests whole, and broke others
-    assert _worker_pid(gw) == worker
+    assert children(gw.proc.pid) == workers
     with connect(gw.port) as sock:
         sock.sendall(get("/echo/after-the-mutations"))
         assert Reader(sock).response().status == 200

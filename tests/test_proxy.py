@@ -8,6 +8,7 @@ start their own.
 from __future__ import annotations
 
 import json
+import random
 import re
 import socket
 import threading
@@ -19,6 +20,7 @@ import pytest
 
 from tests.backend import Backend
 from tests.conftest import Gateway, config_for, free_port, mutated, raw_request
+from tests.test_server import children
 
 ROUTES = """
 [[routes]]
@@ -517,8 +519,6 @@ def test_mutated_upstream_responses_get_relayed_or_a_502(gateway):
     well-formed HTTP/1.1 answer, never an empty reply for a broken one; fastgw's own
     errors are only 502 and 504, never a 500 of a bug; the same worker serves throughout
     (the response-head scan in C never crashed it)."""
-    import random
-
     rng = random.Random(20261201)
     answers = []
     for _ in range(300):
@@ -529,18 +529,10 @@ def test_mutated_upstream_responses_get_relayed_or_a_502(gateway):
     try:
         toml, port = config_for({"app": backend}, log='access = "off"', upstream_extra='read_timeout = "1s"\n')
         gw = gateway(toml, port)
-        worker = int(open(f"/proc/{gw.proc.pid}/task/{gw.proc.pid}/children").read().split()[0])
+        workers = children(gw.proc.pid)
 
         def one(method: bytes) -> bytes:
-            got = b""
-            with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
-                sock.sendall(method + b" /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                try:
-                    while chunk := sock.recv(65536):
-                        got += chunk
-                except (ConnectionResetError, socket.timeout):
-                    pass
-            return got
+            return raw_request(port, method + b" /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", timeout=3)
 
         methods = [b"HEAD" if rng.random() < 0.1 else b"GET" for _ in range(300)]
         with ThreadPoolExecutor(10) as pool:
@@ -553,7 +545,7 @@ def test_mutated_upstream_responses_get_relayed_or_a_502(gateway):
         assert errors <= {502, 504}, errors
         assert 502 in errors  # the mutations did break some responses
         assert sum(got.startswith(b"HTTP/1.1 200 ") for got in replies) > 30  # and left others whole
-        assert int(open(f"/proc/{gw.proc.pid}/task/{gw.proc.pid}/children").read().split()[0]) == worker
+        assert children(gw.proc.pid) == workers
         assert "Traceback" not in gw.stderr
     finally:
         backend.close()
