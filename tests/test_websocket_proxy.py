@@ -270,10 +270,13 @@ def test_an_idle_tunnel_is_closed_after_the_upstreams_read_timeout(tmp_path):
     gw = Gateway(tmp_path, world_config(port, echo, plain, read_timeout="1s"), port).start()
     try:
         with ws_connect(f"ws://127.0.0.1:{port}/ws/busy") as ws:
-            for _ in range(6):  # traffic every 0.3 s keeps it open past the 1 s timeout
+            for i in range(6):  # traffic every 0.3 s keeps it open past the 1 s timeout
+                if i:
+                    time.sleep(0.3)
                 ws.send("tick")
                 assert ws.recv(timeout=5) == "tick"
-                time.sleep(0.3)
+            # measured from the last traffic, which set the deadline (a pause after it
+            # counted here once, and made the close look early)
             started = time.monotonic()
             with pytest.raises(ConnectionClosed):
                 ws.recv(timeout=5)
