@@ -32,6 +32,7 @@ COMPILED_MODULES = [
     "fastgw._core.limiter",
     "fastgw._core.metrics",
     "fastgw.exchange",
+    "fastgw.socket_writes",
     "fastgw.upstream",
     "fastgw.policy",
     "fastgw.plan",

@@ -31,6 +31,10 @@ cdef class UpstreamConnection(UpstreamSide):
     # switched to a tunnel by a 101 (its Upgrade value kept to check it)
     cdef public bint tunnel
     cdef bytes upgrade_token
+    # the socket's descriptor of our own for writing at once (``fastgw.socket_writes``; -1:
+    # none), and whether the transport may hold bytes, written after them
+    cdef int sock
+    cdef bint buffered
 
     cpdef start(self, Exchange ex, bytes head, ResponseListener on_done)
     cpdef client_writable(self, bint writable)
@@ -45,6 +49,8 @@ cdef class UpstreamConnection(UpstreamSide):
     cdef _open_tunnel(self, Exchange ex)
     cdef _end_tunnel(self)
     cpdef close(self)
+    cdef _write(self, bytes data)
+    cdef _writelines(self, parts)
 
 
 cdef class Pool:

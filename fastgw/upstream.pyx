@@ -34,7 +34,8 @@ Compiled (Cython, declared in ``upstream.pxd``): the relay runs once per request
 per response chunk, so its state is typed and its calls into the exchange and the
 client's protocol are C calls.
 
-May import: the standard library, httptools, fastgw.errors, fastgw.exchange.
+May import: the standard library, httptools, fastgw.errors, fastgw.exchange,
+fastgw.socket_writes.
 """
 
 import asyncio
@@ -55,6 +56,7 @@ from fastgw._core.wire cimport (
     H_PROXY_CONNECTION, H_TE, H_TRAILER, H_TRANSFER_ENCODING, H_UPGRADE, H_X_REQUEST_ID,
     HeadWriter, ResponseHead, header_id, named_in, scan_response_head)
 from fastgw.errors import FastGWError, UpstreamError, UpstreamRetryable, UpstreamTimeout
+from fastgw.socket_writes cimport dup_socket, release_socket, send_bytes
 from fastgw.exchange cimport (
     BODY_CHUNKED, BODY_NONE, BODY_TUNNEL, Downstream, Exchange, FieldView, UpstreamSide, add_head_lines,
     head_fields, monotonic)
@@ -147,6 +149,12 @@ cdef class UpstreamConnection(UpstreamSide):
     """One pooled HTTP/1.1 connection to a target (an asyncio protocol); one request at
     a time."""
 
+    def __cinit__(self):
+        self.sock = -1  # (before __init__: __dealloc__ closes what is not -1)
+
+    def __dealloc__(self):
+        release_socket(self.sock)  # (dropped without connection_lost: the loop closed)
+
     def __init__(self, Pool pool):
         self.pool = pool
         self.transport = None
@@ -180,6 +188,7 @@ cdef class UpstreamConnection(UpstreamSide):
     def connection_made(self, transport):
         self.transport = transport
         open_connections.add(self)
+        self.sock = dup_socket(transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -274,8 +283,13 @@ cdef class UpstreamConnection(UpstreamSide):
             self.relay_left = -1
             self._complete(self.keep_alive)
 
+    def eof_received(self):
+        self.sock = release_socket(self.sock)  # the transport closes now
+        return None
+
     def connection_lost(self, exc):
         self.closed = True
+        self.sock = release_socket(self.sock)
         open_connections.discard(self)
         self.pool.forget(self)
         if self.ex is None:
@@ -322,7 +336,7 @@ cdef class UpstreamConnection(UpstreamSide):
         ex.upstream_side = self
         if ex.body_kind == BODY_NONE or ex.body_kind == BODY_TUNNEL:
             # (a tunnel's bytes flow only after the upstream's 101: ``_open_tunnel``)
-            self.transport.write(head)
+            self._write(head)
             return
         # PERF: the body that came with the head (all of a small one) goes with it, in
         # one write; the rest streams as it comes.
@@ -337,20 +351,37 @@ cdef class UpstreamConnection(UpstreamSide):
         if ex.body_done:  # all of it came with the head: nothing to stream
             if ex.body_kind == BODY_CHUNKED:
                 parts.append(LAST_CHUNK)
-            self.transport.writelines(parts)
+            self._writelines(parts)
             return
-        self.transport.writelines(parts)
+        self._writelines(parts)
         if ex.body_kind == BODY_CHUNKED:
             ex.attach_body(self._write_chunk, self._write_last_chunk)
         else:
-            ex.attach_body(self.transport.write, _nothing)
+            ex.attach_body(self._write_body, _nothing)
+
+    cdef _write(self, bytes data):
+        """Every write to the upstream, in order (``fastgw.socket_writes``)."""
+        self.buffered = send_bytes(self.sock, self.transport, self.buffered, data)
+
+    cdef _writelines(self, parts):
+        # (a head with body parts: the transport writes them in one call, no join of ours)
+        if self.sock >= 0 and self.buffered and self.transport.get_write_buffer_size() == 0:
+            self.buffered = False
+        if not self.buffered and len(parts) == 1:
+            self._write(parts[0])
+            return
+        self.transport.writelines(parts)
+        self.buffered = self.sock >= 0
+
+    def _write_body(self, bytes data):
+        self._write(data)
 
     def _write_chunk(self, bytes data):
         if data:
-            self.transport.writelines(_framed_chunk(data))
+            self._writelines(_framed_chunk(data))
 
     def _write_last_chunk(self):
-        self.transport.write(LAST_CHUNK)
+        self._write(LAST_CHUNK)
 
     cpdef client_writable(self, bint writable):
         if self.transport is not None and not self.closed and writable == self.read_paused:
@@ -397,6 +428,7 @@ cdef class UpstreamConnection(UpstreamSide):
         if not self.closed:
             self.closed = True
             self.pool.forget(self)
+            self.sock = release_socket(self.sock)
             if self.transport is not None:
                 self.transport.close()
 
@@ -500,11 +532,12 @@ cdef class UpstreamConnection(UpstreamSide):
     def _tunnel_write(self, bytes data):
         if not self.closed:
             self.deadline = monotonic() + self.pool.read_timeout
-            self.transport.write(data)
+            self._write(data)
 
     def _tunnel_eof(self):
         # The client half-closed: so does the upstream side (its answer may still come).
         if not self.closed and self.transport.can_write_eof():
+            self.sock = release_socket(self.sock)  # (nothing more is written)
             self.transport.write_eof()
 
     cdef _end_tunnel(self):

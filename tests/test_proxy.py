@@ -355,6 +355,44 @@ def test_slow_client_reading_does_not_break_the_stream(world):
     assert head.startswith(b"HTTP/1.1 200") and len(body) == 4_000_000
 
 
+def dechunk(raw: bytes) -> tuple[list[bytes], bytes]:
+    """The chunks of a chunked body at the start of ``raw``, and the bytes after it."""
+    chunks = []
+    while True:
+        line, _, raw = raw.partition(b"\r\n")
+        size = int(line, 16)
+        if size == 0:
+            assert raw.startswith(b"\r\n"), raw[:40]
+            return chunks, raw[2:]
+        chunks.append(raw[:size])
+        assert raw[size:size + 2] == b"\r\n", (len(chunks), raw[size:size + 40])
+        raw = raw[size + 2:]
+
+
+def test_responses_after_a_slowly_read_one_wait_their_turn(world):
+    """Bytes are written to the socket at once, but never ahead of bytes a slow client
+    left in the transport: a response of many pieces read in small bites, then the
+    responses pipelined after it, each whole and in order."""
+    n, size = 8000, 997
+    smalls = b"".join(b"GET /echo/%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(4))
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a window that fills and opens often
+        s.settimeout(10)
+        s.connect(("127.0.0.1", world["gw"].port))
+        s.sendall(b"GET /chunked?n=%d&size=%d HTTP/1.1\r\nHost: x\r\n\r\n" % (n, size) + smalls
+                  + b"GET /echo/last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        raw = bytearray()
+        while data := s.recv(2048):
+            raw += data
+    head, _, rest = bytes(raw).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head.lower(), head
+    chunks, after = dechunk(rest)
+    body = b"".join(chunks)
+    assert body == b"".join(bytes([97 + i % 26]) * size for i in range(n))
+    assert after.startswith(b"HTTP/1.1 200"), after[:200]
+    assert re.findall(rb'"path": "([^"]+)"', after) == [b"/echo/0", b"/echo/1", b"/echo/2", b"/echo/3", b"/echo/last"]
+
+
 ONE_ONE = b"GET /chunked?n=2&size=4 HTTP/1.1\r\nHost: x\r\n\r\n"
 ONE_ZERO = b"GET /chunked?n=2&size=4 HTTP/1.0\r\n\r\n"
 
@@ -545,7 +583,7 @@ def test_mutated_upstream_responses_get_relayed_or_a_502(gateway):
         assert errors <= {502, 504}, errors
         assert 502 in errors  # the mutations did break some responses
         assert sum(got.startswith(b"HTTP/1.1 200 ") for got in replies) > 30  # and left others whole
-        assert children(gw.proc.pid) == workers
+        assert children(gw.proc.pid) == workers, gw.stderr[-3000:]
         assert "Traceback" not in gw.stderr
     finally:
         backend.close()

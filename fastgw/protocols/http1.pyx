@@ -64,7 +64,7 @@ Compiled (Cython): a connection's state is typed, and its calls into the proxy a
 exchange are C calls; it is the ``Downstream`` (exchange.pxd) of its exchanges.
 
 May import: the standard library, fastgw.proxy, fastgw.exchange, fastgw.errors,
-fastgw.protocols (http2 for the hand-over, the llhttp declarations), fastgw._core (path
+fastgw.socket_writes, fastgw.protocols (http2 for the hand-over, the llhttp declarations), fastgw._core (path
 normalisation, header ids, the head writer, the counters).
 """
 
@@ -86,6 +86,7 @@ from fastgw.exchange cimport (
 from fastgw.proxy cimport Proxy
 from fastgw.proxy import error_body, status_line
 from fastgw.protocols.http2 import H2C_SWITCH, PREFACE, decode_settings, take_over
+from fastgw.socket_writes cimport dup_socket, release_socket, send_bytes, send_now
 from fastgw.protocols.llhttp cimport (
     HPE_OK, HPE_PAUSED_UPGRADE, HPE_USER, HTTP_CONNECT, HTTP_GET, HTTP_REQUEST, llhttp_errno_t,
     llhttp_execute, llhttp_get_error_pos, llhttp_get_error_reason, llhttp_init, llhttp_method_name,
@@ -243,6 +244,10 @@ cdef class HTTP1Connection(Downstream):
     cdef Py_ssize_t stash_bytes
     # (flags: a byte each, where a bint takes four; 10,000 idle connections add up)
     cdef unsigned char paused, closing, lingering, in_head, chunked_out, close_after, tls
+    # the socket's descriptor of our own for writing at once (``fastgw.socket_writes``;
+    # -1: none, TLS), and whether the transport may hold bytes, written after them
+    cdef int sock
+    cdef unsigned char buffered
     # the last request ended with the bytes read so far, keep-alive: its reader can go
     cdef unsigned char between
     # the first bytes of a plain connection are looked at for HTTP/2's preface
@@ -255,6 +260,9 @@ cdef class HTTP1Connection(Downstream):
     cdef bytes held_head, feeding
     # the open-connections gauge it counts in (``_core.metrics``: P_HTTP1, P_WEBSOCKET), or -1
     cdef int gauge
+
+    def __cinit__(self):
+        self.sock = -1  # (before __init__: __dealloc__ closes what is not -1)
 
     def __init__(self, worker, bint tls=False):
         self.server = _server_context(worker)
@@ -318,11 +326,13 @@ cdef class HTTP1Connection(Downstream):
                 self._to_http2(b"", None)
         else:
             self.sniffing = True
+            self.sock = dup_socket(transport)
 
     cdef _to_http2(self, bytes data, upgrade):
         """Hand the connection to the HTTP/2 front end (ALPN h2, the preface, or an h2c
         upgrade), with the bytes read so far."""
         self.closing = True  # this protocol is done with it
+        self.sock = release_socket(self.sock)
         self.server.worker.connections.discard(self)
         self._uncount()  # (HTTP/2 counts it from now on)
         take_over(self.server.worker, self.transport, self.tls, data, upgrade)
@@ -427,10 +437,12 @@ cdef class HTTP1Connection(Downstream):
         if ex is not None and not self.closing:
             ex.end_body()
             return True
+        self.sock = release_socket(self.sock)  # the transport closes now
         return None
 
     def connection_lost(self, exc):
         self.closing = True
+        self.sock = release_socket(self.sock)
         self.tunnel = None
         self.upgrading = None
         self.stash = None
@@ -661,7 +673,7 @@ cdef class HTTP1Connection(Downstream):
             self.reading = ex
             self.deadline = ex.started + self.server.idle_timeout
             if expect_continue:
-                self.transport.write(CONTINUE)
+                self._write(CONTINUE)
         if self.current is None:
             self.current = ex
             self.deferred = ex  # handled when llhttp_execute returns (data_received)
@@ -758,7 +770,9 @@ cdef class HTTP1Connection(Downstream):
         self._add_framing(ex, status, length)
         head.add_chars(PyBytes_AS_STRING(data) + start, length)
         ex.bytes_out += length
-        self.transport.write(head.finish())
+        # PERF: from the writer's buffer to the socket, no bytes object in between
+        self.buffered = send_now(self.sock, self.transport, self.buffered, None, head.data, head.length)
+        head.reset()
 
     cdef _end_head(self, Exchange ex, int status, Py_ssize_t length):
         """The framing and connection lines after the fields, then the head is held."""
@@ -808,12 +822,24 @@ cdef class HTTP1Connection(Downstream):
         else:
             head.add(b"\r\n")
 
+    cdef _write(self, bytes data):
+        """Every write to the client but a whole response's (``send_response``), in order."""
+        self.buffered = send_bytes(self.sock, self.transport, self.buffered, data)
+
+    cdef _close(self):
+        self.closing = True
+        self.sock = release_socket(self.sock)
+        self.transport.close()
+
+    def __dealloc__(self):
+        release_socket(self.sock)  # (a connection dropped without connection_lost: the loop closed)
+
     cpdef flush(self):
         head = self.held_head
         if head:
             self.held_head = b""
             if not self.closing:
-                self.transport.write(head)
+                self._write(head)
 
     cpdef send_body(self, Exchange ex, bytes data):
         if ex.is_head or not data or self.closing:
@@ -823,13 +849,13 @@ cdef class HTTP1Connection(Downstream):
         if head:
             self.held_head = b""
         if self.chunked_out:
-            self.transport.write(b"".join((head, b"%x\r\n" % len(data), data, b"\r\n")))
+            self._write(b"".join((head, b"%x\r\n" % len(data), data, b"\r\n")))
         elif head:
-            self.transport.write(head + data if len(data) < 65536 else head)
+            self._write(head + data if len(data) < 65536 else head)
             if len(data) >= 65536:
-                self.transport.write(data)  # a large chunk: no copy just to save a syscall
+                self._write(data)  # a large chunk: no copy just to save a syscall
         else:
-            self.transport.write(data)
+            self._write(data)
 
     cpdef send_end(self, Exchange ex):
         head = self.held_head
@@ -838,18 +864,17 @@ cdef class HTTP1Connection(Downstream):
         if ex is self.tunnel:
             # The other side of the tunnel closed: what it sent goes out, then the close.
             if head and not self.closing:
-                self.transport.write(head)
+                self._write(head)
             self.tunnel = None
             self.current = None
             if not self.closing:
-                self.closing = True
-                self.transport.close()
+                self._close()
             return
         if self.chunked_out:
-            self.transport.write(head + b"0\r\n\r\n")
+            self._write(head + b"0\r\n\r\n")
             self.chunked_out = False
         elif head and not self.closing:
-            self.transport.write(head)
+            self._write(head)
         self._finished(ex)
 
     cpdef bint retract_head(self, Exchange ex):
@@ -865,8 +890,7 @@ cdef class HTTP1Connection(Downstream):
     cpdef abort(self, Exchange ex):
         self.current = None
         self.tunnel = None
-        self.closing = True
-        self.transport.close()
+        self._close()
 
     # -- request sequencing -------------------------------------------------------------------
 
@@ -939,7 +963,7 @@ cdef class HTTP1Connection(Downstream):
         status, message = self.refusal
         rid = self.server.proxy.ids.next()
         body = error_body(status, message, rid)
-        self.transport.write(b"".join((
+        self._write(b"".join((
             STATUS_LINES[status],
             b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body),
             b"x-request-id: ", rid.encode(), b"\r\nconnection: close\r\n\r\n", body)))
@@ -953,6 +977,7 @@ cdef class HTTP1Connection(Downstream):
         if self.paused:
             self.paused = False
             self.transport.resume_reading()
+        self.sock = release_socket(self.sock)  # (nothing more is written)
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.server.loop.call_later(LINGER_SECONDS, self.transport.close)
@@ -972,7 +997,7 @@ cdef class HTTP1Connection(Downstream):
             settings = _h2c_settings(ex.headers)
             if settings is not None:
                 self.deferred = self.current = None
-                self.transport.write(H2C_SWITCH)
+                self._write(H2C_SWITCH)
                 self._to_http2(rest, (settings, ex))
                 return
         ex = self.current if not self.queue else self.queue[-1]
@@ -1070,8 +1095,7 @@ cdef class HTTP1Connection(Downstream):
             if self.raw_head_bytes:
                 self.refuse(408, "request head not received in time")
             else:
-                self.closing = True
-                self.transport.close()  # idle keep-alive connection: a silent close
+                self._close()  # idle keep-alive connection: a silent close
         elif self.reading is not None:
             ex = self.reading
             if self.current is ex and ex.response_started:
@@ -1082,8 +1106,7 @@ cdef class HTTP1Connection(Downstream):
     def close_if_idle(self):
         """Draining: close now when no request is in flight or arriving."""
         if self.current is None and not self.queue and self.reading is None and not self.raw_head_bytes:
-            self.closing = True
-            self.transport.close()
+            self._close()
 
 
 cdef object _h2c_settings(list headers):
