@@ -364,10 +364,9 @@ cdef class UpstreamConnection(UpstreamSide):
         self.buffered = send_bytes(self.sock, self.transport, self.buffered, data)
 
     cdef _writelines(self, parts):
-        # (a head with body parts: the transport writes them in one call, no join of ours)
-        if self.sock >= 0 and self.buffered and self.transport.get_write_buffer_size() == 0:
-            self.buffered = False
-        if not self.buffered and len(parts) == 1:
+        # (a head with body parts: the transport writes them in one call, no join of ours;
+        # after it, writes wait behind what it holds)
+        if len(parts) == 1:
             self._write(parts[0])
             return
         self.transport.writelines(parts)

@@ -23,8 +23,7 @@ import pytest
 import uvloop
 
 from fastgw.socket_writes import dup_socket, release_socket, send_bytes
-from tests.backend import Backend
-from tests.conftest import Gateway, free_port
+from tests.conftest import config_for
 from tests.test_server import children
 from tests.test_tls import CA
 
@@ -161,41 +160,24 @@ def worker_descriptors(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def test_a_worker_keeps_no_descriptor_of_a_closed_connection(tmp_path):
+def test_a_worker_keeps_no_descriptor_of_a_closed_connection(make_backend, gateway):
     """Each plain connection holds a second descriptor of its socket while it is open (two
     with its upstream's): when the connections close, the worker is back where it was."""
-    backend = Backend("plain")
-    port = free_port()
-    gw = Gateway(tmp_path, f"""
-[server]
-listen = ["127.0.0.1:{port}"]
-workers = 1
-[log]
-access = "off"
-[upstreams.plain]
-targets = ["127.0.0.1:{backend.port}"]
-[[routes]]
-name = "all"
-paths = ["/*"]
-upstream = "plain"
-""", port).start()
-    try:
-        [worker] = children(gw.proc.pid)
-        with httpx.Client(base_url=gw.url) as client:  # the upstream pool's connection, made
-            assert client.get("/echo/warm").status_code == 200
-        time.sleep(0.2)
-        before = worker_descriptors(worker)
-        clients = [httpx.Client(base_url=gw.url) for _ in range(20)]
-        for i, client in enumerate(clients):
-            assert client.get(f"/echo/{i}").status_code == 200
-        # 20 open client connections: each with its duplicate
-        assert worker_descriptors(worker) >= before + 40
-        for client in clients:
-            client.close()
-        deadline = time.monotonic() + 5
-        while worker_descriptors(worker) > before and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert worker_descriptors(worker) == before
-    finally:
-        gw.stop()
-        backend.close()
+    toml, port = config_for(make_backend("plain"), log='access = "off"')
+    gw = gateway(toml, port)
+    [worker] = children(gw.proc.pid)
+    with httpx.Client(base_url=gw.url) as client:  # the upstream pool's connection, made
+        assert client.get("/echo/warm").status_code == 200
+    time.sleep(0.2)
+    before = worker_descriptors(worker)
+    clients = [httpx.Client(base_url=gw.url) for _ in range(20)]
+    for i, client in enumerate(clients):
+        assert client.get(f"/echo/{i}").status_code == 200
+    # 20 open client connections: each with its duplicate
+    assert worker_descriptors(worker) >= before + 40
+    for client in clients:
+        client.close()
+    deadline = time.monotonic() + 5
+    while worker_descriptors(worker) > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert worker_descriptors(worker) == before
